@@ -1,0 +1,1 @@
+"""Guidance Lab engine: models, conditions, guidance and one denoising loop."""
