@@ -1,0 +1,53 @@
+"""Seconds per image for the engine and for the matching diffusers pipeline, at identical settings."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from .generate import Engine, Request
+from .guidance import GuidanceSettings
+from .registry import default_model, resolve
+from .schedulers import make_scheduler
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_bench(*, model: str | None, steps: int, runs: int, scale: float, prompt: str = "a large red circle on the left"
+              ) -> int:
+    """Warm up both, then alternate runs and report medians; ends with the engine/diffusers time ratio."""
+    engine = Engine()
+    spec = resolve(model or default_model("text"), "text")
+    pipe = engine.store.get(spec).obj
+    reference = StableDiffusionPipeline(**{k: v for k, v in pipe.components.items() if k != "image_encoder"})
+    reference.scheduler = make_scheduler("ddim", pipe.scheduler.config)
+    reference.set_progress_bar_config(disable=True)
+    req = Request(model=spec.name, prompt=prompt, steps=steps, scheduler="ddim", seed=0,
+                  guidance=GuidanceSettings("cfg", scale))
+
+    def run_engine():
+        engine.generate(req)
+
+    def run_pipeline():
+        reference(prompt, num_inference_steps=steps, guidance_scale=scale,
+                  generator=torch.Generator("cpu").manual_seed(0))
+
+    print(f"model {spec.name}, {steps} DDIM steps, CFG scale {scale:g}, device {engine.device}, "
+          f"{torch.get_num_threads()} threads, {runs} runs after a warm-up")
+    run_engine(), run_pipeline()
+    engine_times, pipeline_times = [], []
+    for _ in range(runs):
+        engine_times.append(_seconds(run_engine))
+        pipeline_times.append(_seconds(run_pipeline))
+    e, p = statistics.median(engine_times), statistics.median(pipeline_times)
+    print(f"engine:    median {e:.4f} s/image  (runs: {', '.join(f'{t:.4f}' for t in engine_times)})")
+    print(f"diffusers: median {p:.4f} s/image  (runs: {', '.join(f'{t:.4f}' for t in pipeline_times)})")
+    print(f"engine/diffusers time ratio: {e / p:.3f}")
+    return 0

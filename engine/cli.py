@@ -1,0 +1,212 @@
+"""`python -m engine generate | bench`: the engine from the command line, with one-sentence errors."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import EngineError
+from .guidance import METHODS, GuidanceSettings
+from .schedulers import SCHEDULERS
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one sentence, no usage dump."""
+
+    def error(self, message: str):
+        raise EngineError(message[0].upper() + message[1:].rstrip(".") + ".")
+
+
+def _number(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"the {name} must be a number, not {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"the {name} must be finite, not {text}")
+        return value
+    return parse
+
+
+def _whole(name: str):
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"the {name} must be a whole number, not {text!r}") from None
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m engine", description="Guidance Lab engine.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="generate images")
+    gen.add_argument("--model", help="registry name, local diffusers folder or hub id")
+    gen.add_argument("--prompt", default="")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--class", dest="class_label", help="class name or id (class-conditional models)")
+    gen.add_argument("--control", help="control image (or pose keypoint JSON file)")
+    gen.add_argument("--control-type", choices=["canny", "scribble", "pose"])
+    gen.add_argument("--controlnet", help="ControlNet name, folder or hub id")
+    gen.add_argument("--control-scale", type=_number("control scale"), default=1.0)
+    gen.add_argument("--control-start", type=_number("control start"), default=0.0)
+    gen.add_argument("--control-end", type=_number("control end"), default=1.0)
+    gen.add_argument("--guess-mode", action="store_true")
+    gen.add_argument("--canny-low", type=_whole("Canny low threshold"), default=100)
+    gen.add_argument("--canny-high", type=_whole("Canny high threshold"), default=200)
+    gen.add_argument("--guidance", choices=METHODS, default="cfg")
+    gen.add_argument("--scale", type=_number("guidance scale"), help="guidance scale (default: the model's)")
+    gen.add_argument("--eta", type=_number("eta"), default=0.0)
+    gen.add_argument("--momentum", type=_number("momentum"), default=0.0)
+    gen.add_argument("--norm-threshold", type=_number("norm threshold"), default=0.0)
+    gen.add_argument("--rescale", type=_number("rescale factor"), default=0.0)
+    gen.add_argument("--interval", nargs=2, type=_number("interval bound"), metavar=("START", "END"),
+                     default=(0.0, 1.0))
+    gen.add_argument("--classifier", help="noise-aware classifier name or folder")
+    gen.add_argument("--classifier-scale", type=_number("classifier scale"), default=0.0)
+    gen.add_argument("--steps", type=_whole("number of steps"), default=25)
+    gen.add_argument("--scheduler", choices=list(SCHEDULERS), default="ddim")
+    gen.add_argument("--seed", type=_whole("seed"), default=0)
+    gen.add_argument("--height", type=_whole("height"))
+    gen.add_argument("--width", type=_whole("width"))
+    gen.add_argument("--num-images", type=_whole("number of images"), default=1)
+    gen.add_argument("--out", required=True, help="output PNG path")
+
+    bench = sub.add_parser("bench", help="seconds per image, engine against the diffusers pipeline")
+    bench.add_argument("--model", help="text-to-image model (default: the project's own)")
+    bench.add_argument("--steps", type=_whole("number of steps"), default=25)
+    bench.add_argument("--runs", type=_whole("number of runs"), default=5)
+    bench.add_argument("--scale", type=_number("guidance scale"), default=5.0)
+    return parser
+
+
+def request_from_args(args, engine) -> "Request":
+    from .control import load_image, prepare_control
+    from .generate import ControlSpec, Request
+    from .registry import default_model, resolve
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise EngineError(f"The output folder '{out.parent}' does not exist.")
+    if out.suffix.lower() != ".png":
+        raise EngineError(f"The output must be a .png file, not '{out.name}'.")
+    if (args.control is None) != (args.control_type is None):
+        raise EngineError("--control and --control-type go together; give both or neither.")
+    controls = ()
+    if args.control:
+        path = Path(args.control)
+        if not path.is_file():
+            raise EngineError(f"The control image '{path}' does not exist.")
+        if args.control_type == "pose" and path.suffix.lower() == ".json":
+            source = path.read_text()
+        else:
+            source = load_image(path)
+        size = (args.width, args.height)
+        if None in size:
+            native = _native_size(engine, args.model or default_model("text"))
+            size = (args.width or native[0], args.height or native[1])
+        image = prepare_control(source, args.control_type, size=size, low=args.canny_low, high=args.canny_high)
+        controls = (ControlSpec(image, args.control_type, args.controlnet, args.control_scale, args.control_start,
+                                args.control_end),)
+    kind = "class" if args.class_label is not None and not args.prompt.strip() and not controls else "text"
+    model = args.model
+    scale = args.scale
+    if scale is None:
+        scale = resolve(model or default_model(kind), kind).default_scale
+    guidance = GuidanceSettings(method=args.guidance, scale=scale, eta=args.eta, momentum=args.momentum,
+                                norm_threshold=args.norm_threshold, rescale=args.rescale,
+                                interval=tuple(args.interval), classifier_scale=args.classifier_scale)
+    return Request(model=model, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                   class_label=args.class_label, controls=controls, guess_mode=args.guess_mode, guidance=guidance,
+                   classifier=args.classifier, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
+                   height=args.height, width=args.width, num_images=args.num_images)
+
+
+def _native_size(engine, model: str) -> tuple[int, int]:
+    from .registry import resolve
+
+    pipe = engine.store.get(resolve(model, "text")).obj
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return side, side
+
+
+def output_paths(out: Path, seeds: list[int]) -> list[Path]:
+    """PATH.png for one image; PATH-<seed>.png for each of several."""
+    if len(seeds) == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{seed}{out.suffix}") for seed in seeds]
+
+
+def command_for(req, seed: int | None = None) -> str:
+    """The `python -m engine generate` command that reproduces one image of a request."""
+    g = req.guidance
+    parts = ["python", "-m", "engine", "generate"]
+
+    def add(flag, value, default=None):
+        if value is not None and value != default:
+            parts.extend([flag, str(value)])
+
+    add("--model", req.model)
+    add("--prompt", req.prompt, "")
+    add("--negative-prompt", req.negative_prompt, "")
+    add("--class", req.class_label)
+    add("--guidance", g.method)
+    add("--scale", f"{g.scale:g}")
+    if g.method in ("perp-cfg", "apg"):
+        add("--eta", f"{g.eta:g}", "0")
+    if g.method == "apg":
+        add("--momentum", f"{g.momentum:g}", "0")
+        add("--norm-threshold", f"{g.norm_threshold:g}", "0")
+    add("--rescale", f"{g.rescale:g}", "0")
+    if tuple(g.interval) != (0.0, 1.0):
+        parts.extend(["--interval", f"{g.interval[0]:g}", f"{g.interval[1]:g}"])
+    add("--classifier", req.classifier)
+    add("--classifier-scale", f"{g.classifier_scale:g}", "0")
+    for control in req.controls:
+        parts.extend(["--control", "control.png", "--control-type", control.control_type])
+        add("--controlnet", control.controlnet)
+        add("--control-scale", f"{control.scale:g}", "1")
+        add("--control-start", f"{control.start:g}", "0")
+        add("--control-end", f"{control.end:g}", "1")
+    if req.guess_mode:
+        parts.append("--guess-mode")
+    add("--steps", req.steps)
+    add("--scheduler", req.scheduler)
+    add("--seed", req.seed if seed is None else seed)
+    add("--height", req.height)
+    add("--width", req.width)
+    parts.extend(["--out", "out.png"])
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run_generate(args) -> int:
+    from .generate import Engine
+    from .pnginfo import save_png
+
+    engine = Engine()
+    req = request_from_args(args, engine)
+    result = engine.generate(req)
+    for image, params, path in zip(result.images, result.parameters, output_paths(Path(args.out), result.seeds)):
+        save_png(image, path, params)
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "bench":
+            from .bench import run_bench
+            return run_bench(model=args.model, steps=args.steps, runs=args.runs, scale=args.scale)
+        return run_generate(args)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,102 @@
+"""The command line: images with PNG info, per-seed files, and one-sentence errors for bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import command_for, main
+from engine.generate import Request
+from engine.guidance import GuidanceSettings
+from engine.pnginfo import parse_parameters
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_generate_writes_png_with_parameters(tiny_folders, tmp_path):
+    out = tmp_path / "x.png"
+    assert run_cli("generate", "--model", tiny_folders["sd"], "--prompt", "a red circle", "--negative-prompt",
+                   "blue", "--guidance", "apg", "--eta", "0.2", "--momentum", "-0.5", "--norm-threshold", "5",
+                   "--scale", "6", "--steps", "3", "--seed", "4", "--out", out) == 0
+    params = parse_parameters(Image.open(out).info["parameters"])
+    assert params["Prompt"] == "a red circle" and params["Negative prompt"] == "blue"
+    assert params["Steps"] == "3" and params["Sampler"] == "DDIM" and params["CFG scale"] == "6"
+    assert params["Seed"] == "4" and params["Size"] == "32x32" and params["Guidance"] == "apg"
+    assert params["APG momentum"] == "-0.5" and params["Guidance eta"] == "0.2"
+
+
+def test_num_images_writes_one_file_per_seed_equal_to_single_runs(tiny_folders, tmp_path):
+    common = ["--model", tiny_folders["sd"], "--prompt", "a red circle", "--steps", "3", "--scheduler", "euler-a"]
+    assert run_cli("generate", *common, "--seed", "7", "--num-images", "3", "--out", tmp_path / "b.png") == 0
+    for seed in (7, 8, 9):
+        assert run_cli("generate", *common, "--seed", seed, "--out", tmp_path / f"s{seed}.png") == 0
+        batch = np.asarray(Image.open(tmp_path / f"b-{seed}.png")).astype(int)
+        single = np.asarray(Image.open(tmp_path / f"s{seed}.png")).astype(int)
+        assert np.abs(batch - single).max() <= 1
+        assert parse_parameters(Image.open(tmp_path / f"b-{seed}.png").info["parameters"])["Seed"] == str(seed)
+
+
+def test_class_and_control_from_the_command_line(tiny_folders, tmp_path):
+    assert run_cli("generate", "--model", tiny_folders["dit"], "--class", "triangle", "--steps", "3",
+                   "--out", tmp_path / "c.png") == 0
+    assert parse_parameters(Image.open(tmp_path / "c.png").info["parameters"])["Class"] == "triangle"
+    picture = np.zeros((40, 40, 3), np.uint8)
+    picture[10:30, 10:30] = 255
+    Image.fromarray(picture).save(tmp_path / "pic.png")
+    assert run_cli("generate", "--model", tiny_folders["sd"], "--prompt", "a red square", "--control",
+                   tmp_path / "pic.png", "--control-type", "canny", "--controlnet", tiny_folders["controlnet"],
+                   "--steps", "3", "--out", tmp_path / "k.png") == 0
+    assert "ControlNet" in Image.open(tmp_path / "k.png").info["parameters"]
+
+
+BAD = [
+    (["--model", "no_such_model"], "Unknown model"),
+    (["--scheduler", "nope"], "invalid choice"),
+    (["--guidance", "nope"], "invalid choice"),
+    (["--scale", "nan"], "finite"),
+    (["--scale", "inf"], "finite"),
+    (["--scale", "-1"], "between"),
+    (["--steps", "0"], "Steps"),
+    (["--steps", "1001"], "Steps"),
+    (["--height", "30"], "multiple of 8"),
+    (["--width", "-8"], "multiple of 8"),
+    (["--seed", "1.5"], "whole number"),
+    (["--control", "missing.png", "--control-type", "canny"], "does not exist"),
+    (["--out", "/no/such/folder/x.png"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("extra,fragment", BAD)
+def test_bad_input_is_one_sentence_without_traceback(tiny_folders, tmp_path, capsys, extra, fragment):
+    args = ["generate", "--model", tiny_folders["sd"], "--prompt", "a red circle", "--steps", "2",
+            "--out", tmp_path / "x.png"]
+    # later flags win in argparse, so the bad value replaces the good one
+    assert run_cli(*args, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and err.startswith("error: ") and "Traceback" not in err and "\n" not in err
+
+
+def test_unreadable_control_image(tiny_folders, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    assert run_cli("generate", "--model", tiny_folders["sd"], "--prompt", "x", "--control", bad,
+                   "--control-type", "canny", "--out", tmp_path / "x.png") == 2
+    assert "could not be read" in capsys.readouterr().err
+
+
+def test_module_entry_point_exits_nonzero_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "engine", "generate", "--prompt", "x", "--steps", "0",
+                           "--model", "nonsense", "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error:")
+
+
+def test_reproduce_command_round_trips():
+    req = Request(model="lab-sd", prompt="a red circle, big", guidance=GuidanceSettings("perp-cfg", 7.5, eta=0.3),
+                  seed=5, steps=20, scheduler="euler")
+    command = command_for(req)
+    assert "--prompt 'a red circle, big'" in command and "--guidance perp-cfg" in command
+    assert "--eta 0.3" in command and "--scheduler euler" in command and "--seed 5" in command
