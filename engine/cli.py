@@ -142,8 +142,8 @@ def output_paths(out: Path, seeds: list[int]) -> list[Path]:
     return [out.with_name(f"{out.stem}-{seed}{out.suffix}") for seed in seeds]
 
 
-def command_for(req, seed: int | None = None) -> str:
-    """The `python -m engine generate` command that reproduces one image of a request."""
+def command_for(req, index: int = 0) -> str:
+    """The `python -m engine generate` command that reproduces image `index` of a request."""
     g = req.guidance
     parts = ["python", "-m", "engine", "generate"]
 
@@ -156,7 +156,7 @@ def command_for(req, seed: int | None = None) -> str:
     add("--negative-prompt", req.negative_prompt, "")
     add("--class", req.class_label)
     add("--guidance", g.method)
-    add("--scale", f"{g.scale:g}")
+    add("--scale", f"{g.scales[index % len(g.scales)]:g}")
     if g.method in ("perp-cfg", "apg"):
         add("--eta", f"{g.eta:g}", "0")
     if g.method == "apg":
@@ -177,7 +177,7 @@ def command_for(req, seed: int | None = None) -> str:
         parts.append("--guess-mode")
     add("--steps", req.steps)
     add("--scheduler", req.scheduler)
-    add("--seed", req.seed if seed is None else seed)
+    add("--seed", req.seeds[index])
     add("--height", req.height)
     add("--width", req.width)
     parts.extend(["--out", "out.png"])

@@ -58,6 +58,7 @@ class Request:
     height: int | None = None
     width: int | None = None
     num_images: int = 1
+    image_seeds: tuple[int, ...] | None = None  # explicit per-image seeds (a comparison grid repeats one seed)
 
     @property
     def task(self) -> str:
@@ -67,6 +68,8 @@ class Request:
 
     @property
     def seeds(self) -> list[int]:
+        if self.image_seeds is not None:
+            return list(self.image_seeds)
         return list(range(self.seed, self.seed + self.num_images))
 
 
@@ -96,7 +99,12 @@ def check_request(req: Request) -> None:
         raise EngineError(f"Unknown guidance '{g.method}'; choose one of {', '.join(METHODS)}.")
     if req.scheduler not in SCHEDULERS:
         raise EngineError(f"Unknown scheduler '{req.scheduler}'; choose one of {', '.join(SCHEDULERS)}.")
-    _finite("guidance scale", g.scale, 0, 100)
+    for scale in g.scales:
+        _finite("guidance scale", scale, 0, 100)
+    if isinstance(g.scale, tuple) and len(g.scale) != req.num_images:
+        raise EngineError(f"Per-image scales need one scale per image; got {len(g.scale)} for {req.num_images}.")
+    if req.image_seeds is not None and len(req.image_seeds) != req.num_images:
+        raise EngineError(f"Per-image seeds need one seed per image; got {len(req.image_seeds)}.")
     _finite("classifier scale", g.classifier_scale, 0, 1000)
     _finite("eta", g.eta, 0, 1)
     _finite("APG momentum", g.momentum, -1, 0)
@@ -193,7 +201,7 @@ class Engine:
 
         # 6. Decode.
         images = self.decode(pipe, latents, generator, req.task == "class")
-        params = [self.parameters(req, spec, s, images[0].size) for s in seeds]
+        params = [self.parameters(req, spec, s, images[0].size, i) for i, s in enumerate(seeds)]
         probs = [p.tolist() for p in class_probs]
         return Result(images, seeds, params, req, previews, probs)
 
@@ -282,11 +290,11 @@ class Engine:
             samples = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
         return self.postprocess.postprocess(samples, output_type="pil")
 
-    def parameters(self, req: Request, spec: ModelSpec, seed: int, size: tuple[int, int]) -> str:
+    def parameters(self, req: Request, spec: ModelSpec, seed: int, size: tuple[int, int], index: int = 0) -> str:
         """The PNG `parameters` text for one image of this request."""
         g = req.guidance
         fields: dict[str, Any] = {
-            "Steps": req.steps, "Sampler": A1111_NAMES[req.scheduler], "CFG scale": f"{g.scale:g}", "Seed": seed,
+            "Steps": req.steps, "Sampler": A1111_NAMES[req.scheduler], "CFG scale": f"{g.scales[index % len(g.scales)]:g}", "Seed": seed,
             "Size": f"{size[0]}x{size[1]}", "Model": spec.name, "Guidance": g.method,
         }
         if g.method in ("perp-cfg", "apg"):

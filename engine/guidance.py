@@ -94,7 +94,7 @@ class GuidanceSettings:
     """Which guidance to apply and its parameters; `rescale` and `interval` modify any CFG-family method."""
 
     method: str = "cfg"
-    scale: float = 7.5
+    scale: float | tuple[float, ...] = 7.5  # a tuple gives each image of the batch its own scale
     eta: float = 0.0
     momentum: float = 0.0
     norm_threshold: float = 0.0
@@ -105,9 +105,19 @@ class GuidanceSettings:
 
     def needs_uncond(self, index: int, num_steps: int) -> bool:
         """Whether this step needs the unconditional branch; where guidance cannot change c it is skipped."""
-        if self.method == "none" or self.scale == 1:
+        if self.method == "none" or all(s == 1 for s in self.scales):
             return False
         return in_interval(index, num_steps, self.interval)
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return self.scale if isinstance(self.scale, tuple) else (self.scale,)
+
+    def scale_tensor(self, like: torch.Tensor) -> float | torch.Tensor:
+        """The scale, or per-image scales shaped (B, 1, ...) to broadcast against a prediction."""
+        if not isinstance(self.scale, tuple):
+            return self.scale
+        return torch.tensor(self.scale, dtype=like.dtype, device=like.device).view(-1, *[1] * (like.ndim - 1))
 
     def zeroed(self, index: int) -> bool:
         """CFG-Zero*'s zero-init: the prediction is zero for the first `zero_init_steps` steps."""
@@ -117,7 +127,7 @@ class GuidanceSettings:
 def combine(settings: GuidanceSettings, pred_cond: torch.Tensor, pred_uncond: torch.Tensor,
             state: APGState | None = None) -> torch.Tensor:
     """Apply the chosen CFG-family method, then rescale if asked."""
-    s = settings.scale
+    s = settings.scale_tensor(pred_cond)
     if settings.method == "cfg":
         guided = cfg(pred_cond, pred_uncond, s)
     elif settings.method == "perp-cfg":

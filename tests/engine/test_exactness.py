@@ -149,3 +149,16 @@ def test_batched_seeds_equal_single_runs(engine, tiny_folders, scheduler):
         single = engine.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=4, seed=seed,
                                          scheduler=scheduler))
         assert np.abs(as_float(image) - as_float(single.images[0])).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("method", ["cfg", "perp-cfg", "apg"])
+def test_per_image_scales_equal_separate_runs(engine, tiny_folders, method):
+    """A comparison row runs as one batch: one seed, a scale per image, each equal to its own single run."""
+    scales = (1.0, 3.0, 7.5)
+    row = engine.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=3, num_images=3,
+                                  image_seeds=(4, 4, 4), guidance=GuidanceSettings(method, scales, momentum=-0.5)))
+    for scale, image in zip(scales, row.images):
+        single = engine.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=3, seed=4,
+                                         guidance=GuidanceSettings(method, scale, momentum=-0.5)))
+        assert np.abs(as_float(image) - as_float(single.images[0])).max() <= TOLERANCE
+    assert "CFG scale: 7.5" in row.parameters[2]
