@@ -1,0 +1,133 @@
+"""Recipe: the miniature Stable Diffusion. A CLIP text encoder and a cross-attention UNet trained together on the
+world's captions, with the caption dropped 15% of the time so one network learns both c and u (Ho and Salimans)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from engine.tokenizer import build_clip_tokenizer
+from engine.world import VOCABULARY, render_batch
+
+from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, save_checkpoint
+from .vae import to_tensor
+
+MAX_TOKENS = 32
+P_UNCOND = 0.15
+UNET = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+            attention_head_dim=8, norm_num_groups=16)
+SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def text_config(tokenizer) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                          num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+
+
+def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for eps prediction (Hang et al., 2023): faster, steadier convergence."""
+    a = scheduler.alphas_cumprod.to(t.device)[t]
+    snr = a / (1 - a)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3) -> None:
+    torch.manual_seed(0)
+    dev = device()
+    vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval().requires_grad_(False)
+    tokenizer = build_clip_tokenizer(VOCABULARY, model_max_length=MAX_TOKENS)
+    text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
+    unet = UNet2DConditionModel(**UNET).to(dev)
+    noise_schedule = DDPMScheduler(**SCHEDULE)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
+    run = RUNS / "text2img"
+    start = load_checkpoint(run, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
+    log = Log("text2img", steps, start)
+    gen = torch.Generator().manual_seed(start)
+    rng = np.random.default_rng(start)
+    for step in range(start, steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr)
+        images, _, captions = render_batch(2_000_000 + step * batch_size, batch_size, n_objects=(1, 1, 2))
+        captions = ["" if rng.random() < P_UNCOND else c for c in captions]
+        with torch.no_grad():
+            latents = vae.encode(to_tensor(images).to(dev)).latent_dist.sample(gen) * vae.config.scaling_factor
+        ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                        return_tensors="pt").input_ids.to(dev)
+        embeds = text_encoder(ids)[0]  # (B, L, D)
+        noise = torch.randn(latents.shape, generator=gen).to(dev)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch_size,), generator=gen).to(dev)
+        noisy = noise_schedule.add_noise(latents, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=embeds).sample
+        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * min_snr_weights(
+            noise_schedule, t)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+            emas[name].decay = min(0.999, (1 + step) / (10 + step))
+            emas[name].update(module)
+        if (step + 1) % 50 == 0:
+            log(step, loss=loss.item())
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            save_checkpoint(run, step + 1, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
+    export(vae, tokenizer, text_encoder, unet, emas, MODELS / "lab-sd")
+
+
+def export(vae, tokenizer, text_encoder, unet, emas, folder: Path) -> None:
+    """Write the EMA weights as a StableDiffusionPipeline folder (safetensors)."""
+    emas["unet"].copy_to(unet)
+    emas["text_encoder"].copy_to(text_encoder)
+    scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    print(f"saved {folder}", flush=True)
+
+
+def export_from_checkpoint(vae_folder: Path) -> None:
+    """Export the latest checkpoint's EMA weights without training further."""
+    dev = device()
+    vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval()
+    tokenizer = build_clip_tokenizer(VOCABULARY, model_max_length=MAX_TOKENS)
+    text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
+    unet = UNet2DConditionModel(**UNET).to(dev)
+    optimizer = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()))
+    emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
+    step = load_checkpoint(RUNS / "text2img", {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
+    print(f"exporting step {step}", flush=True)
+    export(vae, tokenizer, text_encoder, unet, emas, MODELS / "lab-sd")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--vae", type=Path, default=RUNS / "vae-final")
+    parser.add_argument("--export-only", action="store_true", help="export the latest checkpoint and stop")
+    args = parser.parse_args(argv)
+    started = time.time()
+    if args.export_only:
+        export_from_checkpoint(args.vae)
+    else:
+        train(args.steps, args.vae)
+    print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
