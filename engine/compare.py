@@ -1,0 +1,159 @@
+"""X/Y comparison of guidance methods against scales: batched runs per row, a labelled grid, per-cell measures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import EngineError
+from .generate import MAX_IMAGES
+from .guidance import GuidanceSettings
+from .registry import default_model, resolve
+from .world import clipped_fraction, diversity, evaluate, parse_caption, saturation
+
+# Rows the Compare tab offers: a label and the guidance it runs (scale filled in per column).
+ROWS: dict[str, GuidanceSettings] = {
+    "CFG": GuidanceSettings("cfg"),
+    "Perp-CFG": GuidanceSettings("perp-cfg"),
+    "APG": GuidanceSettings("apg", momentum=-0.5),
+    "CFG + rescale": GuidanceSettings("cfg", rescale=0.7),
+    "CFG-Zero*": GuidanceSettings("cfg-zero-star"),
+}
+DEFAULT_ROWS = ("CFG", "Perp-CFG", "APG", "CFG + rescale")
+DEFAULT_SCALES = (1.0, 3.0, 5.0, 7.5, 10.0, 15.0)
+MAX_CELLS = 64
+CELL_MIN = 128  # cells are enlarged (nearest) to at least this many pixels so labels stay readable
+
+
+@dataclass
+class CellMeasures:
+    """Measures of one grid cell over its seeds: the grid seed and the extra diversity seeds."""
+
+    method: str
+    scale: float
+    saturation: float
+    clipped: float
+    diversity: float
+    adherence: float | None  # fraction of seeds the world's evaluator finds all-correct; None when not measured
+
+
+@dataclass
+class Comparison:
+    grid: Image.Image
+    cells: list[list[Image.Image]]  # [row][column], the grid seed
+    measures: list[CellMeasures]
+    parameters: str
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """'1, 3, 7.5' -> (1.0, 3.0, 7.5), with one-sentence errors."""
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
+    try:
+        scales = tuple(float(p) for p in parts)
+    except ValueError:
+        raise EngineError(f"Scales must be numbers separated by commas, like '1, 3, 7.5'; got '{text}'.") from None
+    if not scales:
+        raise EngineError("Give at least one guidance scale, like '1, 3, 7.5'.")
+    return scales
+
+
+def row_settings(label: str, scales: tuple[float, ...]) -> GuidanceSettings:
+    if label not in ROWS:
+        raise EngineError(f"Unknown comparison row '{label}'; choose from {', '.join(ROWS)}.")
+    return replace(ROWS[label], scale=scales)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+def grid(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str], *,
+         x_title: str = "", y_title: str = "") -> Image.Image:
+    """Cells in rows and columns with labels on the left and top, like an X/Y plot."""
+    side = max(CELL_MIN, max(c.width for row in cells for c in row))
+    font, title_font = _font(max(12, side // 9)), _font(max(13, side // 8))
+    left = max(24 + int(font.getlength(label)) for label in row_labels) + (30 if y_title else 0)
+    top = side // 4 + (side // 5 if x_title else 0)
+    canvas = Image.new("RGB", (left + side * len(col_labels), top + side * len(row_labels)), "white")
+    draw = ImageDraw.Draw(canvas)
+    if x_title:
+        draw.text((left + side * len(col_labels) / 2, 4), x_title, fill="black", font=title_font, anchor="ma")
+    for j, label in enumerate(col_labels):
+        draw.text((left + side * j + side / 2, top - 6), label, fill="black", font=font, anchor="md")
+    for i, (label, row) in enumerate(zip(row_labels, cells)):
+        draw.text((left - 8, top + side * i + side / 2), label, fill="black", font=font, anchor="rm")
+        for j, cell in enumerate(row):
+            canvas.paste(cell.convert("RGB").resize((side, side), Image.NEAREST), (left + side * j, top + side * i))
+    if y_title:
+        label = Image.new("RGB", (int(title_font.getlength(y_title)) + 8, 24), "white")
+        ImageDraw.Draw(label).text((4, 2), y_title, fill="black", font=title_font)
+        label = label.rotate(90, expand=True)
+        canvas.paste(label, (2, top + (side * len(row_labels) - label.height) // 2))
+    return canvas
+
+
+def cell_measures(method: str, scale: float, images: list[Image.Image], prompt: str | None) -> CellMeasures:
+    """Mean saturation and clipping over the seeds, diversity across them, adherence when a prompt is given."""
+    arrays = [np.asarray(im.convert("RGB")) for im in images]
+    adherence = None
+    if prompt is not None:
+        parsed = parse_caption(prompt)
+        adherence = float(np.mean([evaluate(a, parsed).all_correct for a in arrays]))
+    return CellMeasures(method, scale, float(np.mean([saturation(a) for a in arrays])),
+                        float(np.mean([clipped_fraction(a) for a in arrays])), diversity(arrays), adherence)
+
+
+def is_project_model(name: str | None) -> bool:
+    """Whether the world's evaluator can judge this model's images: it is one of the project's own."""
+    try:
+        return resolve(name or default_model("text"), "text").offline
+    except EngineError:
+        return False
+
+
+def _run_row(engine, base, label: str, scales: tuple[float, ...], seeds: int, callback):
+    """Every scale at every seed (seed-major), as few batched Requests as the engine's batch limit allows."""
+    per_batch = max(1, MAX_IMAGES // len(scales))
+    images, parameters = [], ""
+    for first in range(0, seeds, per_batch):
+        group = range(first, min(seeds, first + per_batch))
+        req = replace(base, guidance=row_settings(label, scales * len(group)), num_images=len(scales) * len(group),
+                      image_seeds=tuple(base.seed + k for k in group for _ in scales))
+        result = engine.generate(req, callback=callback)
+        images += result.images
+        parameters = parameters or result.parameters[0]
+    return images, parameters
+
+
+def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[float, ...] = DEFAULT_SCALES, *,
+            seeds: int = 3, adherence: bool | None = None,
+            callback: Callable[[int, dict], None] | None = None) -> Comparison:
+    """One batched Request per row: every scale times every seed, the grid showing `base.seed` in each cell."""
+    if not rows:
+        raise EngineError("Pick at least one guidance method to compare.")
+    if not 1 <= seeds <= 8:
+        raise EngineError(f"The number of seeds per cell must be from 1 to 8, not {seeds}.")
+    if len(scales) > MAX_IMAGES:
+        raise EngineError(f"Compare at most {MAX_IMAGES} scales at once, not {len(scales)}.")
+    if len(rows) * len(scales) > MAX_CELLS:
+        raise EngineError(f"The grid would have {len(rows) * len(scales)} cells; the limit is {MAX_CELLS}.")
+    n = len(scales)
+    judge = base.prompt if (adherence if adherence is not None else is_project_model(base.model)) else None
+    cells, measures, parameters = [], [], ""
+    for r, label in enumerate(rows):
+        images, params = _run_row(engine, base, label, scales, seeds, (lambda info, r=r: callback(r, info))
+                                  if callback else None)
+        cells.append(images[:n])
+        parameters = parameters or params
+        for j, scale in enumerate(scales):
+            measures.append(cell_measures(label, scale, images[j::n], judge))
+    picture = grid(cells, list(rows), [f"{s:g}" for s in scales], x_title="guidance scale", y_title="method")
+    values = ", ".join(f"{s:g}" for s in scales)
+    parameters += f', X Type: Guidance scale, X Values: "{values}", Y Type: Method, Y Values: "{", ".join(rows)}"'
+    return Comparison(picture, cells, measures, parameters)

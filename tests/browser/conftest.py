@@ -1,0 +1,30 @@
+"""The app launched in-process on the tiny models, driven through gradio_client."""
+
+import pytest
+
+from engine.generate import Engine
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tiny_folders):
+    return tiny_folders["sd"].parent
+
+
+@pytest.fixture(scope="session")
+def lab_app(tiny_root):
+    """(url, engine) of the app serving every tab from the tiny model folders; closed after the session."""
+    import app
+    from ui.models import folder_choices
+
+    engine = Engine()
+    demo = app.create_app(engine, folder_choices(tiny_root, steps=2))
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_options())
+    yield url, engine
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(lab_app):
+    from gradio_client import Client
+
+    return Client(lab_app[0], verbose=False)

@@ -1,0 +1,103 @@
+"""Every generation endpoint through gradio_client: images come back as PNGs carrying their parameters."""
+
+import threading
+
+import numpy as np
+import pytest
+from gradio_client import handle_file
+from PIL import Image
+
+from engine.pnginfo import parse_parameters
+
+FAST = dict(steps=2)
+ENDPOINTS = {"/text2img": "prompt", "/class_cond": "class_label", "/controlnet": "control_image", "/compare": "prompt"}
+
+
+def png_parameters(path) -> dict:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return parse_parameters(image.info["parameters"])
+
+
+def test_endpoints_need_only_their_main_input(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for endpoint, main in ENDPOINTS.items():
+        params = api[endpoint]["parameters"]
+        assert params[0]["parameter_name"] == main
+        assert all(p["parameter_has_default"] for p in params[1:]), endpoint
+
+
+def test_text2img_png_info_trajectory_and_attention(client):
+    images, command, trajectory, attention = client.predict(
+        "a red circle on the left", num_images=2, trajectory=True, attention=True, seed=7, api_name="/text2img",
+        **FAST)
+    assert [item["caption"] for item in images] == ["seed 7", "seed 8"]
+    params = png_parameters(images[1]["image"])
+    assert params["Prompt"] == "a red circle on the left" and params["Seed"] == "8" and params["Steps"] == "2"
+    assert command.count("python -m engine generate") == 2 and "--seed 8" in command
+    assert png_parameters(trajectory)["Seed"] == "7"
+    assert [item["caption"] for item in attention] == ["a", "red", "circle", "on", "the", "left"]
+
+
+def test_text2img_guidance_methods_change_the_image(client):
+    def pixels(**kw):
+        images = client.predict("a red circle", scale=9, api_name="/text2img", **FAST, **kw)[0]
+        return np.asarray(Image.open(images[0]["image"]), np.float32)
+
+    cfg, apg = pixels(guidance="cfg"), pixels(guidance="apg", eta=0.0, momentum=-0.5)
+    assert np.abs(cfg - apg).mean() > 0
+    assert np.array_equal(cfg, pixels(guidance="cfg"))  # same seed, same image
+
+
+def test_class_cond_by_name(client):
+    images, probs, command = client.predict("square", api_name="/class_cond", **FAST)
+    params = png_parameters(images[0]["image"])
+    assert params["Class"] == "square" and params["CFG scale"] == "4"
+    assert "--class square" in command
+
+
+def test_controlnet_from_sketch_and_pose(client, tmp_path):
+    sketch = np.full((200, 300, 3), 255, np.uint8)
+    sketch[90:110, 40:260] = 0
+    Image.fromarray(sketch).save(tmp_path / "sketch.png")
+    images, used, command = client.predict(handle_file(str(tmp_path / "sketch.png")), "a small star", preprocess=True,
+                                           control_type="scribble", api_name="/controlnet", **FAST)
+    params = png_parameters(images[0]["image"])
+    assert params["ControlNet"].startswith("scribble") and params["Prompt"] == "a small star"
+    assert Image.open(used).size == (32, 32)
+    pose_map, control_type = client.predict("[[0.5, 0.1]" + ", [0.5, 0.2]" * 17 + "]", None,
+                                            api_name="/preview_pose")
+    assert control_type == "pose" and Image.open(pose_map).size == (32, 32)
+
+
+def test_compare_grid_and_measures(client):
+    grid, *frames, table = client.predict("a red circle", methods=["CFG", "APG"], scales="1, 7.5", seeds=2,
+                                          api_name="/compare", **FAST)
+    params = png_parameters(grid)
+    assert params["X Values"] == "1, 7.5" and params["Y Values"] == "CFG, APG"
+    rows = table["data"]
+    assert len(rows) == 4 and len(frames) == 4
+    header = table["headers"]
+    diversity = [row[header.index("diversity")] for row in rows]
+    assert all(d > 0 for d in diversity)  # two seeds differ
+
+
+def test_a_second_user_waits_and_is_served(client):
+    first = client.submit("a red circle", steps=6, api_name="/text2img")
+    second = client.submit("a blue square", steps=2, api_name="/text2img")
+    statuses = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            statuses.append(second.status())
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert first.result()[0] and second.result()[0]
+    finally:
+        done.set()
+        watcher.join()
+    assert any(s.code.name == "IN_QUEUE" for s in statuses)

@@ -1,0 +1,98 @@
+"""Bad input gets one clear sentence as a gr.Error, never a traceback; the server keeps serving."""
+
+import math
+
+import numpy as np
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+
+def error_of(client, *args, **kwargs) -> str:
+    with pytest.raises(AppError) as info:
+        client.predict(*args, **kwargs)
+    message = str(info.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(prompt=""), "prompt is empty"),
+    (dict(prompt="a" * 1001), "1001 characters"),
+    (dict(prompt="a circle", scale=31), "31"),
+    (dict(prompt="a circle", model="no-such-model"), "Unknown model"),
+    (dict(prompt="a circle", guidance="magic"), "magic"),
+    (dict(prompt="a circle", scheduler="warp"), "warp"),
+    (dict(prompt="a circle", interval_start=0.8, interval_end=0.2), "start before it ends"),
+])
+def test_text2img_bad_input(client, kwargs, expected):
+    assert expected in error_of(client, api_name="/text2img", steps=2, **kwargs)
+
+
+def test_nan_reaches_the_handler_as_a_sentence(lab_app):
+    import gradio as gr
+
+    from ui.text2img import make_handler
+
+    handler = make_handler(lab_app[1])
+    with pytest.raises(gr.Error, match="finite"):
+        handler("a circle", scale=math.nan, steps=2, progress=None)
+    with pytest.raises(gr.Error, match="whole number"):
+        handler("a circle", steps=math.nan, progress=None)
+
+
+def test_unknown_class(client):
+    assert "Unknown class 'dragon'" in error_of(client, "dragon", api_name="/class_cond", steps=2)
+
+
+def test_missing_classifier_is_explained(client):
+    message = error_of(client, "circle", classifier_scale=2.0, api_name="/class_cond", steps=2)
+    assert "lab-classifier" in message
+
+
+def test_corrupt_and_huge_images(client, tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
+    assert "could not be read" in error_of(client, handle_file(str(corrupt)), "a star", api_name="/controlnet",
+                                           steps=2)
+    huge = tmp_path / "huge.png"
+    Image.new("L", (5000, 4000), 255).save(huge)
+    assert "16 megapixels" in error_of(client, handle_file(str(huge)), "a star", api_name="/controlnet", steps=2)
+
+
+@pytest.mark.parametrize("kind", ["grey", "16-bit", "transparent"])
+def test_unusual_images_are_converted(client, tmp_path, kind):
+    path = tmp_path / f"{kind}.png"
+    ramp = np.tile(np.linspace(0, 1, 64), (64, 1))
+    if kind == "grey":
+        Image.fromarray((ramp * 255).astype(np.uint8), "L").save(path)
+    elif kind == "16-bit":
+        Image.fromarray((ramp * 65535).astype(np.uint16)).save(path)
+    else:
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        rgba[20:40, 10:50] = (0, 0, 0, 255)
+        Image.fromarray(rgba, "RGBA").save(path)
+    images, used, _ = client.predict(handle_file(str(path)), "a star", control_type="canny", preprocess=True,
+                                     api_name="/controlnet", steps=2)
+    assert Image.open(used).mode == "RGB" and images
+
+
+def test_blank_sketch_and_bad_pose_json(client, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), "white").save(blank)
+    assert "blank" in error_of(client, handle_file(str(blank)), "a star", control_type="scribble", preprocess=True,
+                               api_name="/controlnet", steps=2)
+    assert "not valid JSON" in error_of(client, "[[0.5, 0.1", None, api_name="/preview_pose")
+    assert "18 keypoints" in error_of(client, "[[0.5, 0.1]]", None, api_name="/preview_pose")
+
+
+def test_compare_bad_scales_and_rows(client):
+    assert "numbers separated by commas" in error_of(client, "a circle", scales="1, lots", api_name="/compare")
+    assert "at least one" in error_of(client, "a circle", methods=[], api_name="/compare")
+
+
+def test_server_keeps_serving_after_errors(client):
+    error_of(client, "", api_name="/text2img")
+    images = client.predict("a circle", api_name="/text2img", steps=2)[0]
+    assert images

@@ -1,0 +1,1 @@
+"""The Gradio app's tabs and shared pieces; they build on engine callables and never on tensors."""

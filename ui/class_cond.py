@@ -1,0 +1,90 @@
+"""Class-conditional tab: a class by name, CFG and classifier guidance (alone or together), p(y | x_t) per step."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from engine.errors import EngineError
+from engine.generate import Engine, Request, Result
+from engine.registry import resolve
+
+from .models import ModelChoices
+from .shared import (MODEL_EVENT, gallery, gallery_items, guarded, guidance_settings, progress_adapter, reproduce,
+                     reproduce_box, sampling_controls, seed_row, whole)
+
+NO_CLASSIFIER = "none"
+
+
+def class_names(engine: Engine, model: str | None) -> list[str]:
+    """The model's class names, or none when it cannot be loaded (the Generate button then says why)."""
+    if not model:
+        return []
+    try:
+        return engine.class_names(engine.store.get(resolve(model, "class")).obj)
+    except EngineError:
+        return []
+
+
+def usable_classifier(names: list[str]) -> str:
+    """The first classifier that resolves here, else 'none'."""
+    for name in names:
+        try:
+            resolve(name, "classifier")
+            return name
+        except EngineError:
+            continue
+    return NO_CLASSIFIER
+
+
+def probability_frame(result: Result) -> pd.DataFrame:
+    """Long-form p(y | x_t) per step and image, for a line plot."""
+    rows = [{"step": i + 1, "p(y | x_t)": p, "image": f"seed {seed}"}
+            for i, probs in enumerate(result.class_probs) for seed, p in zip(result.seeds, probs)]
+    return pd.DataFrame(rows, columns=["step", "p(y | x_t)", "image"])
+
+
+def make_handler(engine: Engine):
+    @guarded
+    def class_cond(class_label: str, model: str | None = None, scale: float = 4.0, classifier_scale: float = 0.0,
+                   classifier: str = NO_CLASSIFIER, steps: int = 25, scheduler: str = "ddim", seed: int = 0,
+                   num_images: int = 1, progress=gr.Progress()):
+        if class_label is None or not str(class_label).strip():
+            raise EngineError("Pick a class to generate.")
+        req = Request(model=model or None, class_label=str(class_label).strip(),
+                      guidance=guidance_settings("cfg", scale, classifier_scale=classifier_scale),
+                      classifier=None if classifier in (None, "", NO_CLASSIFIER) else classifier,
+                      steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
+                      seed=whole("seed", seed, 0, 2**63 - 17), num_images=whole("number of images", num_images, 1, 16))
+        result = engine.generate(req, callback=progress_adapter(progress))
+        return gallery_items(result), probability_frame(result), reproduce(result)
+
+    return class_cond
+
+
+def build(engine: Engine, models: ModelChoices) -> None:
+    names = class_names(engine, models.default("class"))
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = gr.Dropdown(models.classes, value=models.default("class"), label="Model",
+                                allow_custom_value=True)
+            label = gr.Dropdown(names, value=names[0] if names else None, label="Class", allow_custom_value=True,
+                                info="the class the image should show")
+            scale = gr.Slider(0, 20, value=4.0, step=0.5, label="CFG scale", info="1 = off (class-conditional only)")
+            classifiers = [*models.classifier, NO_CLASSIFIER]
+            classifier = gr.Dropdown(classifiers, value=usable_classifier(models.classifier),
+                                     label="Noise-aware classifier", info="also plots p(y | x_t) along the steps",
+                                     allow_custom_value=True)
+            classifier_scale = gr.Slider(0, 50, value=0, step=0.5, label="Classifier-guidance scale",
+                                         info="0 = off; Dhariwal and Nichol (2021)")
+            steps, scheduler = sampling_controls(models.steps)
+            seed, count = seed_row("class_cond")
+            button = gr.Button("Generate", variant="primary", elem_id="class-run")
+        with gr.Column(scale=3):
+            images = gallery(elem_id="class-images")
+            plot = gr.LinePlot(x="step", y="p(y | x_t)", color="image", y_lim=[0, 1],
+                               label="Classifier p(y | x_t) per step (needs a classifier)", height=260)
+            command = reproduce_box()
+    model.change(lambda m: gr.update(choices=class_names(engine, m)), model, label, api_name="class_names")
+    button.click(make_handler(engine), [label, model, scale, classifier_scale, classifier, steps, scheduler, seed,
+                                        count], [images, plot, command], api_name="class_cond", **MODEL_EVENT)

@@ -1,0 +1,82 @@
+"""Which models each tab offers: the project's own (offline, CPU), hub models (GPU), or folders given at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.control import CONTROL_TYPES
+from engine.errors import EngineError
+from engine.registry import REGISTRY, available_offline, default_model, resolve
+
+KINDS = ("text", "class", "classifier")
+
+
+@dataclass
+class ModelChoices:
+    """Per task: the names offered in the model dropdowns, the first being the default; ControlNets per type."""
+
+    text: list[str]
+    classes: list[str]
+    classifier: list[str]
+    controlnet: dict[str, list[str]] = field(default_factory=dict)
+    steps: int = 25  # default sampling steps the tabs start with
+
+    def default(self, kind: str) -> str | None:
+        names = {"text": self.text, "class": self.classes, "classifier": self.classifier}[kind]
+        return names[0] if names else None
+
+    def default_controlnet(self, control_type: str) -> str | None:
+        names = self.controlnet.get(control_type) or []
+        return names[0] if names else None
+
+    def missing(self) -> list[str]:
+        """Default models that cannot be loaded here, each with the reason (the registry's sentence)."""
+        names = [self.default(k) for k in KINDS] + [self.default_controlnet(t) for t in CONTROL_TYPES]
+        reasons = []
+        for name in dict.fromkeys(n for n in names if n):
+            try:
+                resolve(name)
+            except EngineError as exc:
+                reasons.append(str(exc))
+        return reasons
+
+
+def registry_choices(on_gpu: bool) -> ModelChoices:
+    """The project's models first (hub models first on a GPU when the project's are absent)."""
+    local = set(available_offline())
+
+    def names(kind: str, control_type: str | None = None) -> list[str]:
+        specs = [s for s in REGISTRY.values() if s.kind == kind and s.control_type == control_type]
+        lab = [s.name for s in specs if s.offline]
+        hub = [s.name for s in specs if not s.offline]
+        first = default_model(kind, control_type) if kind != "classifier" else "lab-classifier"
+        lab.sort(key=lambda n: n != first)
+        return hub + lab if on_gpu and first not in local else lab + hub
+
+    return ModelChoices(names("text"), names("class"), names("classifier"),
+                        {t: names("controlnet", t) for t in CONTROL_TYPES})
+
+
+def folder_choices(root: Path, steps: int = 25) -> ModelChoices:
+    """Every model folder under `root` (as saved by tests/tiny_models.py or training), sorted by kind."""
+    found: dict[str, list[str]] = {"text": [], "class": [], "classifier": [], "controlnet": []}
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        try:
+            found[resolve(str(folder)).kind].append(str(folder))
+        except EngineError:
+            continue
+    if not found["text"]:
+        raise EngineError(f"No text-to-image model folder found under '{root}'.")
+    return ModelChoices(found["text"], found["class"], found["classifier"],
+                        {t: found["controlnet"] for t in CONTROL_TYPES}, steps)
+
+
+def choices_from_env(on_gpu: bool) -> ModelChoices:
+    """LAB_MODEL_DIR points every tab at the model folders under it, otherwise the registry; LAB_STEPS sets the
+    default number of steps."""
+    root = os.environ.get("LAB_MODEL_DIR")
+    choices = folder_choices(Path(root)) if root else registry_choices(on_gpu)
+    choices.steps = int(os.environ.get("LAB_STEPS", choices.steps))
+    return choices

@@ -1,0 +1,87 @@
+"""Text-to-image tab: prompt, guidance method with its own parameters, trajectory strip and cross-attention maps."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.attention import generate_with_attention, heatmap
+from engine.compare import grid
+from engine.generate import Engine, Request, Result
+
+from .models import ModelChoices
+from .shared import (MODEL_EVENT, gallery, gallery_items, guarded, guidance_controls, guidance_settings,
+                     progress_adapter, reproduce, reproduce_box, sampling_controls, save_output, seed_row, text,
+                     whole)
+
+TRAJECTORY_POINTS = 5
+
+
+def preview_steps(steps: int) -> set[int]:
+    """A few steps from first to last, evenly spread, where the x0 preview is decoded."""
+    return {round(k * (steps - 1) / (TRAJECTORY_POINTS - 1)) for k in range(TRAJECTORY_POINTS)}
+
+
+def trajectory_strip(result: Result) -> str | None:
+    """The x0 previews as one labelled strip: a row per image, a column per previewed step."""
+    if not result.previews:
+        return None
+    steps = [i for i, _ in result.previews]
+    cells = [[images[n] for _, images in result.previews] for n in range(len(result.images))]
+    picture = grid(cells, [f"seed {s}" for s in result.seeds], [f"step {i + 1}" for i in steps],
+                   x_title="x0 estimate along the run")
+    return save_output(picture, result.parameters[0])
+
+
+def attention_items(result: Result, maps) -> list[tuple[str, str]]:
+    return [(save_output(heatmap(result.images[0], weights), result.parameters[0]), token) for token, weights in maps]
+
+
+def make_handler(engine: Engine):
+    @guarded
+    def text2img(prompt: str, negative_prompt: str = "", model: str | None = None, guidance: str = "cfg",
+                 scale: float = 5.0, eta: float = 0.0, momentum: float = -0.5, norm_threshold: float = 0.0,
+                 rescale: float = 0.0, interval_start: float = 0.0, interval_end: float = 1.0, steps: int = 25,
+                 scheduler: str = "ddim", seed: int = 0, num_images: int = 1, trajectory: bool = False,
+                 attention: bool = False, progress=gr.Progress()):
+        req = Request(model=model or None, prompt=text("prompt", prompt),
+                      negative_prompt=text("negative prompt", negative_prompt),
+                      guidance=guidance_settings(guidance, scale, eta, momentum, norm_threshold, rescale,
+                                                 interval_start, interval_end),
+                      steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
+                      seed=whole("seed", seed, 0, 2**63 - 17), num_images=whole("number of images", num_images, 1, 16))
+        kwargs = dict(callback=progress_adapter(progress), preview_steps=preview_steps(req.steps) if trajectory else None)
+        if attention:
+            result, maps = generate_with_attention(engine, req, **kwargs)
+        else:
+            result, maps = engine.generate(req, **kwargs), []
+        return gallery_items(result), reproduce(result), trajectory_strip(result), attention_items(result, maps)
+
+    return text2img
+
+
+def build(engine: Engine, models: ModelChoices) -> None:
+    """The tab's layout and its events; call inside a gr.Tab."""
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox("a large red circle on the left on a white background", label="Prompt", lines=2,
+                                max_length=1000)
+            negative = gr.Textbox("", label="Negative prompt (the unconditional branch)")
+            model = gr.Dropdown(models.text, value=models.default("text"), label="Model", allow_custom_value=True)
+            g = guidance_controls("text2img", 5.0)
+            steps, scheduler = sampling_controls(models.steps)
+            seed, count = seed_row("text2img")
+            with gr.Row():
+                show_trajectory = gr.Checkbox(False, label="Show the denoising trajectory")
+                show_attention = gr.Checkbox(False, label="Show cross-attention maps")
+            button = gr.Button("Generate", variant="primary", elem_id="text2img-run")
+        with gr.Column(scale=3):
+            images = gallery(elem_id="text2img-images")
+            trajectory = gr.Image(label="Denoising trajectory (x0 estimate)", type="filepath", format="png",
+                                  interactive=False, elem_id="text2img-trajectory")
+            attention = gallery("Cross-attention per prompt token (image 1, last steps)")
+            command = reproduce_box()
+    inputs = [prompt, negative, model, *g.inputs, steps, scheduler, seed, count, show_trajectory, show_attention]
+    outputs = [images, command, trajectory, attention]
+    handler = make_handler(engine)
+    button.click(handler, inputs, outputs, api_name="text2img", **MODEL_EVENT)
+    prompt.submit(handler, inputs, outputs, api_name="text2img_submit", **MODEL_EVENT)
