@@ -43,7 +43,9 @@ def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = 5.
     return torch.clamp(snr, max=gamma) / snr
 
 
-def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3) -> None:
+def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, run: Path | None = None,
+          out: Path | None = None, warmup: int = 200) -> list[float]:
+    """Train (or resume) the text encoder and UNet, export the EMA weights; returns the loss of every step run."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval().requires_grad_(False)
@@ -54,14 +56,15 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3) 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
-    run = RUNS / "text2img"
+    run = run or RUNS / "text2img"
+    losses = []
     start = load_checkpoint(run, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
     log = Log("text2img", steps, start)
     gen = torch.Generator().manual_seed(start)
     rng = np.random.default_rng(start)
     for step in range(start, steps):
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr)
+            group["lr"] = cosine_lr(step, steps, lr, warmup)
         images, _, captions = render_batch(2_000_000 + step * batch_size, batch_size, n_objects=(1, 1, 2))
         captions = ["" if rng.random() < P_UNCOND else c for c in captions]
         with torch.no_grad():
@@ -82,11 +85,13 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3) 
         for name, module in (("unet", unet), ("text_encoder", text_encoder)):
             emas[name].decay = min(0.999, (1 + step) / (10 + step))
             emas[name].update(module)
+        losses.append(loss.item())
         if (step + 1) % 50 == 0:
             log(step, loss=loss.item())
         if (step + 1) % 250 == 0 or step + 1 == steps:
             save_checkpoint(run, step + 1, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
-    export(vae, tokenizer, text_encoder, unet, emas, MODELS / "lab-sd")
+    export(vae, tokenizer, text_encoder, unet, emas, out or MODELS / "lab-sd")
+    return losses
 
 
 def export(vae, tokenizer, text_encoder, unet, emas, folder: Path) -> None:

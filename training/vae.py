@@ -50,19 +50,22 @@ def scaling_factor(vae: AutoencoderKL, n: int = 512) -> float:
     return float(1 / z.std())
 
 
-def train(steps: int, batch_size: int = 32, lr: float = 2e-3, full_res_steps: int = 400, out=None) -> AutoencoderKL:
+def train(steps: int, batch_size: int = 32, lr: float = 2e-3, full_res_steps: int = 400, out=None, run=None,
+          warmup: int = 200) -> tuple[AutoencoderKL, list[float]]:
+    """Train (or resume) the VAE; returns the EMA model and the loss of every step run."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL(**CONFIG).to(dev)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     ema = EMA(vae, 0.995)
-    run = RUNS / "vae"
+    run = run or RUNS / "vae"
+    losses = []
     start = load_checkpoint(run, {"vae": vae}, optimizer, {"vae": ema})
     rng = np.random.default_rng(start)
     log = Log("vae", steps, start)
     for step in range(start, steps):
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr)
+            group["lr"] = cosine_lr(step, steps, lr, warmup)
         crop = None if step >= steps - full_res_steps else 32  # crops are 4x cheaper; finish at full size
         x = batch(step, batch_size if crop else batch_size // 2, crop, rng).to(dev)
         posterior = vae.encode(x).latent_dist
@@ -72,6 +75,7 @@ def train(steps: int, batch_size: int = 32, lr: float = 2e-3, full_res_steps: in
         loss.backward()
         optimizer.step()
         ema.update(vae)
+        losses.append(loss.item())
         if (step + 1) % 50 == 0:
             log(step, loss=loss.item())
         if (step + 1) % 500 == 0 or step + 1 == steps:
@@ -84,7 +88,7 @@ def train(steps: int, batch_size: int = 32, lr: float = 2e-3, full_res_steps: in
     folder = out or (RUNS / "vae-final")
     vae.save_pretrained(folder)
     (folder / "metrics.json").write_text(json.dumps(result, indent=2))
-    return vae
+    return vae, losses
 
 
 def main(argv=None) -> None:
