@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def request_from_args(args, engine) -> "Request":
     from .control import load_image, prepare_control
     from .generate import ControlSpec, Request
-    from .registry import default_model, resolve
+    from .registry import default_model
 
     out = Path(args.out)
     if not out.parent.is_dir():
@@ -113,18 +114,15 @@ def request_from_args(args, engine) -> "Request":
         image = prepare_control(source, args.control_type, size=size, low=args.canny_low, high=args.canny_high)
         controls = (ControlSpec(image, args.control_type, args.controlnet, args.control_scale, args.control_start,
                                 args.control_end),)
-    kind = "class" if args.class_label is not None and not args.prompt.strip() and not controls else "text"
-    model = args.model
-    scale = args.scale
-    if scale is None:
-        scale = resolve(model or default_model(kind), kind).default_scale
-    guidance = GuidanceSettings(method=args.guidance, scale=scale, eta=args.eta, momentum=args.momentum,
+    guidance = GuidanceSettings(method=args.guidance, eta=args.eta, momentum=args.momentum,
                                 norm_threshold=args.norm_threshold, rescale=args.rescale,
                                 interval=tuple(args.interval), classifier_scale=args.classifier_scale)
-    return Request(model=model, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                   class_label=args.class_label, controls=controls, guess_mode=args.guess_mode, guidance=guidance,
-                   classifier=args.classifier, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
-                   height=args.height, width=args.width, num_images=args.num_images)
+    req = Request(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                  class_label=args.class_label, controls=controls, guess_mode=args.guess_mode, guidance=guidance,
+                  classifier=args.classifier, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
+                  height=args.height, width=args.width, num_images=args.num_images)
+    scale = args.scale if args.scale is not None else engine.model_spec(req).default_scale
+    return replace(req, guidance=replace(guidance, scale=scale))
 
 
 def _native_size(engine, model: str) -> tuple[int, int]:
