@@ -1,6 +1,7 @@
 """Every generation endpoint through gradio_client: images come back as PNGs carrying their parameters."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -83,7 +84,12 @@ def test_compare_grid_and_measures(client):
 
 
 def test_a_second_user_waits_and_is_served(client):
-    first = client.submit("a red circle", steps=6, api_name="/text2img")
+    # The first job is long enough (hundreds of steps) that the second is certainly queued behind it.
+    first = client.submit("a red circle", steps=150, num_images=8, api_name="/text2img")
+    # submit() is asynchronous: wait until the first job holds the worker, so the second must queue behind it.
+    deadline = time.monotonic() + 60
+    while first.status().code.name not in ("PROCESSING", "PROGRESS") and time.monotonic() < deadline:
+        time.sleep(0.01)
     second = client.submit("a blue square", steps=2, api_name="/text2img")
     statuses = []
     done = threading.Event()
@@ -91,7 +97,7 @@ def test_a_second_user_waits_and_is_served(client):
     def watch():
         while not done.is_set():
             statuses.append(second.status())
-            done.wait(0.02)
+            done.wait(0.01)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
