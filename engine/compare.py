@@ -117,16 +117,22 @@ def is_project_model(name: str | None) -> bool:
         return False
 
 
-def _run_row(engine, base, label: str, scales: tuple[float, ...], seeds: int, callback):
-    """Every scale at every seed (seed-major), as few batched Requests as the engine's batch limit allows."""
-    per_batch = max(1, MAX_IMAGES // len(scales))
-    images, parameters = [], ""
-    for first in range(0, seeds, per_batch):
-        group = range(first, min(seeds, first + per_batch))
-        req = replace(base, guidance=row_settings(label, scales * len(group)), num_images=len(scales) * len(group),
-                      image_seeds=tuple(base.seed + k for k in group for _ in scales))
+def shares_conditional(settings: GuidanceSettings, scale: float) -> bool:
+    """Whether this cell is the plain conditional run: at scale 1 every method but CFG-Zero* (whose zero-init
+    steps still act) returns c at every step, so one conditional batch serves all such rows."""
+    return scale == 1 and settings.method != "cfg-zero-star"
+
+
+def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]], callback):
+    """Images for (seed offset, scale) cells, in as few batched Requests as the engine's batch limit allows."""
+    images = {}
+    parameters = ""
+    for first in range(0, len(cells), MAX_IMAGES):
+        group = cells[first:first + MAX_IMAGES]
+        req = replace(base, guidance=replace(settings, scale=tuple(s for _, s in group)), num_images=len(group),
+                      image_seeds=tuple(base.seed + k for k, _ in group))
         result = engine.generate(req, callback=callback)
-        images += result.images
+        images.update(zip(group, result.images))
         parameters = parameters or result.parameters[0]
     return images, parameters
 
@@ -134,7 +140,8 @@ def _run_row(engine, base, label: str, scales: tuple[float, ...], seeds: int, ca
 def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[float, ...] = DEFAULT_SCALES, *,
             seeds: int = 3, adherence: bool | None = None,
             callback: Callable[[int, dict], None] | None = None) -> Comparison:
-    """One batched Request per row: every scale times every seed, the grid showing `base.seed` in each cell."""
+    """Batched Requests per row (every scale times every seed), the grid showing `base.seed` in each cell; the
+    scale-1 cells that are plain conditional runs are computed once for all rows."""
     if not rows:
         raise EngineError("Pick at least one guidance method to compare.")
     if not 1 <= seeds <= 8:
@@ -143,16 +150,23 @@ def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[fl
         raise EngineError(f"Compare at most {MAX_IMAGES} scales at once, not {len(scales)}.")
     if len(rows) * len(scales) > MAX_CELLS:
         raise EngineError(f"The grid would have {len(rows) * len(scales)} cells; the limit is {MAX_CELLS}.")
-    n = len(scales)
     judge = base.prompt if (adherence if adherence is not None else is_project_model(base.model)) else None
     cells, measures, parameters = [], [], ""
+    shared, shared_params = {}, ""  # the scale-1 conditional images, computed once for every row sharing them
     for r, label in enumerate(rows):
-        images, params = _run_row(engine, base, label, scales, seeds, (lambda info, r=r: callback(r, info))
-                                  if callback else None)
-        cells.append(images[:n])
+        settings = row_settings(label, scales)
+        report = (lambda info, r=r: callback(r, info)) if callback else None
+        todo = [(k, s) for k in range(seeds) for s in scales if not shares_conditional(settings, s)]
+        images, params = _run(engine, base, settings, todo, report)
+        if len(todo) < seeds * len(scales):
+            if not shared:
+                shared, shared_params = _run(engine, base, settings, [(k, 1.0) for k in range(seeds)], report)
+            images.update(shared)
+            params = params or shared_params
+        cells.append([images[0, s] for s in scales])
         parameters = parameters or params
-        for j, scale in enumerate(scales):
-            measures.append(cell_measures(label, scale, images[j::n], judge))
+        for scale in scales:
+            measures.append(cell_measures(label, scale, [images[k, scale] for k in range(seeds)], judge))
     picture = grid(cells, list(rows), [f"{s:g}" for s in scales], x_title="guidance scale", y_title="method")
     values = ", ".join(f"{s:g}" for s in scales)
     parameters += f', X Type: Guidance scale, X Values: "{values}", Y Type: Method, Y Values: "{", ".join(rows)}"'

@@ -15,10 +15,10 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from engine.tokenizer import build_clip_tokenizer
-from engine.world import VOCABULARY, render_batch
+from engine.world import VOCABULARY, caption
 
+from . import pool as latent_pool
 from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, save_checkpoint
-from .vae import to_tensor
 
 MAX_TOKENS = 32
 P_UNCOND = 0.15
@@ -44,11 +44,16 @@ def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = 5.
 
 
 def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, run: Path | None = None,
-          out: Path | None = None, warmup: int = 200) -> list[float]:
-    """Train (or resume) the text encoder and UNet, export the EMA weights; returns the loss of every step run."""
+          out: Path | None = None, warmup: int = 200, pool: Path = latent_pool.POOL,
+          pool_size: int = 30_000) -> list[float]:
+    """Train (or resume) the text encoder and UNet on the latent pool (built from `vae_folder` if missing),
+    export the EMA weights; returns the loss of every step run."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval().requires_grad_(False)
+    if not (pool / "latents.safetensors").is_file():
+        latent_pool.build(pool_size, vae_folder, pool)
+    scenes = latent_pool.load(pool)
     tokenizer = build_clip_tokenizer(VOCABULARY, model_max_length=MAX_TOKENS)
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
     unet = UNet2DConditionModel(**UNET).to(dev)
@@ -65,10 +70,9 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
     for step in range(start, steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup)
-        images, _, captions = render_batch(2_000_000 + step * batch_size, batch_size, n_objects=(1, 1, 2))
-        captions = ["" if rng.random() < P_UNCOND else c for c in captions]
-        with torch.no_grad():
-            latents = vae.encode(to_tensor(images).to(dev)).latent_dist.sample(gen) * vae.config.scaling_factor
+        index = torch.from_numpy(rng.integers(len(scenes), size=batch_size))
+        latents = scenes.latents(index, gen).to(dev)
+        captions = ["" if rng.random() < P_UNCOND else caption(scenes.scenes[i], rng) for i in index.tolist()]
         ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                         return_tensors="pt").input_ids.to(dev)
         embeds = text_encoder(ids)[0]  # (B, L, D)

@@ -18,7 +18,7 @@ def test_vae_smoke_run_loss_falls_and_resumes(tmp_path):
 def test_text2img_smoke_run_loss_falls_and_exports(tmp_path):
     vae.train(5, batch_size=4, full_res_steps=1, out=tmp_path / "vae", run=tmp_path / "vae-run", warmup=2)
     losses = text2img.train(40, tmp_path / "vae", batch_size=8, run=tmp_path / "run", out=tmp_path / "sd",
-                            warmup=5)
+                            warmup=5, pool=tmp_path / "pool", pool_size=64)
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
     result = Engine().generate(Request(model=str(tmp_path / "sd"), prompt="a large red circle on the left", steps=3))
     assert result.images[0].size == (64, 64)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engine.attention import generate_with_attention
-from engine.compare import compare, grid, parse_scales
+from engine.compare import ROWS, compare, grid, parse_scales
 from engine.errors import EngineError
 from engine.generate import Request
 from engine.guidance import GuidanceSettings
@@ -51,3 +51,15 @@ def test_cross_attention_maps_leave_the_image_unchanged(lab_app, tiny_folders):
     assert all(np.isclose(m.max(), 1.0) for _, m in maps)
     plain = engine.generate(req).images[0]
     assert np.array_equal(np.asarray(plain), np.asarray(result.images[0]))
+
+
+def test_scale_one_cells_are_shared_except_for_cfg_zero_star(lab_app, tiny_folders):
+    engine = lab_app[1]
+    base = Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=2, seed=5)
+    result = compare(engine, base, ("CFG", "APG", "CFG-Zero*"), (1.0, 4.0), seeds=2)
+    for label, cell in zip(("APG", "CFG-Zero*"), (result.cells[1][0], result.cells[2][0])):
+        single = engine.generate(Request(model=base.model, prompt=base.prompt, steps=2, seed=5,
+                                         guidance=GuidanceSettings(ROWS[label].method, 1.0,
+                                                                   momentum=ROWS[label].momentum))).images[0]
+        assert np.abs(np.asarray(single, np.int16) - np.asarray(cell, np.int16)).max() <= 1, label
+    assert not np.array_equal(np.asarray(result.cells[0][0]), np.asarray(result.cells[2][0]))
