@@ -1,0 +1,153 @@
+"""Recipe: the class-conditional DiT (Peebles and Xie, 2023) over the world's shapes, on pool latents of
+single-object scenes; the label is dropped to the null class 10% of the time so one network learns c and u
+(Ho and Salimans). `python -m training.dit --steps 1800`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiTPipeline, DiTTransformer2DModel
+from diffusers.models.embeddings import LabelEmbedding
+from torch import nn
+
+from engine.registry import write_id2label
+from engine.world import SHAPES
+
+from . import pool as latent_pool
+from .classifier import shape_labels
+from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, save_checkpoint
+from .text2img import SCHEDULE, min_snr_weights
+
+P_UNCOND = 0.1
+NULL_ID = len(SHAPES)  # LabelEmbedding's extra row: the id DiTTransformer2DModel reserves for "no class"
+DIT = dict(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=6, num_attention_heads=4,
+           attention_head_dim=32, num_embeds_ada_norm=len(SHAPES), norm_type="ada_norm_zero",
+           norm_elementwise_affine=False, activation_fn="gelu-approximate")
+
+
+def adaln_zero_init(transformer: DiTTransformer2DModel) -> None:
+    """DiT's initialisation (Peebles and Xie, 2023): xavier linears, adaLN modulations and output zeroed, so every
+    block starts as the identity; diffusers' DiTTransformer2DModel does not do this itself."""
+    for module in transformer.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    weight = transformer.pos_embed.proj.weight
+    nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+    nn.init.zeros_(transformer.pos_embed.proj.bias)
+    for block in transformer.transformer_blocks:
+        emb = block.norm1.emb
+        nn.init.normal_(emb.class_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(emb.timestep_embedder.linear_1.weight, std=0.02)
+        nn.init.normal_(emb.timestep_embedder.linear_2.weight, std=0.02)
+        nn.init.zeros_(block.norm1.linear.weight)  # shift, scale and gate of attention and MLP
+        nn.init.zeros_(block.norm1.linear.bias)
+    for layer in (transformer.proj_out_1, transformer.proj_out_2):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
+def build_transformer(dev: torch.device) -> DiTTransformer2DModel:
+    """The DiT with its paper's initialisation and diffusers' own label dropout off: the recipe drops labels
+    itself, seeded and once per sample."""
+    transformer = DiTTransformer2DModel(**DIT)
+    adaln_zero_init(transformer)
+    transformer = transformer.to(dev)
+    # Every block owns a LabelEmbedding that, in train mode, drops labels with its own unseeded torch.rand; the
+    # null row (num_classes) stays in the table, only the dropping stops.
+    for module in transformer.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = 0.0
+    return transformer
+
+
+def drop_labels(labels: torch.Tensor, gen: torch.Generator, p: float = P_UNCOND) -> torch.Tensor:
+    """Replace each label by the null id with probability p, drawn from `gen`."""
+    drop = torch.rand(labels.shape, generator=gen) < p  # (B,)
+    return torch.where(drop.to(labels.device), torch.full_like(labels, NULL_ID), labels)
+
+
+def train(steps: int, pool: Path = latent_pool.POOL, vae_folder: Path = RUNS / "vae-final", batch_size: int = 64,
+          lr: float = 1e-3, run: Path | None = None, out: Path | None = None, warmup: int = 200,
+          pool_size: int = 30_000) -> list[float]:
+    """Train (or resume) the DiT with min-SNR-weighted eps MSE, export the EMA weights as a DiTPipeline; returns
+    the loss of every step run."""
+    torch.manual_seed(0)
+    dev = device()
+    vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
+    if not (pool / "latents.safetensors").is_file():
+        latent_pool.build(pool_size, vae_folder, pool)
+    data = latent_pool.load(pool)
+    if abs(data.scaling - vae.config.scaling_factor) > 1e-6:
+        raise ValueError(f"The pool at {pool} was encoded by another VAE than {vae_folder}; rebuild one of them.")
+    index, labels = shape_labels(data)
+    transformer = build_transformer(dev)
+    schedule = DDPMScheduler(**SCHEDULE)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.0)
+    emas = {"transformer": EMA(transformer, 0.999)}
+    run = run or RUNS / "dit"
+    start = load_checkpoint(run, {"transformer": transformer}, optimizer, emas)
+    log = Log("dit", steps, start)
+    gen = torch.Generator().manual_seed(start)
+    rng = np.random.default_rng(start)
+    losses = []
+    for step in range(start, steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr, warmup)
+        pick = rng.integers(len(index), size=batch_size)
+        latents = data.latents(torch.from_numpy(index[pick]), gen).to(dev)  # (B, 4, 16, 16)
+        y = drop_labels(torch.from_numpy(labels[pick]), gen).to(dev)  # (B,)
+        noise = torch.randn(latents.shape, generator=gen).to(dev)  # (B, 4, 16, 16)
+        t = torch.randint(0, schedule.config.num_train_timesteps, (batch_size,), generator=gen).to(dev)  # (B,)
+        pred = transformer(schedule.add_noise(latents, noise, t), timestep=t, class_labels=y).sample  # (B, 4, 16, 16)
+        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * min_snr_weights(schedule, t)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        emas["transformer"].decay = min(0.999, (1 + step) / (10 + step))
+        emas["transformer"].update(transformer)
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0:
+            log(step, loss=float(np.mean(losses[-50:])))
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            save_checkpoint(run, step + 1, {"transformer": transformer}, optimizer, emas)
+    export(vae, transformer, emas, out or MODELS / "lab-dit")
+    return losses
+
+
+def export(vae: AutoencoderKL, transformer: DiTTransformer2DModel, emas: dict, folder: Path) -> None:
+    """Write the EMA weights as a DiTPipeline folder (safetensors) whose labels are the shape names."""
+    emas["transformer"].copy_to(transformer)
+    scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    DiTPipeline(transformer=transformer.eval(), vae=vae, scheduler=scheduler).save_pretrained(
+        folder, safe_serialization=True)
+    write_id2label(folder, list(SHAPES))
+    print(f"saved {folder}", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=1800)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--pool", type=Path, default=latent_pool.POOL)
+    parser.add_argument("--vae", type=Path, default=RUNS / "vae-final", help="the VAE the pool was encoded with")
+    parser.add_argument("--run", type=Path, default=RUNS / "dit", help="checkpoint folder (resumes)")
+    parser.add_argument("--out", type=Path, default=MODELS / "lab-dit", help="export folder")
+    args = parser.parse_args(argv)
+    started = time.time()
+    train(args.steps, args.pool, args.vae, args.batch_size, args.lr, args.run, args.out, args.warmup)
+    print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
