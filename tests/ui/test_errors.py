@@ -46,9 +46,15 @@ def test_unknown_class(client):
     assert "Unknown class 'dragon'" in error_of(client, "dragon", api_name="/class_cond", steps=2)
 
 
-def test_missing_classifier_is_explained(client):
+def test_missing_classifier_is_explained(client, monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from engine import registry
+
+    absent = replace(registry.REGISTRY["lab-classifier"], source=str(tmp_path / "absent"))
+    monkeypatch.setitem(registry.REGISTRY, "lab-classifier", absent)  # as on a machine without the shipped folder
     message = error_of(client, "circle", classifier_scale=2.0, api_name="/class_cond", steps=2)
-    assert "lab-classifier" in message
+    assert "lab-classifier" in message and "training/" in message
 
 
 def test_corrupt_and_huge_images(client, tmp_path):
