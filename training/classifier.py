@@ -18,7 +18,7 @@ from engine.classifier import NoiseAwareClassifier
 from engine.world import SHAPES, render, sample_scene
 
 from . import pool as latent_pool
-from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, save_checkpoint
+from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint
 from .text2img import SCHEDULE
 from .vae import to_tensor
 
@@ -73,13 +73,7 @@ def train(steps: int, pool: Path = latent_pool.POOL, batch_size: int = 128, lr: 
         y = torch.from_numpy(labels[pick]).to(dev)  # (B,)
         t = torch.randint(0, schedule.config.num_train_timesteps, (batch_size,), generator=gen).to(dev)  # (B,)
         loss = F.cross_entropy(model(noised(latents, t, gen, schedule), t), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        emas["classifier"].decay = min(0.999, (1 + step) / (10 + step))
-        emas["classifier"].update(model)
-        losses.append(loss.item())
+        losses.append(optimise(loss, optimizer, {"classifier": model}, emas, step))
         if (step + 1) % 100 == 0:
             log(step, loss=float(np.mean(losses[-100:])))
         if (step + 1) % 500 == 0 or step + 1 == steps:

@@ -45,6 +45,19 @@ class EMA:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
 
 
+def optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, modules: dict[str, torch.nn.Module],
+             emas: dict[str, EMA], step: int, max_decay: float = 0.999) -> float:
+    """One update of every recipe: backward, clip the gradient norm at 1, step, then the EMA with warm-up decay."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for m in modules.values() for p in m.parameters()], 1.0)
+    optimizer.step()
+    for name, module in modules.items():
+        emas[name].decay = min(max_decay, (1 + step) / (10 + step))
+        emas[name].update(module)
+    return loss.item()
+
+
 def _flat_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = optimizer.state_dict()
     tensors = {f"opt.{i}.{name}": t.contiguous() for i, s in state["state"].items() for name, t in s.items()

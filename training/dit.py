@@ -21,7 +21,7 @@ from engine.world import SHAPES
 
 from . import pool as latent_pool
 from .classifier import shape_labels
-from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, save_checkpoint
+from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint
 from .text2img import SCHEDULE, min_snr_weights
 
 P_UNCOND = 0.1
@@ -108,13 +108,7 @@ def train(steps: int, pool: Path = latent_pool.POOL, vae_folder: Path = RUNS / "
         t = torch.randint(0, schedule.config.num_train_timesteps, (batch_size,), generator=gen).to(dev)  # (B,)
         pred = transformer(schedule.add_noise(latents, noise, t), timestep=t, class_labels=y).sample  # (B, 4, 16, 16)
         loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * min_snr_weights(schedule, t)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        emas["transformer"].decay = min(0.999, (1 + step) / (10 + step))
-        emas["transformer"].update(transformer)
-        losses.append(loss.item())
+        losses.append(optimise(loss, optimizer, {"transformer": transformer}, emas, step))
         if (step + 1) % 50 == 0:
             log(step, loss=float(np.mean(losses[-50:])))
         if (step + 1) % 250 == 0 or step + 1 == steps:
