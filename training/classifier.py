@@ -51,9 +51,7 @@ def train(steps: int, pool: Path = latent_pool.POOL, batch_size: int = 128, lr: 
     the loss of every step run."""
     torch.manual_seed(0)
     dev = device()
-    if not (pool / "latents.safetensors").is_file():
-        latent_pool.build(pool_size, vae_folder, pool)
-    data = latent_pool.load(pool)
+    data = latent_pool.ensure(pool, pool_size, vae_folder)
     index, labels = shape_labels(data)
     model = build_classifier(dev)
     schedule = DDPMScheduler(**SCHEDULE)

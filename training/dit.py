@@ -82,9 +82,7 @@ def train(steps: int, pool: Path = latent_pool.POOL, vae_folder: Path = RUNS / "
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
-    if not (pool / "latents.safetensors").is_file():
-        latent_pool.build(pool_size, vae_folder, pool)
-    data = latent_pool.load(pool)
+    data = latent_pool.ensure(pool, pool_size, vae_folder)
     if abs(data.scaling - vae.config.scaling_factor) > 1e-6:
         raise ValueError(f"The pool at {pool} was encoded by another VAE than {vae_folder}; rebuild one of them.")
     index, labels = shape_labels(data)

@@ -74,6 +74,13 @@ def load(folder: Path = POOL) -> Pool:
     return Pool(tensors["mean"], tensors["std"], scenes, meta["scaling_factor"])
 
 
+def ensure(folder: Path, n: int, vae_folder: Path) -> Pool:
+    """The pool in `folder`, built first (n scenes, encoded by `vae_folder`) if it is not there yet."""
+    if not (folder / "latents.safetensors").is_file():
+        build(n, vae_folder, folder)
+    return load(folder)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=30_000)

@@ -51,9 +51,7 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval().requires_grad_(False)
-    if not (pool / "latents.safetensors").is_file():
-        latent_pool.build(pool_size, vae_folder, pool)
-    scenes = latent_pool.load(pool)
+    scenes = latent_pool.ensure(pool, pool_size, vae_folder)
     tokenizer = build_clip_tokenizer(VOCABULARY, model_max_length=MAX_TOKENS)
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
     unet = UNet2DConditionModel(**UNET).to(dev)
