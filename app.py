@@ -7,6 +7,7 @@ under it (the tests' tiny models, or freshly trained ones) instead of the regist
 from __future__ import annotations
 
 import os
+import threading
 
 import gradio as gr
 
@@ -50,10 +51,25 @@ def launch_options() -> dict:
     return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, allowed_paths=[str(OUTPUT_DIR)])
 
 
+def serve(engine: Engine, demo: gr.Blocks, stop: threading.Event | None = None, on_ready=None, **launch) -> None:
+    """Start the server, then run every generation on this (the main) thread until `stop` or an interrupt: model
+    work from the server's worker threads is several times slower on a CPU (engine/runner.py, `python -m engine
+    threads`). `on_ready(url)` runs on a thread of its own once the runner serves (the benchmark's client)."""
+    _, url, _ = demo.launch(prevent_thread_lock=True, **launch, **launch_options())
+    if on_ready is not None:
+        threading.Thread(target=lambda: engine.runner.wait_serving() and on_ready(url), daemon=True).start()
+    try:
+        engine.runner.serve(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
+
+
 def main() -> None:
-    demo = create_app()
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **launch_options())
+    engine = Engine()
+    serve(engine, create_app(engine), server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+          server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -50,4 +52,40 @@ def run_bench(*, model: str | None, steps: int, runs: int, scale: float, prompt:
     print(f"engine:    median {e:.4f} s/image  (runs: {', '.join(f'{t:.4f}' for t in engine_times)})")
     print(f"diffusers: median {p:.4f} s/image  (runs: {', '.join(f'{t:.4f}' for t in pipeline_times)})")
     print(f"engine/diffusers time ratio: {e / p:.3f}")
+    return 0
+
+
+def run_threads(*, model: str | None, steps: int, runs: int, scale: float,
+                prompt: str = "a large red circle on the left") -> int:
+    """Seconds per image called from the main thread, from a worker thread inline, and from a worker thread
+    through the main-thread runner (what `python app.py` does): the case for engine/runner.py."""
+    engine = Engine()
+    spec = resolve(model or default_model("text"), "text")
+    req = Request(model=spec.name, prompt=prompt, steps=steps, scheduler="ddim", seed=0,
+                  guidance=GuidanceSettings("cfg", scale))
+    engine.generate(req)  # warm-up
+    print(f"model {spec.name}, {steps} DDIM steps, CFG scale {scale:g}, device {engine.device}, "
+          f"{torch.get_num_threads()} threads, {runs} runs after a warm-up")
+    timings = {}
+    served: list[float] = []
+    done = threading.Event()
+
+    def client() -> None:
+        try:
+            engine.runner.wait_serving()
+            served.extend(_seconds(lambda: engine.generate(req)) for _ in range(runs))
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    engine.runner.serve(stop=done, poll_s=0.01)
+    worker.join()
+    timings["worker via runner"] = served
+    timings["main thread"] = [_seconds(lambda: engine.generate(req)) for _ in range(runs)]
+    with ThreadPoolExecutor(1) as pool:
+        timings["worker thread"] = [pool.submit(_seconds, lambda: engine.generate(req)).result() for _ in range(runs)]
+    for label, times in timings.items():
+        print(f"{label:>18}: median {statistics.median(times):.4f} s/image  (runs: "
+              f"{', '.join(f'{t:.4f}' for t in times)})")
     return 0

@@ -1,4 +1,4 @@
-"""`python -m engine generate | bench`: the engine from the command line, with one-sentence errors."""
+"""`python -m engine generate | bench | threads`: the engine from the command line, with one-sentence errors."""
 
 from __future__ import annotations
 
@@ -79,10 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output PNG path")
 
     bench = sub.add_parser("bench", help="seconds per image, engine against the diffusers pipeline")
-    bench.add_argument("--model", help="text-to-image model (default: the project's own)")
-    bench.add_argument("--steps", type=_whole("number of steps"), default=25)
-    bench.add_argument("--runs", type=_whole("number of runs"), default=5)
-    bench.add_argument("--scale", type=_number("guidance scale"), default=5.0)
+    threads = sub.add_parser("threads", help="seconds per image from the main thread, a worker thread, and a "
+                             "worker through the main-thread runner")
+    for parser_ in (bench, threads):
+        parser_.add_argument("--model", help="text-to-image model (default: the project's own)")
+        parser_.add_argument("--steps", type=_whole("number of steps"), default=25)
+        parser_.add_argument("--runs", type=_whole("number of runs"), default=5)
+        parser_.add_argument("--scale", type=_number("guidance scale"), default=5.0)
     return parser
 
 
@@ -198,9 +201,10 @@ def run_generate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "bench":
-            from .bench import run_bench
-            return run_bench(model=args.model, steps=args.steps, runs=args.runs, scale=args.scale)
+        if args.command in ("bench", "threads"):
+            from .bench import run_bench, run_threads
+            run = run_bench if args.command == "bench" else run_threads
+            return run(model=args.model, steps=args.steps, runs=args.runs, scale=args.scale)
         return run_generate(args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from .guidance import METHODS, GuidanceSettings
 from .loading import ModelStore
 from .pnginfo import format_parameters
 from .registry import ModelSpec, default_model, resolve
+from .runner import MainThreadRunner
 from .sampler import guided_model, sample, with_classifier_guidance
 from .schedulers import A1111_NAMES, SCHEDULERS, make_scheduler
 
@@ -155,10 +156,15 @@ class Engine:
     def __init__(self, store: ModelStore | None = None):
         self.store = store or ModelStore()
         self.postprocess = VaeImageProcessor(vae_scale_factor=8)
+        self.runner = MainThreadRunner()  # `python app.py` serves it; elsewhere calls run inline
 
     @property
     def device(self) -> torch.device:
         return self.store.device
+
+    def pipeline(self, spec: ModelSpec):
+        """The loaded model for `spec`, loaded on the runner's thread like every other piece of model work."""
+        return self.runner.call(self.store.get, spec).obj
 
     # 1. Check inputs and resolve the models.
     def model_spec(self, req: Request) -> ModelSpec:
@@ -167,6 +173,11 @@ class Engine:
 
     def generate(self, req: Request, callback: Callable[[dict], None] | None = None,
                  preview_steps: set[int] | None = None) -> Result:
+        """Run the request (on the main thread when the runner serves; see engine/runner.py)."""
+        return self.runner.call(self._generate, req, callback, preview_steps)
+
+    def _generate(self, req: Request, callback: Callable[[dict], None] | None,
+                  preview_steps: set[int] | None) -> Result:
         check_request(req)
         spec = self.model_spec(req)
         pipe = self.store.get(spec).obj

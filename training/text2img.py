@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from engine.tokenizer import build_clip_tokenizer
 from engine.world import VOCABULARY, caption
@@ -36,32 +36,52 @@ def text_config(tokenizer) -> CLIPTextConfig:
                           pad_token_id=tokenizer.pad_token_id)
 
 
-def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for eps prediction (Hang et al., 2023): faster, steadier convergence."""
+def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = 5.0,
+                    floor: float = 0.0) -> torch.Tensor:
+    """Loss weights for eps prediction. The eps loss equals SNR times the x0 loss, so the x0 loss is weighted by
+    clamp(SNR, floor, gamma): gamma caps the easy low-noise steps (Min-SNR, Hang et al., 2023); a floor keeps the
+    high-noise steps, where SD's schedule leaves SNR near 0.005 and layout is decided, from counting for nothing
+    (the reason position is lost; see Lin et al., 2024, on what the last timesteps carry)."""
     a = scheduler.alphas_cumprod.to(t.device)[t]
     snr = a / (1 - a)
-    return torch.clamp(snr, max=gamma) / snr
+    return torch.clamp(snr, min=floor, max=gamma) / snr
+
+
+def tokenizer_for(run: Path, init: Path | None) -> CLIPTokenizer:
+    """The tokenizer a run was trained with (saved beside its checkpoint), else its init run's, else a new one.
+    The BPE trainer breaks ties differently between processes, so a resumed run must not build it again."""
+    for folder in (run, init):
+        if folder is not None and (folder / "tokenizer" / "tokenizer_config.json").is_file():
+            return CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    return build_clip_tokenizer(VOCABULARY, model_max_length=MAX_TOKENS)
 
 
 def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, run: Path | None = None,
           out: Path | None = None, warmup: int = 200, pool: Path = latent_pool.POOL,
-          pool_size: int = 30_000) -> list[float]:
+          pool_size: int = 30_000, init: Path | None = None, floor: float = 0.0) -> list[float]:
     """Train (or resume) the text encoder and UNet on the latent pool (built from `vae_folder` if missing),
-    export the EMA weights; returns the loss of every step run."""
+    export the EMA weights; returns the loss of every step run. `init` starts a new run from another run's EMA
+    weights (a fine-tune stage, fresh optimizer); `floor` is the x0-loss weight floor of `min_snr_weights`."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval().requires_grad_(False)
     scenes = latent_pool.ensure(pool, pool_size, vae_folder)
-    tokenizer = build_clip_tokenizer(VOCABULARY, model_max_length=MAX_TOKENS)
+    run = run or RUNS / "text2img"
+    tokenizer = tokenizer_for(run, init)
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
     unet = UNet2DConditionModel(**UNET).to(dev)
     noise_schedule = DDPMScheduler(**SCHEDULE)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
-    run = run or RUNS / "text2img"
+    modules = {"unet": unet, "text_encoder": text_encoder}
     losses = []
-    start = load_checkpoint(run, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
+    start = load_checkpoint(run, modules, optimizer, emas)
+    if start == 0 and init is not None:
+        load_checkpoint(init, modules, torch.optim.AdamW(params), emas)
+        for name, module in modules.items():
+            emas[name].copy_to(module)  # the stage starts from the averaged weights, as shipped
+    tokenizer.save_pretrained(run / "tokenizer")
     log = Log("text2img", steps, start)
     gen = torch.Generator().manual_seed(start)
     rng = np.random.default_rng(start)
@@ -79,7 +99,7 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
         noisy = noise_schedule.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=embeds).sample
         loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * min_snr_weights(
-            noise_schedule, t)).mean()
+            noise_schedule, t, floor=floor)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -91,7 +111,7 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
         if (step + 1) % 50 == 0:
             log(step, loss=loss.item())
         if (step + 1) % 250 == 0 or step + 1 == steps:
-            save_checkpoint(run, step + 1, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
+            save_checkpoint(run, step + 1, modules, optimizer, emas)
     export(vae, tokenizer, text_encoder, unet, emas, out or MODELS / "lab-sd")
     return losses
 
@@ -108,18 +128,18 @@ def export(vae, tokenizer, text_encoder, unet, emas, folder: Path) -> None:
     print(f"saved {folder}", flush=True)
 
 
-def export_from_checkpoint(vae_folder: Path) -> None:
+def export_from_checkpoint(vae_folder: Path, run: Path, out: Path) -> None:
     """Export the latest checkpoint's EMA weights without training further."""
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval()
-    tokenizer = build_clip_tokenizer(VOCABULARY, model_max_length=MAX_TOKENS)
+    tokenizer = tokenizer_for(run, None)
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
     unet = UNet2DConditionModel(**UNET).to(dev)
     optimizer = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()))
     emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
-    step = load_checkpoint(RUNS / "text2img", {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
+    step = load_checkpoint(run, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
     print(f"exporting step {step}", flush=True)
-    export(vae, tokenizer, text_encoder, unet, emas, MODELS / "lab-sd")
+    export(vae, tokenizer, text_encoder, unet, emas, out)
 
 
 def main(argv=None) -> None:
@@ -127,12 +147,19 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--vae", type=Path, default=RUNS / "vae-final")
     parser.add_argument("--export-only", action="store_true", help="export the latest checkpoint and stop")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--floor", type=float, default=0.0, help="x0-loss weight floor at high noise")
+    parser.add_argument("--run", type=Path, default=RUNS / "text2img", help="checkpoint folder (resumes)")
+    parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
+    parser.add_argument("--out", type=Path, default=MODELS / "lab-sd", help="export folder")
     args = parser.parse_args(argv)
     started = time.time()
     if args.export_only:
-        export_from_checkpoint(args.vae)
+        export_from_checkpoint(args.vae, args.run, args.out)
     else:
-        train(args.steps, args.vae)
+        train(args.steps, args.vae, lr=args.lr, run=args.run, out=args.out, warmup=args.warmup, init=args.init,
+              floor=args.floor)
     print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
 
 

@@ -24,7 +24,7 @@ FALLBACK_SIZE = (64, 64)  # the project's models' size, used for previews while 
 def native_size(engine: Engine, model: str | None, default: str | None) -> tuple[int, int]:
     """(width, height) the text model generates at; control maps are prepared at that size."""
     try:
-        pipe = engine.store.get(resolve(model or default, "text")).obj
+        pipe = engine.pipeline(resolve(model or default, "text"))
     except (EngineError, TypeError):
         return FALLBACK_SIZE
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -86,11 +86,14 @@ def _preview(engine: Engine, models: ModelChoices, control_type: str):
     return preview
 
 
-@guarded
-def pose_from_photo(photo):
-    if photo is None:
-        return gr.skip()
-    return detect_pose(load_image(photo))
+def pose_handler(engine: Engine):
+    @guarded
+    def pose_from_photo(photo):
+        if photo is None:
+            return gr.skip()
+        return engine.runner.call(detect_pose, load_image(photo))  # the detector is a torch model too
+
+    return pose_from_photo
 
 
 def build(engine: Engine, models: ModelChoices) -> None:
@@ -150,7 +153,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
     preset.change(guarded(lambda name: preset_json(name) if name else gr.skip()), preset, keypoints,
                   api_name="pose_preset")
     keypoints.change(_preview(engine, models, "pose"), [keypoints, model], targets, api_name="preview_pose")
-    photo.change(pose_from_photo, photo, control_image, api_name="pose_from_photo").then(
+    photo.change(pose_handler(engine), photo, control_image, api_name="pose_from_photo").then(
         lambda: "pose", None, control_type, api_name="pose_from_photo_type")
     inputs = [control_image, prompt, negative, control_type, controlnet, preprocess, low, high, weight, start, end,
               guess, model, *g.inputs, steps, scheduler, seed, count]
