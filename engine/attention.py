@@ -84,7 +84,13 @@ def heatmap(image: Image.Image, weights: np.ndarray) -> Image.Image:
 
 def generate_with_attention(engine: Engine, req: Request, *, last_steps: int | None = None, callback=None,
                             **kwargs) -> tuple[Result, list[tuple[str, np.ndarray]]]:
-    """Generate, and return per prompt token the cross-attention map of image 0 (float HxW in 0..1)."""
+    """Generate, and return per prompt token the cross-attention map of image 0 (float HxW in 0..1); all of it on
+    the engine's model thread (engine/runner.py), the maps' tensor work included."""
+    return engine.runner.call(_generate_with_attention, engine, req, last_steps, callback, **kwargs)
+
+
+def _generate_with_attention(engine: Engine, req: Request, last_steps: int | None, callback,
+                             **kwargs) -> tuple[Result, list[tuple[str, np.ndarray]]]:
     pipe = engine.store.get(engine.model_spec(req)).obj
     factor = pipe.vae_scale_factor
     side = pipe.unet.config.sample_size

@@ -22,6 +22,11 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
+def _request(model: str, prompt: str, steps: int, scale: float) -> Request:
+    return Request(model=model, prompt=prompt, steps=steps, scheduler="ddim", seed=0,
+                   guidance=GuidanceSettings("cfg", scale))
+
+
 def run_bench(*, model: str | None, steps: int, runs: int, scale: float, prompt: str = "a large red circle on the left"
               ) -> int:
     """Warm up both, then alternate runs and report medians; ends with the engine/diffusers time ratio."""
@@ -31,8 +36,7 @@ def run_bench(*, model: str | None, steps: int, runs: int, scale: float, prompt:
     reference = StableDiffusionPipeline(**{k: v for k, v in pipe.components.items() if k != "image_encoder"})
     reference.scheduler = make_scheduler("ddim", pipe.scheduler.config)
     reference.set_progress_bar_config(disable=True)
-    req = Request(model=spec.name, prompt=prompt, steps=steps, scheduler="ddim", seed=0,
-                  guidance=GuidanceSettings("cfg", scale))
+    req = _request(spec.name, prompt, steps, scale)
 
     def run_engine():
         engine.generate(req)
@@ -61,8 +65,7 @@ def run_threads(*, model: str | None, steps: int, runs: int, scale: float,
     through the main-thread runner (what `python app.py` does): the case for engine/runner.py."""
     engine = Engine()
     spec = resolve(model or default_model("text"), "text")
-    req = Request(model=spec.name, prompt=prompt, steps=steps, scheduler="ddim", seed=0,
-                  guidance=GuidanceSettings("cfg", scale))
+    req = _request(spec.name, prompt, steps, scale)
     engine.generate(req)  # warm-up
     print(f"model {spec.name}, {steps} DDIM steps, CFG scale {scale:g}, device {engine.device}, "
           f"{torch.get_num_threads()} threads, {runs} runs after a warm-up")
