@@ -91,7 +91,7 @@ def generate_with_attention(engine: Engine, req: Request, *, last_steps: int | N
 
 def _generate_with_attention(engine: Engine, req: Request, last_steps: int | None, callback,
                              **kwargs) -> tuple[Result, list[tuple[str, np.ndarray]]]:
-    pipe = engine.store.get(engine.model_spec(req)).obj
+    pipe = engine.loaded(engine.model_spec(req))
     factor = pipe.vae_scale_factor
     side = pipe.unet.config.sample_size
     latent_hw = ((req.height // factor) if req.height else side, (req.width // factor) if req.width else side)

@@ -32,7 +32,7 @@ def run_bench(*, model: str | None, steps: int, runs: int, scale: float, prompt:
     """Warm up both, then alternate runs and report medians; ends with the engine/diffusers time ratio."""
     engine = Engine()
     spec = resolve(model or default_model("text"), "text")
-    pipe = engine.store.get(spec).obj
+    pipe = engine.loaded(spec)
     reference = StableDiffusionPipeline(**{k: v for k, v in pipe.components.items() if k != "image_encoder"})
     reference.scheduler = make_scheduler("ddim", pipe.scheduler.config)
     reference.set_progress_bar_config(disable=True)

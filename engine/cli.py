@@ -131,7 +131,7 @@ def request_from_args(args, engine) -> "Request":
 def _native_size(engine, model: str) -> tuple[int, int]:
     from .registry import resolve
 
-    pipe = engine.store.get(resolve(model, "text")).obj
+    pipe = engine.loaded(resolve(model, "text"))
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     return side, side
 

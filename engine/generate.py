@@ -162,8 +162,9 @@ class Engine:
     def device(self) -> torch.device:
         return self.store.device
 
-    def pipeline(self, spec: ModelSpec):
-        """The loaded model for `spec`, loaded on the runner's thread like every other piece of model work."""
+    def loaded(self, spec: ModelSpec):
+        """The model for `spec` (pipeline, ControlNet or classifier), loaded once, on the runner's thread like
+        every other piece of model work."""
         return self.runner.call(self.store.get, spec).obj
 
     # 1. Check inputs and resolve the models.
@@ -180,7 +181,7 @@ class Engine:
                   preview_steps: set[int] | None) -> Result:
         check_request(req)
         spec = self.model_spec(req)
-        pipe = self.store.get(spec).obj
+        pipe = self.loaded(spec)
         guidance = req.guidance
         seeds = req.seeds
         generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -233,7 +234,7 @@ class Engine:
 
     def _control_branch(self, control: ControlSpec, height: int, width: int, batch: int, dtype) -> ControlBranch:
         name = control.controlnet or default_model("controlnet", control.control_type)
-        controlnet = self.store.get(resolve(name, "controlnet")).obj
+        controlnet = self.loaded(resolve(name, "controlnet"))
         processor = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
         image = processor.preprocess(control.image, height=height, width=width).to(dtype=torch.float32)
         image = image.repeat_interleave(batch, dim=0).to(device=self.device, dtype=dtype)  # (B, 3, H, W)
@@ -269,7 +270,7 @@ class Engine:
         return denoiser, (req.num_images, channels, size, size), transformer.dtype
 
     def _with_classifier(self, model_fn, req: Request, pipe, record: list):
-        classifier = self.store.get(resolve(req.classifier or default_model("classifier"), "classifier")).obj
+        classifier = self.loaded(resolve(req.classifier or default_model("classifier"), "classifier"))
         label = req.class_label
         if label is None:
             raise EngineError("Classifier guidance needs a class to steer toward.")

@@ -21,7 +21,7 @@ def class_names(engine: Engine, model: str | None) -> list[str]:
     if not model:
         return []
     try:
-        return engine.class_names(engine.pipeline(resolve(model, "class")))
+        return engine.class_names(engine.loaded(resolve(model, "class")))
     except EngineError:
         return []
 

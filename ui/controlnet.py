@@ -24,7 +24,7 @@ FALLBACK_SIZE = (64, 64)  # the project's models' size, used for previews while 
 def native_size(engine: Engine, model: str | None, default: str | None) -> tuple[int, int]:
     """(width, height) the text model generates at; control maps are prepared at that size."""
     try:
-        pipe = engine.pipeline(resolve(model or default, "text"))
+        pipe = engine.loaded(resolve(model or default, "text"))
     except (EngineError, TypeError):
         return FALLBACK_SIZE
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
