@@ -22,6 +22,7 @@ from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, 
 
 MAX_TOKENS = 32
 P_UNCOND = 0.15
+EMBED_STD = 1.0
 UNET = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
@@ -47,6 +48,27 @@ def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = 5.
     return torch.clamp(snr, min=floor, max=gamma) / snr
 
 
+def spread_token_embeddings(text_encoder: CLIPTextModel, std: float, seed: int = 0) -> None:
+    """Re-draw the word embeddings at `std` (CLIP's init uses 0.02). At 0.02 a word is a faint signal beside the
+    residual stream's shared part, and a word the UNet has not learned to use yet, such as a position word, stays
+    faint and is averaged away: the text encoder then gives "on the left" and "on the right" the same output, so
+    no amount of UNet training can place the object. Drawn at unit scale, every word starts distinct."""
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed)) * std)
+
+
+def parameter_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on embeddings and norms (decay would shrink unused words back together)."""
+    decay, keep = [], []
+    for module in modules:
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            (keep if param.ndim < 2 or "embedding" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
 def tokenizer_for(run: Path, init: Path | None) -> CLIPTokenizer:
     """The tokenizer a run was trained with (saved beside its checkpoint), else its init run's, else a new one.
     The BPE trainer breaks ties differently between processes, so a resumed run must not build it again."""
@@ -58,10 +80,13 @@ def tokenizer_for(run: Path, init: Path | None) -> CLIPTokenizer:
 
 def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, run: Path | None = None,
           out: Path | None = None, warmup: int = 200, pool: Path = latent_pool.POOL,
-          pool_size: int = 30_000, init: Path | None = None, floor: float = 0.0) -> list[float]:
+          pool_size: int = 30_000, init: Path | None = None, floor: float = 0.0,
+          embed_std: float = EMBED_STD, freeze_text: bool = False) -> list[float]:
     """Train (or resume) the text encoder and UNet on the latent pool (built from `vae_folder` if missing),
     export the EMA weights; returns the loss of every step run. `init` starts a new run from another run's EMA
-    weights (a fine-tune stage, fresh optimizer); `floor` is the x0-loss weight floor of `min_snr_weights`."""
+    weights (a fine-tune stage, fresh optimizer); `floor` is the x0-loss weight floor of `min_snr_weights`;
+    `embed_std` the scale word embeddings are drawn at (`spread_token_embeddings`); `freeze_text` keeps the text
+    encoder at its initial weights."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval().requires_grad_(False)
@@ -69,16 +94,18 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
     run = run or RUNS / "text2img"
     tokenizer = tokenizer_for(run, init)
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
+    spread_token_embeddings(text_encoder, embed_std)
+    text_encoder.requires_grad_(not freeze_text)
     unet = UNet2DConditionModel(**UNET).to(dev)
     noise_schedule = DDPMScheduler(**SCHEDULE)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01), lr=lr)
     emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
     modules = {"unet": unet, "text_encoder": text_encoder}
     losses = []
     start = load_checkpoint(run, modules, optimizer, emas)
     if start == 0 and init is not None:
-        load_checkpoint(init, modules, torch.optim.AdamW(params), emas)
+        load_checkpoint(init, modules, torch.optim.AdamW([p for m in modules.values() for p in m.parameters()]), emas)
         for name, module in modules.items():
             emas[name].copy_to(module)  # the stage starts from the averaged weights, as shipped
     tokenizer.save_pretrained(run / "tokenizer")
@@ -93,7 +120,8 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
         captions = ["" if rng.random() < P_UNCOND else caption(scenes.scenes[i], rng) for i in index.tolist()]
         ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                         return_tensors="pt").input_ids.to(dev)
-        embeds = text_encoder(ids)[0]  # (B, L, D)
+        with torch.set_grad_enabled(not freeze_text):
+            embeds = text_encoder(ids)[0]  # (B, L, D)
         noise = torch.randn(latents.shape, generator=gen).to(dev)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch_size,), generator=gen).to(dev)
         noisy = noise_schedule.add_noise(latents, noise, t)
@@ -150,6 +178,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--floor", type=float, default=0.0, help="x0-loss weight floor at high noise")
+    parser.add_argument("--embed-std", type=float, default=EMBED_STD, help="scale of the initial word embeddings")
+    parser.add_argument("--freeze-text", action="store_true", help="keep the text encoder at its initial weights")
     parser.add_argument("--run", type=Path, default=RUNS / "text2img", help="checkpoint folder (resumes)")
     parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-sd", help="export folder")
@@ -159,7 +189,7 @@ def main(argv=None) -> None:
         export_from_checkpoint(args.vae, args.run, args.out)
     else:
         train(args.steps, args.vae, lr=args.lr, run=args.run, out=args.out, warmup=args.warmup, init=args.init,
-              floor=args.floor)
+              floor=args.floor, embed_std=args.embed_std, freeze_text=args.freeze_text)
     print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
 
 
