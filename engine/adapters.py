@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .guidance import in_interval
+from .parallel import split_call
 from .sampler import Step
 
 
@@ -47,8 +48,8 @@ class TextDenoiser:
         else:
             x_in, embeds = x, self.prompt_embeds
         down, mid = self._control_residuals(x, x_in, t, step, embeds, with_uncond)
-        out = self.unet(x_in, t, encoder_hidden_states=embeds, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid, return_dict=False)[0]
+        out = split_call(self.unet, len(x_in), x_in, t, encoder_hidden_states=embeds,
+                         down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
         if with_uncond:
             pred_uncond, pred_cond = out.chunk(2)
             return pred_cond, pred_uncond
@@ -68,8 +69,9 @@ class TextDenoiser:
             else:
                 control_in, control_embeds = x_in, embeds
                 image = torch.cat([image, image]) if with_uncond else image
-            d, m = branch.controlnet(control_in, t, encoder_hidden_states=control_embeds, controlnet_cond=image,
-                                     conditioning_scale=scale, guess_mode=self.guess_mode, return_dict=False)
+            d, m = split_call(branch.controlnet, len(control_in), control_in, t, encoder_hidden_states=control_embeds,
+                              controlnet_cond=image, conditioning_scale=scale, guess_mode=self.guess_mode,
+                              return_dict=False)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         if cond_only and down is not None:
@@ -97,7 +99,8 @@ class ClassDenoiser:
             x_in, labels = x, self.labels
         timesteps = t[None].to(x.device) if t.ndim == 0 else t.to(x.device)
         timesteps = timesteps.expand(x_in.shape[0])  # (2B,) or (B,)
-        out = self.transformer(x_in, timestep=timesteps, class_labels=labels).sample
+        out = split_call(self.transformer, len(x_in), x_in, timestep=timesteps, class_labels=labels,
+                         return_dict=False)[0]
         eps = out[:, : self.latent_channels]  # drop the learned variance channels, if any
         if with_uncond:
             pred_cond, pred_uncond = torch.split(eps, len(eps) // 2, dim=0)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from diffusers import StableDiffusionPipeline
 
+from . import parallel
 from .generate import Engine, Request
 from .guidance import GuidanceSettings
 from .registry import default_model, resolve
 from .schedulers import make_scheduler
+
+
+BATCH = 15  # one row of the default compare grid: five guided scales times three seeds
 
 
 def _seconds(fn) -> float:
@@ -62,7 +67,8 @@ def run_bench(*, model: str | None, steps: int, runs: int, scale: float, prompt:
 def run_threads(*, model: str | None, steps: int, runs: int, scale: float,
                 prompt: str = "a large red circle on the left") -> int:
     """Seconds per image called from the main thread, from a worker thread inline, and from a worker thread
-    through the main-thread runner (what `python app.py` does): the case for engine/runner.py."""
+    through the main-thread runner (what `python app.py` does): the case for engine/runner.py. Then a batch of
+    BATCH images (a compare row) with its UNet batch cut across the cores and in one call: engine/parallel.py."""
     engine = Engine()
     spec = resolve(model or default_model("text"), "text")
     req = _request(spec.name, prompt, steps, scale)
@@ -88,6 +94,14 @@ def run_threads(*, model: str | None, steps: int, runs: int, scale: float,
     timings["main thread"] = [_seconds(lambda: engine.generate(req)) for _ in range(runs)]
     with ThreadPoolExecutor(1) as pool:
         timings["worker thread"] = [pool.submit(_seconds, lambda: engine.generate(req)).result() for _ in range(runs)]
+    batch = replace(req, num_images=BATCH)
+    for label, split in ((f"batch {BATCH}, split", True), (f"batch {BATCH}, whole", False)):
+        parallel.enabled = split
+        try:
+            engine.generate(batch)
+            timings[label] = [_seconds(lambda: engine.generate(batch)) / BATCH for _ in range(runs)]
+        finally:
+            parallel.enabled = True
     for label, times in timings.items():
         print(f"{label:>18}: median {statistics.median(times):.4f} s/image  (runs: "
               f"{', '.join(f'{t:.4f}' for t in times)})")

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="seconds per image, engine against the diffusers pipeline")
     threads = sub.add_parser("threads", help="seconds per image from the main thread, a worker thread, and a "
-                             "worker through the main-thread runner")
+                             "worker through the main-thread runner; then a batch split across cores and whole")
     for parser_ in (bench, threads):
         parser_.add_argument("--model", help="text-to-image model (default: the project's own)")
         parser_.add_argument("--steps", type=_whole("number of steps"), default=25)

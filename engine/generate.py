@@ -177,6 +177,7 @@ class Engine:
         """Run the request (on the main thread when the runner serves; see engine/runner.py)."""
         return self.runner.call(self._generate, req, callback, preview_steps)
 
+    @torch.no_grad()  # no autograd graph through the models (10% of a step); classifier guidance opens its own
     def _generate(self, req: Request, callback: Callable[[dict], None] | None,
                   preview_steps: set[int] | None) -> Result:
         check_request(req)

@@ -1,0 +1,82 @@
+"""Batch-parallel calls: the same numbers as one call, through tuples and lists, in the caller's grad mode."""
+
+import threading
+
+import pytest
+import torch
+
+from engine import parallel
+from engine.parallel import MIN_BATCH, split_call
+from tests.tiny_models import tiny_controlnet, tiny_sd
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _spy(fn, seen):
+    def wrapped(*args, **kwargs):
+        seen.append((threading.current_thread().name, args[0].shape[0], torch.is_inference_mode_enabled()))
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def test_unet_batch_is_split_across_threads_with_the_same_result(two_threads):
+    unet = tiny_sd().unet.eval()
+    batch = MIN_BATCH + 2
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, 16, 16, generator=gen)
+    embeds = torch.randn(batch, 8, unet.config.cross_attention_dim, generator=gen)
+    t = torch.tensor(500)
+    seen = []
+    with torch.inference_mode():
+        whole = unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        split = split_call(_spy(unet, seen), batch, x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+    assert sorted(s[1] for s in seen) == [batch // 2, batch // 2]
+    assert all(name.startswith("batch-split") and inference for name, _, inference in seen)
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
+    assert torch.get_num_threads() == 2
+
+
+def test_controlnet_residual_lists_are_split_and_joined(two_threads):
+    unet = tiny_sd().unet.eval()
+    controlnet = tiny_controlnet(unet).eval()
+    batch = MIN_BATCH
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 4, 16, 16, generator=gen)
+    embeds = torch.randn(batch, 8, unet.config.cross_attention_dim, generator=gen)
+    image = torch.rand(batch, 3, 32, 32, generator=gen)
+    kwargs = dict(encoder_hidden_states=embeds, controlnet_cond=image, conditioning_scale=0.5, return_dict=False)
+    with torch.no_grad():
+        down, mid = controlnet(x, torch.tensor(300), **kwargs)
+        down_split, mid_split = split_call(controlnet, batch, x, torch.tensor(300), **kwargs)
+    assert isinstance(down_split, (list, tuple)) and len(down_split) == len(down)
+    for a, b in zip(down_split, down):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mid_split, mid, atol=1e-5, rtol=1e-4)
+
+
+def test_small_batches_and_single_threads_run_as_one_call(two_threads):
+    seen = []
+    fn = _spy(lambda x: x * 2, seen)
+    split_call(fn, MIN_BATCH - 1, torch.ones(MIN_BATCH - 1, 2))
+    torch.set_num_threads(1)
+    split_call(fn, MIN_BATCH * 2, torch.ones(MIN_BATCH * 2, 2))
+    assert [s[0] for s in seen] == [threading.current_thread().name] * 2
+
+
+def test_disabled_switch_and_errors_reach_the_caller(two_threads, monkeypatch):
+    def fail(x):
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        split_call(fail, MIN_BATCH, torch.ones(MIN_BATCH, 2))
+    assert torch.get_num_threads() == 2
+    monkeypatch.setattr(parallel, "enabled", False)
+    seen = []
+    split_call(_spy(lambda x: x, seen), MIN_BATCH, torch.ones(MIN_BATCH, 2))
+    assert seen[0][0] == threading.current_thread().name
