@@ -163,7 +163,7 @@ def export_from_checkpoint(vae_folder: Path, run: Path, out: Path) -> None:
     tokenizer = tokenizer_for(run, None)
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
     unet = UNet2DConditionModel(**UNET).to(dev)
-    optimizer = torch.optim.AdamW(list(unet.parameters()) + list(text_encoder.parameters()))
+    optimizer = torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01))  # the layout `train` saves
     emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
     step = load_checkpoint(run, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
     print(f"exporting step {step}", flush=True)

@@ -22,3 +22,22 @@ def test_text2img_smoke_run_loss_falls_and_exports(tmp_path):
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
     result = Engine().generate(Request(model=str(tmp_path / "sd"), prompt="a large red circle on the left", steps=3))
     assert result.images[0].size == (64, 64)
+    text2img.export_from_checkpoint(tmp_path / "vae", tmp_path / "run", tmp_path / "sd-again")
+    assert (tmp_path / "sd-again" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_word_embeddings_start_distinct_and_escape_weight_decay():
+    from transformers import CLIPTextModel
+
+    tokenizer = text2img.tokenizer_for(None, None)
+    encoder = CLIPTextModel(text2img.text_config(tokenizer))
+    words = [tokenizer.convert_tokens_to_ids(w) for w in ("left</w>", "right</w>", "top</w>", "bottom</w>")]
+    before = encoder.get_input_embeddings().weight[words]
+    text2img.spread_token_embeddings(encoder, 1.0)
+    after = encoder.get_input_embeddings().weight[words].detach()
+    assert before.norm(dim=-1).max() < 0.5 < 4 < after.norm(dim=-1).min()  # CLIP's 0.02 init against unit scale
+    assert (after[0] - after[1]).norm() > 4
+    groups = text2img.parameter_groups([encoder], 0.01)
+    kept = {id(p) for p in groups[1]["params"]}
+    assert groups[1]["weight_decay"] == 0 and id(encoder.get_input_embeddings().weight) in kept
+    assert all(p.ndim >= 2 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 0.01
