@@ -172,7 +172,7 @@ def export_from_checkpoint(vae_folder: Path, run: Path, out: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=9000)
     parser.add_argument("--vae", type=Path, default=RUNS / "vae-final")
     parser.add_argument("--export-only", action="store_true", help="export the latest checkpoint and stop")
     parser.add_argument("--lr", type=float, default=1e-3)
