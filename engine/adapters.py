@@ -1,7 +1,8 @@
 """Condition adapters: each turns one kind of model plus its condition into a denoiser for the loop.
 
 A denoiser runs the conditional and unconditional branches as one batch, in the order the matching diffusers
-pipeline uses, so that the engine reproduces the pipelines' numbers.
+pipeline uses, so that the engine reproduces the pipelines' numbers. Big batches are cut across the CPU's cores
+(engine/parallel.py).
 """
 
 from __future__ import annotations
