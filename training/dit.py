@@ -54,10 +54,10 @@ def adaln_zero_init(transformer: DiTTransformer2DModel) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def build_transformer(dev: torch.device) -> DiTTransformer2DModel:
-    """The DiT with its paper's initialisation and diffusers' own label dropout off: the recipe drops labels
-    itself, seeded and once per sample."""
-    transformer = DiTTransformer2DModel(**DIT)
+def build_transformer(dev: torch.device, **overrides) -> DiTTransformer2DModel:
+    """The DiT (DIT, with `overrides`) with its paper's initialisation and diffusers' own label dropout off: the
+    recipe drops labels itself, seeded and once per sample."""
+    transformer = DiTTransformer2DModel(**{**DIT, **overrides})
     adaln_zero_init(transformer)
     transformer = transformer.to(dev)
     # Every block owns a LabelEmbedding that, in train mode, drops labels with its own unseeded torch.rand; the
@@ -76,9 +76,9 @@ def drop_labels(labels: torch.Tensor, gen: torch.Generator, p: float = P_UNCOND)
 
 def train(steps: int, pool: Path = latent_pool.POOL, vae_folder: Path = RUNS / "vae-final", batch_size: int = 64,
           lr: float = 1e-3, run: Path | None = None, out: Path | None = None, warmup: int = 200,
-          pool_size: int = 30_000) -> list[float]:
+          pool_size: int = 30_000, **arch) -> list[float]:
     """Train (or resume) the DiT with min-SNR-weighted eps MSE, export the EMA weights as a DiTPipeline; returns
-    the loss of every step run."""
+    the loss of every step run. `arch` overrides DIT (num_layers, num_attention_heads, patch_size)."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
@@ -86,7 +86,7 @@ def train(steps: int, pool: Path = latent_pool.POOL, vae_folder: Path = RUNS / "
     if abs(data.scaling - vae.config.scaling_factor) > 1e-6:
         raise ValueError(f"The pool at {pool} was encoded by another VAE than {vae_folder}; rebuild one of them.")
     index, labels = shape_labels(data)
-    transformer = build_transformer(dev)
+    transformer = build_transformer(dev, **arch)
     schedule = DDPMScheduler(**SCHEDULE)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.0)
     emas = {"transformer": EMA(transformer, 0.999)}
@@ -131,13 +131,17 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--layers", type=int, default=DIT["num_layers"])
+    parser.add_argument("--heads", type=int, default=DIT["num_attention_heads"], help="heads of 32 channels")
+    parser.add_argument("--patch-size", type=int, default=DIT["patch_size"])
     parser.add_argument("--pool", type=Path, default=latent_pool.POOL)
     parser.add_argument("--vae", type=Path, default=RUNS / "vae-final", help="the VAE the pool was encoded with")
     parser.add_argument("--run", type=Path, default=RUNS / "dit", help="checkpoint folder (resumes)")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-dit", help="export folder")
     args = parser.parse_args(argv)
     started = time.time()
-    train(args.steps, args.pool, args.vae, args.batch_size, args.lr, args.run, args.out, args.warmup)
+    train(args.steps, args.pool, args.vae, args.batch_size, args.lr, args.run, args.out, args.warmup,
+          num_layers=args.layers, num_attention_heads=args.heads, patch_size=args.patch_size)
     print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
 
 

@@ -78,15 +78,28 @@ def tokenizer_for(run: Path, init: Path | None) -> CLIPTokenizer:
     return build_clip_tokenizer(VOCABULARY, model_max_length=MAX_TOKENS)
 
 
+def draw(rng: np.random.Generator, groups: tuple[np.ndarray, np.ndarray], batch_size: int,
+         two_share: float | None) -> np.ndarray:
+    """Pool indices for one batch: uniform over the pool, or `two_share` of them from its two-object scenes (a
+    stage that teaches which attributes belong to which object needs more of them than the pool's third).
+    `groups` holds the pool's one-object and two-object indices."""
+    one, two = groups
+    if two_share is None:
+        return rng.integers(len(one) + len(two), size=batch_size)
+    pick_two = rng.random(batch_size) < two_share
+    return np.where(pick_two, two[rng.integers(len(two), size=batch_size)], one[rng.integers(len(one), size=batch_size)])
+
+
 def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, run: Path | None = None,
           out: Path | None = None, warmup: int = 200, pool: Path = latent_pool.POOL,
           pool_size: int = 30_000, init: Path | None = None, floor: float = 0.0,
-          embed_std: float = EMBED_STD, freeze_text: bool = False) -> list[float]:
+          embed_std: float = EMBED_STD, freeze_text: bool = False, two_share: float | None = None) -> list[float]:
     """Train (or resume) the text encoder and UNet on the latent pool (built from `vae_folder` if missing),
     export the EMA weights; returns the loss of every step run. `init` starts a new run from another run's EMA
     weights (a fine-tune stage, fresh optimizer); `floor` is the x0-loss weight floor of `min_snr_weights`;
     `embed_std` the scale word embeddings are drawn at (`spread_token_embeddings`); `freeze_text` keeps the text
-    encoder at its initial weights."""
+    encoder at its initial weights; `two_share` draws that share of each batch from two-object scenes (None: the
+    pool's own mix, a third)."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval().requires_grad_(False)
@@ -105,17 +118,18 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
     losses = []
     start = load_checkpoint(run, modules, optimizer, emas)
     if start == 0 and init is not None:
-        load_checkpoint(init, modules, torch.optim.AdamW([p for m in modules.values() for p in m.parameters()]), emas)
+        load_checkpoint(init, modules, torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01)), emas)
         for name, module in modules.items():
             emas[name].copy_to(module)  # the stage starts from the averaged weights, as shipped
     tokenizer.save_pretrained(run / "tokenizer")
+    groups = (scenes.indices(n_objects=1), scenes.indices(n_objects=2))
     log = Log("text2img", steps, start)
     gen = torch.Generator().manual_seed(start)
     rng = np.random.default_rng(start)
     for step in range(start, steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup)
-        index = torch.from_numpy(rng.integers(len(scenes), size=batch_size))
+        index = torch.from_numpy(draw(rng, groups, batch_size, two_share))
         latents = scenes.latents(index, gen).to(dev)
         captions = ["" if rng.random() < P_UNCOND else caption(scenes.scenes[i], rng) for i in index.tolist()]
         ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
@@ -181,6 +195,7 @@ def main(argv=None) -> None:
     parser.add_argument("--embed-std", type=float, default=EMBED_STD, help="scale of the initial word embeddings")
     parser.add_argument("--freeze-text", action="store_true", help="keep the text encoder at its initial weights")
     parser.add_argument("--run", type=Path, default=RUNS / "text2img", help="checkpoint folder (resumes)")
+    parser.add_argument("--two-share", type=float, help="share of each batch drawn from two-object scenes")
     parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-sd", help="export folder")
     args = parser.parse_args(argv)
@@ -189,7 +204,7 @@ def main(argv=None) -> None:
         export_from_checkpoint(args.vae, args.run, args.out)
     else:
         train(args.steps, args.vae, lr=args.lr, run=args.run, out=args.out, warmup=args.warmup, init=args.init,
-              floor=args.floor, embed_std=args.embed_std, freeze_text=args.freeze_text)
+              floor=args.floor, embed_std=args.embed_std, freeze_text=args.freeze_text, two_share=args.two_share)
     print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
 
 

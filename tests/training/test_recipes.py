@@ -24,6 +24,17 @@ def test_text2img_smoke_run_loss_falls_and_exports(tmp_path):
     assert result.images[0].size == (64, 64)
     text2img.export_from_checkpoint(tmp_path / "vae", tmp_path / "run", tmp_path / "sd-again")
     assert (tmp_path / "sd-again" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    stage = text2img.train(3, tmp_path / "vae", batch_size=8, run=tmp_path / "stage", out=tmp_path / "sd-stage",
+                           warmup=1, pool=tmp_path / "pool", init=tmp_path / "run", two_share=0.9)
+    assert len(stage) == 3 and np.mean(stage) < np.mean(losses[:10])  # starts from the trained weights
+
+
+def test_batches_draw_the_requested_share_of_two_object_scenes():
+    one, two = np.arange(0, 60), np.arange(60, 90)
+    mixed = text2img.draw(np.random.default_rng(0), (one, two), 4000, 0.75)
+    assert abs(np.mean(mixed >= 60) - 0.75) < 0.03 and mixed.min() >= 0 and mixed.max() < 90
+    uniform = text2img.draw(np.random.default_rng(0), (one, two), 4000, None)
+    assert np.array_equal(uniform, np.random.default_rng(0).integers(90, size=4000))  # the pool's own mix
 
 
 def test_word_embeddings_start_distinct_and_escape_weight_decay():
