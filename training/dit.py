@@ -125,6 +125,18 @@ def export(vae: AutoencoderKL, transformer: DiTTransformer2DModel, emas: dict, f
     print(f"saved {folder}", flush=True)
 
 
+def export_from_checkpoint(vae_folder: Path, run: Path, out: Path, **arch) -> int:
+    """Export the latest checkpoint's EMA weights without training further; returns its step."""
+    vae = AutoencoderKL.from_pretrained(vae_folder).eval()
+    transformer = build_transformer(torch.device("cpu"), **arch)
+    emas = {"transformer": EMA(transformer, 0.999)}
+    step = load_checkpoint(run, {"transformer": transformer}, torch.optim.AdamW(transformer.parameters()), emas)
+    if step == 0:
+        raise FileNotFoundError(f"No checkpoint in {run}.")
+    export(vae, transformer, emas, out)
+    return step
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=1800)
@@ -138,10 +150,15 @@ def main(argv=None) -> None:
     parser.add_argument("--vae", type=Path, default=RUNS / "vae-final", help="the VAE the pool was encoded with")
     parser.add_argument("--run", type=Path, default=RUNS / "dit", help="checkpoint folder (resumes)")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-dit", help="export folder")
+    parser.add_argument("--export-only", action="store_true", help="export the latest checkpoint and stop")
     args = parser.parse_args(argv)
     started = time.time()
+    arch = dict(num_layers=args.layers, num_attention_heads=args.heads, patch_size=args.patch_size)
+    if args.export_only:
+        export_from_checkpoint(args.vae, args.run, args.out, **arch)
+        return
     train(args.steps, args.pool, args.vae, args.batch_size, args.lr, args.run, args.out, args.warmup,
-          num_layers=args.layers, num_attention_heads=args.heads, patch_size=args.patch_size)
+          **arch)
     print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
 
 

@@ -106,6 +106,11 @@ def test_dit_loss_falls_resumes_and_exports_a_dit_pipeline(root, dit_losses):
     assert pipe.labels == {name: i for i, name in enumerate(SHAPES)}
     assert pipe.transformer.config.num_embeds_ada_norm == len(SHAPES)
     assert (root / "dit" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert dit.export_from_checkpoint(root / "vae", root / "dit-run", root / "dit-again") == 43
+    again = DiTPipeline.from_pretrained(root / "dit-again").transformer.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in pipe.transformer.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        dit.export_from_checkpoint(root / "vae", root / "nothing-here", root / "dit-none")
     # DiTPipeline hard-codes the null id 1000, so it can only run this model without CFG; there the engine
     # must give the same pixels.
     expected = pipe(class_labels=[pipe.labels["star"]], num_inference_steps=3, guidance_scale=1.0,
