@@ -87,7 +87,8 @@ def draw(rng: np.random.Generator, groups: tuple[np.ndarray, np.ndarray], batch_
     if two_share is None:
         return rng.integers(len(one) + len(two), size=batch_size)
     pick_two = rng.random(batch_size) < two_share
-    return np.where(pick_two, two[rng.integers(len(two), size=batch_size)], one[rng.integers(len(one), size=batch_size)])
+    return np.where(pick_two, two[rng.integers(len(two), size=batch_size)],
+                    one[rng.integers(len(one), size=batch_size)])
 
 
 def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, run: Path | None = None,
@@ -123,6 +124,8 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
             emas[name].copy_to(module)  # the stage starts from the averaged weights, as shipped
     tokenizer.save_pretrained(run / "tokenizer")
     groups = (scenes.indices(n_objects=1), scenes.indices(n_objects=2))
+    if len(groups[0]) + len(groups[1]) != len(scenes):
+        raise ValueError(f"The pool at {pool} has scenes with other than one or two objects; rebuild it.")
     log = Log("text2img", steps, start)
     gen = torch.Generator().manual_seed(start)
     rng = np.random.default_rng(start)
@@ -199,6 +202,8 @@ def main(argv=None) -> None:
     parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-sd", help="export folder")
     args = parser.parse_args(argv)
+    if args.two_share is not None and not 0 <= args.two_share <= 1:
+        parser.error(f"--two-share must be between 0 and 1, got {args.two_share}.")
     started = time.time()
     if args.export_only:
         export_from_checkpoint(args.vae, args.run, args.out)

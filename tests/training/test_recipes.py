@@ -1,6 +1,7 @@
 """Few-step smoke runs of the recipes: the loss falls, checkpoints resume, the export loads in the engine."""
 
 import numpy as np
+import pytest
 
 from engine.generate import Engine, Request
 from training import text2img, vae
@@ -35,6 +36,12 @@ def test_batches_draw_the_requested_share_of_two_object_scenes():
     assert abs(np.mean(mixed >= 60) - 0.75) < 0.03 and mixed.min() >= 0 and mixed.max() < 90
     uniform = text2img.draw(np.random.default_rng(0), (one, two), 4000, None)
     assert np.array_equal(uniform, np.random.default_rng(0).integers(90, size=4000))  # the pool's own mix
+
+
+def test_a_share_outside_zero_to_one_is_refused_with_a_message(capsys):
+    with pytest.raises(SystemExit):
+        text2img.main(["--two-share", "1.5"])
+    assert "--two-share must be between 0 and 1, got 1.5." in capsys.readouterr().err
 
 
 def test_word_embeddings_start_distinct_and_escape_weight_decay():
