@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from engine.tokenizer import build_clip_tokenizer
@@ -27,6 +29,8 @@ UNET = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(3
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
             attention_head_dim=8, norm_num_groups=16)
+# The same UNet with cross-attention at every level, 16x16 included: finer places to bind words to objects.
+UNET_ATTN16 = {**UNET, "down_block_types": ("CrossAttnDownBlock2D",) * 3, "up_block_types": ("CrossAttnUpBlock2D",) * 3}
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
 
@@ -69,6 +73,32 @@ def parameter_groups(modules: list[torch.nn.Module], weight_decay: float) -> lis
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
+def unet_config(attn16: bool) -> dict:
+    return UNET_ATTN16 if attn16 else UNET
+
+
+def start_from(init: Path, modules: dict[str, torch.nn.Module]) -> list[str]:
+    """Load `init`'s EMA weights into `modules`, the start of a fine-tune stage. Attention blocks the init lacks
+    (a UNet grown to `UNET_ATTN16`) start as the identity, their output projection zeroed, so the grown UNet first
+    computes exactly what the init did; returns the names of those blocks. Any other mismatch is an error."""
+    tensors = load_file(str(init / "checkpoint.safetensors"))
+    grown = []
+    for name, module in modules.items():
+        prefix = f"ema.{name}."
+        missing, unexpected = module.load_state_dict(
+            {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False)
+        new = sorted({m.group(0) for key in missing if (m := re.match(r"(down|up)_blocks\.\d+\.attentions\.\d+", key))})
+        stray = [key for key in missing if not any(key.startswith(block + ".") for block in new)]
+        if unexpected or stray:
+            raise ValueError(f"{init} does not fit this {name}: unexpected {unexpected[:3]}, missing {stray[:3]}.")
+        for block in new:
+            proj_out = module.get_submodule(block).proj_out
+            torch.nn.init.zeros_(proj_out.weight)
+            torch.nn.init.zeros_(proj_out.bias)
+        grown += [f"{name}.{block}" for block in new]
+    return grown
+
+
 def tokenizer_for(run: Path, init: Path | None) -> CLIPTokenizer:
     """The tokenizer a run was trained with (saved beside its checkpoint), else its init run's, else a new one.
     The BPE trainer breaks ties differently between processes, so a resumed run must not build it again."""
@@ -94,13 +124,14 @@ def draw(rng: np.random.Generator, groups: tuple[np.ndarray, np.ndarray], batch_
 def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, run: Path | None = None,
           out: Path | None = None, warmup: int = 200, pool: Path = latent_pool.POOL,
           pool_size: int = 30_000, init: Path | None = None, floor: float = 0.0,
-          embed_std: float = EMBED_STD, freeze_text: bool = False, two_share: float | None = None) -> list[float]:
+          embed_std: float = EMBED_STD, freeze_text: bool = False, two_share: float | None = None,
+          attn16: bool = False) -> list[float]:
     """Train (or resume) the text encoder and UNet on the latent pool (built from `vae_folder` if missing),
     export the EMA weights; returns the loss of every step run. `init` starts a new run from another run's EMA
     weights (a fine-tune stage, fresh optimizer); `floor` is the x0-loss weight floor of `min_snr_weights`;
     `embed_std` the scale word embeddings are drawn at (`spread_token_embeddings`); `freeze_text` keeps the text
     encoder at its initial weights; `two_share` draws that share of each batch from two-object scenes (None: the
-    pool's own mix, a third)."""
+    pool's own mix, a third); `attn16` builds `UNET_ATTN16` (an `init` without its 16x16 attention grows it)."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval().requires_grad_(False)
@@ -110,18 +141,17 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
     spread_token_embeddings(text_encoder, embed_std)
     text_encoder.requires_grad_(not freeze_text)
-    unet = UNet2DConditionModel(**UNET).to(dev)
+    unet = UNet2DConditionModel(**unet_config(attn16)).to(dev)
     noise_schedule = DDPMScheduler(**SCHEDULE)
     params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01), lr=lr)
-    emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
     modules = {"unet": unet, "text_encoder": text_encoder}
+    if init is not None and not (run / "checkpoint.safetensors").is_file():
+        grown = start_from(init, modules)  # the stage starts from the averaged weights, as shipped
+        print(f"started from {init}" + (f", grew {', '.join(grown)}" if grown else ""), flush=True)
+    emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
     losses = []
     start = load_checkpoint(run, modules, optimizer, emas)
-    if start == 0 and init is not None:
-        load_checkpoint(init, modules, torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01)), emas)
-        for name, module in modules.items():
-            emas[name].copy_to(module)  # the stage starts from the averaged weights, as shipped
     tokenizer.save_pretrained(run / "tokenizer")
     groups = (scenes.indices(n_objects=1), scenes.indices(n_objects=2))
     if len(groups[0]) + len(groups[1]) != len(scenes):
@@ -173,13 +203,13 @@ def export(vae, tokenizer, text_encoder, unet, emas, folder: Path) -> None:
     print(f"saved {folder}", flush=True)
 
 
-def export_from_checkpoint(vae_folder: Path, run: Path, out: Path) -> None:
+def export_from_checkpoint(vae_folder: Path, run: Path, out: Path, attn16: bool = False) -> None:
     """Export the latest checkpoint's EMA weights without training further."""
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval()
     tokenizer = tokenizer_for(run, None)
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
-    unet = UNet2DConditionModel(**UNET).to(dev)
+    unet = UNet2DConditionModel(**unet_config(attn16)).to(dev)
     optimizer = torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01))  # the layout `train` saves
     emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
     step = load_checkpoint(run, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
@@ -201,15 +231,18 @@ def main(argv=None) -> None:
     parser.add_argument("--two-share", type=float, help="share of each batch drawn from two-object scenes")
     parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-sd", help="export folder")
+    parser.add_argument("--attn16", action="store_true",
+                        help="cross-attention at 16x16 too (grown from an --init that lacks it)")
     args = parser.parse_args(argv)
     if args.two_share is not None and not 0 <= args.two_share <= 1:
         parser.error(f"--two-share must be between 0 and 1, got {args.two_share}.")
     started = time.time()
     if args.export_only:
-        export_from_checkpoint(args.vae, args.run, args.out)
+        export_from_checkpoint(args.vae, args.run, args.out, args.attn16)
     else:
         train(args.steps, args.vae, lr=args.lr, run=args.run, out=args.out, warmup=args.warmup, init=args.init,
-              floor=args.floor, embed_std=args.embed_std, freeze_text=args.freeze_text, two_share=args.two_share)
+              floor=args.floor, embed_std=args.embed_std, freeze_text=args.freeze_text, two_share=args.two_share,
+              attn16=args.attn16)
     print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
 
 

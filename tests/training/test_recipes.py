@@ -59,3 +59,36 @@ def test_word_embeddings_start_distinct_and_escape_weight_decay():
     kept = {id(p) for p in groups[1]["params"]}
     assert groups[1]["weight_decay"] == 0 and id(encoder.get_input_embeddings().weight) in kept
     assert all(p.ndim >= 2 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 0.01
+
+
+def test_a_stage_grows_16x16_attention_that_starts_as_the_identity(tmp_path):
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from training.common import EMA, save_checkpoint
+
+    torch.manual_seed(0)
+    tokenizer = text2img.tokenizer_for(None, None)
+
+    def modules(config):
+        return {"unet": UNet2DConditionModel(**config).eval(), "text_encoder": CLIPTextModel(
+            text2img.text_config(tokenizer)).eval()}
+
+    old = modules(text2img.UNET)
+    save_checkpoint(tmp_path / "old", 1, old, torch.optim.AdamW(old["unet"].parameters()),
+                    {name: EMA(m, 0.999) for name, m in old.items()})
+    grown = modules(text2img.UNET_ATTN16)
+    assert text2img.start_from(tmp_path / "old", grown) == [
+        "unet.down_blocks.0.attentions.0", "unet.up_blocks.2.attentions.0", "unet.up_blocks.2.attentions.1"]
+    ids = tokenizer(["a small red star on the left"], padding="max_length", max_length=text2img.MAX_TOKENS,
+                    return_tensors="pt").input_ids
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        before, after = (m["unet"](x, t, encoder_hidden_states=m["text_encoder"](ids)[0].expand(2, -1, -1)).sample
+                         for m in (old, grown))
+    assert before.abs().mean() > 0.01 and torch.equal(before, after)
+    save_checkpoint(tmp_path / "grown", 1, grown, torch.optim.AdamW(grown["unet"].parameters()),
+                    {name: EMA(m, 0.999) for name, m in grown.items()})
+    with pytest.raises(ValueError, match="does not fit this unet"):
+        text2img.start_from(tmp_path / "grown", modules(text2img.UNET))  # weights would be dropped: refused
