@@ -90,6 +90,8 @@ def test_label_dropout_is_seeded_explicit_and_uses_the_null_id():
     transformer = dit.build_transformer(torch.device("cpu")).train()
     for block in transformer.transformer_blocks:  # adaLN-zero: every block starts as the identity
         assert not block.norm1.linear.weight.any()
+        table = block.norm1.emb.class_embedder.embedding_table.weight  # classes at unit scale, not 0.02
+        assert 0.8 < table.std().item() < 1.2 and torch.cdist(table, table).fill_diagonal_(99).min() > 5
     with torch.no_grad():
         for p in transformer.parameters():  # random weights, so every label reaches the output
             p.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))
