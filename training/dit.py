@@ -1,6 +1,6 @@
 """Recipe: the class-conditional DiT (Peebles and Xie, 2023) over the world's shapes, on pool latents of
 single-object scenes; the label is dropped to the null class 10% of the time so one network learns c and u
-(Ho and Salimans). `python -m training.dit --steps 1800`."""
+(Ho and Salimans). `python -m training.dit --steps 6000`."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def export_from_checkpoint(vae_folder: Path, run: Path, out: Path, **arch) -> in
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=1800)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
