@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -73,7 +74,12 @@ def parameter_groups(modules: list[torch.nn.Module], weight_decay: float) -> lis
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def unet_config(attn16: bool) -> dict:
+def unet_config(attn16: bool, run: Path | None = None) -> dict:
+    """`UNET_ATTN16` or `UNET`; a run that has a checkpoint keeps the one it was trained with."""
+    path = None if run is None else run / "checkpoint.safetensors"
+    if path is not None and path.is_file():
+        with safe_open(str(path), "pt") as f:
+            attn16 = any(key.startswith("unet.down_blocks.0.attentions.") for key in f.keys())
     return UNET_ATTN16 if attn16 else UNET
 
 
@@ -131,7 +137,8 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
     weights (a fine-tune stage, fresh optimizer); `floor` is the x0-loss weight floor of `min_snr_weights`;
     `embed_std` the scale word embeddings are drawn at (`spread_token_embeddings`); `freeze_text` keeps the text
     encoder at its initial weights; `two_share` draws that share of each batch from two-object scenes (None: the
-    pool's own mix, a third); `attn16` builds `UNET_ATTN16` (an `init` without its 16x16 attention grows it)."""
+    pool's own mix, a third); `attn16` builds `UNET_ATTN16` (an `init` without its 16x16 attention grows it; a
+    resumed run keeps its own layout)."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval().requires_grad_(False)
@@ -141,7 +148,7 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
     spread_token_embeddings(text_encoder, embed_std)
     text_encoder.requires_grad_(not freeze_text)
-    unet = UNet2DConditionModel(**unet_config(attn16)).to(dev)
+    unet = UNet2DConditionModel(**unet_config(attn16, run)).to(dev)
     noise_schedule = DDPMScheduler(**SCHEDULE)
     params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01), lr=lr)
@@ -203,13 +210,13 @@ def export(vae, tokenizer, text_encoder, unet, emas, folder: Path) -> None:
     print(f"saved {folder}", flush=True)
 
 
-def export_from_checkpoint(vae_folder: Path, run: Path, out: Path, attn16: bool = False) -> None:
-    """Export the latest checkpoint's EMA weights without training further."""
+def export_from_checkpoint(vae_folder: Path, run: Path, out: Path) -> None:
+    """Export the latest checkpoint's EMA weights without training further (its UNet layout read from it)."""
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval()
     tokenizer = tokenizer_for(run, None)
     text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
-    unet = UNet2DConditionModel(**unet_config(attn16)).to(dev)
+    unet = UNet2DConditionModel(**unet_config(False, run)).to(dev)
     optimizer = torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01))  # the layout `train` saves
     emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
     step = load_checkpoint(run, {"unet": unet, "text_encoder": text_encoder}, optimizer, emas)
@@ -232,13 +239,13 @@ def main(argv=None) -> None:
     parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-sd", help="export folder")
     parser.add_argument("--attn16", action="store_true",
-                        help="cross-attention at 16x16 too (grown from an --init that lacks it)")
+                        help="cross-attention at 16x16 too (grown from an --init that lacks it; a resumed run keeps its own)")
     args = parser.parse_args(argv)
     if args.two_share is not None and not 0 <= args.two_share <= 1:
         parser.error(f"--two-share must be between 0 and 1, got {args.two_share}.")
     started = time.time()
     if args.export_only:
-        export_from_checkpoint(args.vae, args.run, args.out, args.attn16)
+        export_from_checkpoint(args.vae, args.run, args.out)
     else:
         train(args.steps, args.vae, lr=args.lr, run=args.run, out=args.out, warmup=args.warmup, init=args.init,
               floor=args.floor, embed_std=args.embed_std, freeze_text=args.freeze_text, two_share=args.two_share,

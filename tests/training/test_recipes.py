@@ -90,5 +90,8 @@ def test_a_stage_grows_16x16_attention_that_starts_as_the_identity(tmp_path):
     assert before.abs().mean() > 0.01 and torch.equal(before, after)
     save_checkpoint(tmp_path / "grown", 1, grown, torch.optim.AdamW(grown["unet"].parameters()),
                     {name: EMA(m, 0.999) for name, m in grown.items()})
+    assert text2img.unet_config(False, tmp_path / "grown") is text2img.UNET_ATTN16  # read from the checkpoint
+    assert text2img.unet_config(True, tmp_path / "old") is text2img.UNET
+    assert text2img.unet_config(True, tmp_path / "no-run") is text2img.UNET_ATTN16
     with pytest.raises(ValueError, match="does not fit this unet"):
         text2img.start_from(tmp_path / "grown", modules(text2img.UNET))  # weights would be dropped: refused
