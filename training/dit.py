@@ -22,7 +22,7 @@ from engine.world import SHAPES
 from . import pool as latent_pool
 from .classifier import shape_labels
 from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint
-from .text2img import SCHEDULE, min_snr_weights
+from .text2img import SCHEDULE, min_snr_weights, start_from
 
 P_UNCOND = 0.1
 NULL_ID = len(SHAPES)  # LabelEmbedding's extra row: the id DiTTransformer2DModel reserves for "no class"
@@ -83,9 +83,10 @@ def drop_labels(labels: torch.Tensor, gen: torch.Generator, p: float = P_UNCOND)
 
 def train(steps: int, pool: Path = latent_pool.POOL, vae_folder: Path = RUNS / "vae-final", batch_size: int = 64,
           lr: float = 1e-3, run: Path | None = None, out: Path | None = None, warmup: int = 200,
-          pool_size: int = 30_000, **arch) -> list[float]:
+          pool_size: int = 30_000, init: Path | None = None, **arch) -> list[float]:
     """Train (or resume) the DiT with min-SNR-weighted eps MSE, export the EMA weights as a DiTPipeline; returns
-    the loss of every step run. `arch` overrides DIT (num_layers, num_attention_heads, patch_size)."""
+    the loss of every step run. `arch` overrides DIT (num_layers, num_attention_heads, patch_size). `init` starts a
+    new stage, with its own warmup and cosine, from another run's EMA weights (the architecture must match)."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
@@ -96,8 +97,11 @@ def train(steps: int, pool: Path = latent_pool.POOL, vae_folder: Path = RUNS / "
     transformer = build_transformer(dev, **arch)
     schedule = DDPMScheduler(**SCHEDULE)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.0)
-    emas = {"transformer": EMA(transformer, 0.999)}
     run = run or RUNS / "dit"
+    if init is not None and not (run / "checkpoint.safetensors").is_file():
+        start_from(init, {"transformer": transformer})
+        print(f"started from {init}", flush=True)
+    emas = {"transformer": EMA(transformer, 0.999)}
     start = load_checkpoint(run, {"transformer": transformer}, optimizer, emas)
     log = Log("dit", steps, start)
     gen = torch.Generator().manual_seed(start)
@@ -158,6 +162,7 @@ def main(argv=None) -> None:
     parser.add_argument("--vae", type=Path, default=RUNS / "vae-final", help="the VAE the pool was encoded with")
     parser.add_argument("--run", type=Path, default=RUNS / "dit", help="checkpoint folder (resumes)")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-dit", help="export folder")
+    parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
     parser.add_argument("--export-only", action="store_true", help="export the latest checkpoint and stop")
     args = parser.parse_args(argv)
     started = time.time()
@@ -167,7 +172,7 @@ def main(argv=None) -> None:
         export_from_checkpoint(args.vae, args.run, args.out, **arch)
         return
     train(args.steps, args.pool, args.vae, args.batch_size, args.lr, args.run, args.out, args.warmup,
-          **arch)
+          init=args.init, **arch)
     print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
 
 

@@ -123,6 +123,21 @@ def test_dit_loss_falls_resumes_and_exports_a_dit_pipeline(root, dit_losses):
     assert np.abs(got - np.round(expected * 255).astype(np.int64)).max() <= 1
 
 
+def test_a_dit_stage_starts_from_its_init_runs_averaged_weights(root, dit_losses):
+    from safetensors.torch import load_file
+
+    losses = dit.train(1, root / "pool", root / "vae", batch_size=8, lr=0.0, run=root / "dit-stage",
+                       out=root / "dit-stage-out", warmup=0, init=root / "dit-run")
+    assert len(losses) == 1
+    init = load_file(str(root / "dit-run" / "checkpoint.safetensors"))
+    stage = load_file(str(root / "dit-stage" / "checkpoint.safetensors"))
+    weights = [k for k in stage if k.startswith("transformer.") and stage[k].dtype.is_floating_point]
+    assert weights and all(torch.equal(stage[k], init[f"ema.{k}"]) for k in weights)  # lr 0: the init's EMA
+    with pytest.raises(ValueError, match="does not fit this transformer"):
+        dit.train(1, root / "pool", root / "vae", batch_size=8, run=root / "dit-bad", out=root / "dit-bad-out",
+                  init=root / "dit-run", num_layers=1)
+
+
 def test_engine_runs_cfg_and_classifier_guidance_with_the_exports(root, dit_losses, classifier_losses):
     result = Engine().generate(Request(model=str(root / "dit"), class_label="circle", classifier=str(root / "clf"),
                                        steps=3, num_images=2,
