@@ -1,7 +1,11 @@
 """Few-step smoke runs of the recipes: the loss falls, checkpoints resume, the export loads in the engine."""
 
+import json
+
 import numpy as np
 import pytest
+import torch
+from diffusers import AutoencoderKL
 
 from engine.generate import Engine, Request
 from training import text2img, vae
@@ -14,6 +18,25 @@ def test_vae_smoke_run_loss_falls_and_resumes(tmp_path):
     assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     _, more = vae.train(45, batch_size=8, full_res_steps=5, out=tmp_path / "vae", run=tmp_path / "run", warmup=5)
     assert len(more) == 5  # resumed from step 40
+
+
+def test_decoder_finetune_keeps_the_encoder_bit_identical_and_resumes(tmp_path):
+    vae.train(5, batch_size=4, full_res_steps=1, out=tmp_path / "vae", run=tmp_path / "vae-run", warmup=2)
+    before = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    tuned, losses = vae.finetune_decoder(30, tmp_path / "vae", tmp_path / "tuned", tmp_path / "run", batch_size=4,
+                                         warmup=3, lr=2e-3, measure_n=16)
+    assert np.mean(losses[-6:]) < np.mean(losses[:6])
+    after = AutoencoderKL.from_pretrained(tmp_path / "tuned")
+    old, new = before.state_dict(), after.state_dict()
+    frozen = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)  # every latent stays what it was
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    assert after.config.scaling_factor == before.config.scaling_factor
+    metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
+    assert 0.0 <= metrics["shape_fidelity"]["accuracy"] <= 1.0 and metrics["decoder_steps"] == 30
+    _, more = vae.finetune_decoder(33, tmp_path / "vae", tmp_path / "tuned", tmp_path / "run", batch_size=4,
+                                   warmup=3, lr=2e-3, measure_n=16)
+    assert len(more) == 3  # resumed from step 30
 
 
 def test_text2img_smoke_run_loss_falls_and_exports(tmp_path):
