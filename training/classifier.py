@@ -19,7 +19,7 @@ from engine.world import SHAPES, render, sample_scene
 
 from . import pool as latent_pool
 from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint
-from .text2img import SCHEDULE
+from .text2img import SCHEDULE, start_from
 from .vae import to_tensor
 
 CONFIG = dict(block_out_channels=(32, 64, 128), time_embed_dim=128, norm_num_groups=8)
@@ -46,9 +46,10 @@ def build_classifier(dev: torch.device) -> NoiseAwareClassifier:
 
 def train(steps: int, pool: Path = latent_pool.POOL, batch_size: int = 128, lr: float = 2e-3,
           run: Path | None = None, out: Path | None = None, warmup: int = 200, vae_folder: Path = RUNS / "vae-final",
-          pool_size: int = 30_000) -> list[float]:
+          pool_size: int = 30_000, init: Path | None = None) -> list[float]:
     """Train (or resume) the classifier with cross-entropy at uniform timesteps, export the EMA weights; returns
-    the loss of every step run."""
+    the loss of every step run. `init` starts a new stage, with its own warmup and cosine, from another run's EMA
+    weights (the architecture must match)."""
     torch.manual_seed(0)
     dev = device()
     data = latent_pool.ensure(pool, pool_size, vae_folder)
@@ -58,6 +59,9 @@ def train(steps: int, pool: Path = latent_pool.POOL, batch_size: int = 128, lr: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     emas = {"classifier": EMA(model, 0.999)}
     run = run or RUNS / "classifier"
+    if init is not None and not (run / "checkpoint.safetensors").is_file():
+        start_from(init, {"classifier": model})
+        print(f"started from {init}", flush=True)
     start = load_checkpoint(run, {"classifier": model}, optimizer, emas)
     log = Log("classifier", steps, start)
     gen = torch.Generator().manual_seed(start)
@@ -132,10 +136,11 @@ def main(argv=None) -> None:
     parser.add_argument("--vae", type=Path, default=RUNS / "vae-final", help="the VAE the pool was encoded with")
     parser.add_argument("--run", type=Path, default=RUNS / "classifier", help="checkpoint folder (resumes)")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-classifier", help="export folder")
+    parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
     parser.add_argument("--eval-n", type=int, default=600, help="held-out scenes for the accuracy table (0 = none)")
     args = parser.parse_args(argv)
     started = time.time()
-    train(args.steps, args.pool, args.batch_size, args.lr, args.run, args.out, args.warmup, args.vae)
+    train(args.steps, args.pool, args.batch_size, args.lr, args.run, args.out, args.warmup, args.vae, init=args.init)
     if args.eval_n:
         classifier = NoiseAwareClassifier.from_pretrained(args.out, use_safetensors=True).to(device())
         print_accuracy(accuracy_by_noise(classifier, *held_out_latents(args.vae, args.eval_n)))

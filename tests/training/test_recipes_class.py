@@ -75,6 +75,17 @@ def test_classifier_learns_resumes_and_exports(root, separable, classifier_losse
     assert accuracy[0] >= 0.9 and accuracy[0] >= accuracy[999]  # labels line up with the latents
 
 
+def test_a_classifier_stage_starts_from_its_init_runs_averaged_weights(root, separable, classifier_losses):
+    from safetensors.torch import load_file
+
+    classifier.train(1, separable, batch_size=32, lr=0.0, run=root / "clf-stage", out=root / "clf-stage-out",
+                     warmup=0, vae_folder=root / "vae", init=root / "clf-run")
+    init = load_file(str(root / "clf-run" / "checkpoint.safetensors"))
+    stage = load_file(str(root / "clf-stage" / "checkpoint.safetensors"))
+    weights = [k for k in stage if k.startswith("classifier.") and stage[k].dtype.is_floating_point]
+    assert weights and all(torch.equal(stage[k], init[f"ema.{k}"]) for k in weights)  # lr 0: the init's EMA
+
+
 def test_held_out_latents_are_fresh_encoded_single_objects(root):
     latents, labels = classifier.held_out_latents(root / "vae", 5)
     assert latents.shape == (5, 4, 16, 16) and labels.shape == (5,)
