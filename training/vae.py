@@ -93,6 +93,12 @@ def train(steps: int, batch_size: int = 32, lr: float = 2e-3, full_res_steps: in
     return vae, losses
 
 
+def seeded_sample(posterior, gen: torch.Generator) -> torch.Tensor:
+    """A draw from a diagonal Gaussian posterior with noise from `gen` (diffusers' own sample() takes a generator
+    on the posterior's device only)."""
+    return posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(posterior.mean.device)
+
+
 @torch.no_grad()
 def shape_fidelity(vae: AutoencoderKL, n: int = 480, seed: int = 97_000_000, batch_size: int = 32) -> dict:
     """How often the world's shape detector names the right shape on reconstructions of single-object scenes, from
@@ -103,8 +109,7 @@ def shape_fidelity(vae: AutoencoderKL, n: int = 480, seed: int = 97_000_000, bat
     hits, by_shape = [], {s: [] for s in SHAPES}
     for i in range(0, n, batch_size):
         x = to_tensor(images[i:i + batch_size]).to(vae.device)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(vae.device)
+        z = seeded_sample(vae.encode(x).latent_dist, gen)
         rec = ((vae.decode(z).sample.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         for image, scene in zip(rec, scenes[i:i + batch_size]):
             _, found = detect(image)
@@ -127,7 +132,8 @@ def decoder_loss(rec: torch.Tensor, x: torch.Tensor, edge_weight: float = 1.0) -
 
 
 def finetune_decoder(steps: int, vae_folder: Path, out: Path, run: Path, batch_size: int = 16, lr: float = 5e-4,
-                     warmup: int = 100, edge_weight: float = 1.0, measure_n: int = 480) -> tuple[AutoencoderKL, list[float]]:
+                     warmup: int = 100, edge_weight: float = 1.0,
+                     measure_n: int = 480) -> tuple[AutoencoderKL, list[float]]:
     """Train (or resume) only the decoder of a trained VAE at full size, on posterior samples of its frozen encoder,
     as Stability's ft-MSE decoder was: the encoder, and with it every latent the other models were trained on,
     stays bit-identical, so the fine-tuned VAE is a drop-in replacement. Returns the VAE and each step's loss."""
@@ -149,8 +155,7 @@ def finetune_decoder(steps: int, vae_folder: Path, out: Path, run: Path, batch_s
         images, _, _ = render_batch(50_000_000 + step * batch_size, batch_size, n_objects=(1, 2), paraphrase=False)
         x = to_tensor(images).to(dev)
         with torch.no_grad():
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(dev)
+            z = seeded_sample(vae.encode(x).latent_dist, gen)
         loss = decoder_loss(vae.decode(z).sample, x, edge_weight)
         losses.append(optimise(loss, optimizer, {"head": head}, emas, step))
         if (step + 1) % 50 == 0:
@@ -160,8 +165,7 @@ def finetune_decoder(steps: int, vae_folder: Path, out: Path, run: Path, batch_s
     emas["head"].copy_to(head)
     vae.eval()
     result = {"psnr_db": psnr(vae, min(256, measure_n)), "shape_fidelity": shape_fidelity(vae, measure_n),
-              "decoder_steps": steps,
-              "scaling_factor": vae.config.scaling_factor, "encoder_from": str(vae_folder)}
+              "decoder_steps": steps, "scaling_factor": vae.config.scaling_factor, "encoder_from": str(vae_folder)}
     print(json.dumps(result), flush=True)
     vae.save_pretrained(out)
     (Path(out) / "metrics.json").write_text(json.dumps(result, indent=2))
