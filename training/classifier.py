@@ -19,7 +19,7 @@ from engine.world import SHAPES, render, sample_scene
 
 from . import pool as latent_pool
 from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint
-from .text2img import SCHEDULE, start_from
+from .text2img import SCHEDULE, start_stage
 from .vae import to_tensor
 
 CONFIG = dict(block_out_channels=(32, 64, 128), time_embed_dim=128, norm_num_groups=8)
@@ -59,9 +59,7 @@ def train(steps: int, pool: Path = latent_pool.POOL, batch_size: int = 128, lr: 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     emas = {"classifier": EMA(model, 0.999)}
     run = run or RUNS / "classifier"
-    if init is not None and not (run / "checkpoint.safetensors").is_file():
-        start_from(init, {"classifier": model})
-        print(f"started from {init}", flush=True)
+    start_stage(init, run, {"classifier": model})
     start = load_checkpoint(run, {"classifier": model}, optimizer, emas)
     log = Log("classifier", steps, start)
     gen = torch.Generator().manual_seed(start)

@@ -22,7 +22,7 @@ from engine.world import SHAPES
 from . import pool as latent_pool
 from .classifier import shape_labels
 from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint
-from .text2img import SCHEDULE, min_snr_weights, start_from
+from .text2img import SCHEDULE, min_snr_weights, start_stage
 
 P_UNCOND = 0.1
 NULL_ID = len(SHAPES)  # LabelEmbedding's extra row: the id DiTTransformer2DModel reserves for "no class"
@@ -98,9 +98,7 @@ def train(steps: int, pool: Path = latent_pool.POOL, vae_folder: Path = RUNS / "
     schedule = DDPMScheduler(**SCHEDULE)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.0)
     run = run or RUNS / "dit"
-    if init is not None and not (run / "checkpoint.safetensors").is_file():
-        start_from(init, {"transformer": transformer})
-        print(f"started from {init}", flush=True)
+    start_stage(init, run, {"transformer": transformer})
     emas = {"transformer": EMA(transformer, 0.999)}
     start = load_checkpoint(run, {"transformer": transformer}, optimizer, emas)
     log = Log("dit", steps, start)

@@ -105,6 +105,15 @@ def start_from(init: Path, modules: dict[str, torch.nn.Module]) -> list[str]:
     return grown
 
 
+def start_stage(init: Path | None, run: Path, modules: dict[str, torch.nn.Module]) -> None:
+    """A new stage starts from `init`'s averaged weights (as shipped) unless `run` already has a checkpoint to
+    resume; no `init` leaves the modules as built."""
+    if init is None or (run / "checkpoint.safetensors").is_file():
+        return
+    grown = start_from(init, modules)
+    print(f"started from {init}" + (f", grew {', '.join(grown)}" if grown else ""), flush=True)
+
+
 def tokenizer_for(run: Path, init: Path | None) -> CLIPTokenizer:
     """The tokenizer a run was trained with (saved beside its checkpoint), else its init run's, else a new one.
     The BPE trainer breaks ties differently between processes, so a resumed run must not build it again."""
@@ -153,9 +162,7 @@ def train(steps: int, vae_folder: Path, batch_size: int = 32, lr: float = 1e-3, 
     params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01), lr=lr)
     modules = {"unet": unet, "text_encoder": text_encoder}
-    if init is not None and not (run / "checkpoint.safetensors").is_file():
-        grown = start_from(init, modules)  # the stage starts from the averaged weights, as shipped
-        print(f"started from {init}" + (f", grew {', '.join(grown)}" if grown else ""), flush=True)
+    start_stage(init, run, modules)
     emas = {"unet": EMA(unet, 0.999), "text_encoder": EMA(text_encoder, 0.999)}
     losses = []
     start = load_checkpoint(run, modules, optimizer, emas)

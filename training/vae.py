@@ -93,12 +93,6 @@ def train(steps: int, batch_size: int = 32, lr: float = 2e-3, full_res_steps: in
     return vae, losses
 
 
-def seeded_sample(posterior, gen: torch.Generator) -> torch.Tensor:
-    """A draw from a diagonal Gaussian posterior with noise from `gen` (diffusers' own sample() takes a generator
-    on the posterior's device only)."""
-    return posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(posterior.mean.device)
-
-
 @torch.no_grad()
 def shape_fidelity(vae: AutoencoderKL, n: int = 480, seed: int = 97_000_000, batch_size: int = 32) -> dict:
     """How often the world's shape detector names the right shape on reconstructions of single-object scenes, from
@@ -109,7 +103,7 @@ def shape_fidelity(vae: AutoencoderKL, n: int = 480, seed: int = 97_000_000, bat
     hits, by_shape = [], {s: [] for s in SHAPES}
     for i in range(0, n, batch_size):
         x = to_tensor(images[i:i + batch_size]).to(vae.device)
-        z = seeded_sample(vae.encode(x).latent_dist, gen)
+        z = vae.encode(x).latent_dist.sample(gen)
         rec = ((vae.decode(z).sample.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         for image, scene in zip(rec, scenes[i:i + batch_size]):
             _, found = detect(image)
@@ -155,7 +149,7 @@ def finetune_decoder(steps: int, vae_folder: Path, out: Path, run: Path, batch_s
         images, _, _ = render_batch(50_000_000 + step * batch_size, batch_size, n_objects=(1, 2), paraphrase=False)
         x = to_tensor(images).to(dev)
         with torch.no_grad():
-            z = seeded_sample(vae.encode(x).latent_dist, gen)
+            z = vae.encode(x).latent_dist.sample(gen)
         loss = decoder_loss(vae.decode(z).sample, x, edge_weight)
         losses.append(optimise(loss, optimizer, {"head": head}, emas, step))
         if (step + 1) % 50 == 0:
