@@ -40,21 +40,22 @@ def noised(latents: torch.Tensor, t: torch.Tensor, gen: torch.Generator, schedul
     return schedule.add_noise(latents, noise, t)
 
 
-def build_classifier(dev: torch.device) -> NoiseAwareClassifier:
-    return NoiseAwareClassifier(class_names=list(SHAPES), **CONFIG).to(dev)
+def build_classifier(dev: torch.device, channels: tuple[int, ...] = CONFIG["block_out_channels"]) -> NoiseAwareClassifier:
+    return NoiseAwareClassifier(class_names=list(SHAPES), **{**CONFIG, "block_out_channels": tuple(channels)}).to(dev)
 
 
 def train(steps: int, pool: Path = latent_pool.POOL, batch_size: int = 128, lr: float = 2e-3,
           run: Path | None = None, out: Path | None = None, warmup: int = 200, vae_folder: Path = RUNS / "vae-final",
-          pool_size: int = 30_000, init: Path | None = None) -> list[float]:
+          pool_size: int = 30_000, init: Path | None = None,
+          channels: tuple[int, ...] = CONFIG["block_out_channels"]) -> list[float]:
     """Train (or resume) the classifier with cross-entropy at uniform timesteps, export the EMA weights; returns
     the loss of every step run. `init` starts a new stage, with its own warmup and cosine, from another run's EMA
-    weights (the architecture must match)."""
+    weights (the architecture must match); `channels` are the widths of its resolution levels."""
     torch.manual_seed(0)
     dev = device()
     data = latent_pool.ensure(pool, pool_size, vae_folder)
     index, labels = shape_labels(data)
-    model = build_classifier(dev)
+    model = build_classifier(dev, channels)
     schedule = DDPMScheduler(**SCHEDULE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     emas = {"classifier": EMA(model, 0.999)}
@@ -135,10 +136,13 @@ def main(argv=None) -> None:
     parser.add_argument("--run", type=Path, default=RUNS / "classifier", help="checkpoint folder (resumes)")
     parser.add_argument("--out", type=Path, default=MODELS / "lab-classifier", help="export folder")
     parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
+    parser.add_argument("--channels", type=int, nargs="+", default=list(CONFIG["block_out_channels"]),
+                        help="widths of the resolution levels (each level after the first halves the size)")
     parser.add_argument("--eval-n", type=int, default=600, help="held-out scenes for the accuracy table (0 = none)")
     args = parser.parse_args(argv)
     started = time.time()
-    train(args.steps, args.pool, args.batch_size, args.lr, args.run, args.out, args.warmup, args.vae, init=args.init)
+    train(args.steps, args.pool, args.batch_size, args.lr, args.run, args.out, args.warmup, args.vae, init=args.init,
+          channels=tuple(args.channels))
     if args.eval_n:
         classifier = NoiseAwareClassifier.from_pretrained(args.out, use_safetensors=True).to(device())
         print_accuracy(accuracy_by_noise(classifier, *held_out_latents(args.vae, args.eval_n)))

@@ -86,6 +86,14 @@ def test_a_classifier_stage_starts_from_its_init_runs_averaged_weights(root, sep
     assert weights and all(torch.equal(stage[k], init[f"ema.{k}"]) for k in weights)  # lr 0: the init's EMA
 
 
+def test_a_wider_classifier_exports_its_widths_and_loads(root, separable):
+    classifier.train(2, separable, batch_size=8, run=root / "clf-wide", out=root / "clf-wide-out", warmup=1,
+                     vae_folder=root / "vae", channels=(16, 48))
+    model = NoiseAwareClassifier.from_pretrained(root / "clf-wide-out", use_safetensors=True)
+    assert tuple(model.config.block_out_channels) == (16, 48)
+    assert model.head.in_features == 48 and model(torch.zeros(2, 4, 16, 16), 500).shape == (2, len(SHAPES))
+
+
 def test_held_out_latents_are_fresh_encoded_single_objects(root):
     latents, labels = classifier.held_out_latents(root / "vae", 5)
     assert latents.shape == (5, 4, 16, 16) and labels.shape == (5,)
