@@ -84,23 +84,27 @@ def unet_config(attn16: bool, run: Path | None = None) -> dict:
 
 
 def start_from(init: Path, modules: dict[str, torch.nn.Module]) -> list[str]:
-    """Load `init`'s EMA weights into `modules`, the start of a fine-tune stage. Attention blocks the init lacks
-    (a UNet grown to `UNET_ATTN16`) start as the identity, their output projection zeroed, so the grown UNet first
-    computes exactly what the init did; returns the names of those blocks. Any other mismatch is an error."""
+    """Load `init`'s EMA weights into `modules`, the start of a fine-tune stage. Blocks the init lacks start as the
+    identity, so the grown model first computes exactly what the init did: attention blocks of a UNet grown to
+    `UNET_ATTN16` with their output projection zeroed, and DiT blocks appended to a deeper DiT (`--layers`) with
+    their adaLN-zero modulation zeroed (gates 0: attention and MLP add nothing). Returns the names of those blocks;
+    any other mismatch is an error."""
     tensors = load_file(str(init / "checkpoint.safetensors"))
     grown = []
     for name, module in modules.items():
         prefix = f"ema.{name}."
         missing, unexpected = module.load_state_dict(
             {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False)
-        new = sorted({m.group(0) for key in missing if (m := re.match(r"(down|up)_blocks\.\d+\.attentions\.\d+", key))})
+        pattern = r"(down|up)_blocks\.\d+\.attentions\.\d+|transformer_blocks\.\d+"
+        new = sorted({m.group(0) for key in missing if (m := re.match(pattern, key))})
         stray = [key for key in missing if not any(key.startswith(block + ".") for block in new)]
         if unexpected or stray:
             raise ValueError(f"{init} does not fit this {name}: unexpected {unexpected[:3]}, missing {stray[:3]}.")
         for block in new:
-            proj_out = module.get_submodule(block).proj_out
-            torch.nn.init.zeros_(proj_out.weight)
-            torch.nn.init.zeros_(proj_out.bias)
+            sub = module.get_submodule(block)
+            zeroed = sub.proj_out if hasattr(sub, "proj_out") else sub.norm1.linear
+            torch.nn.init.zeros_(zeroed.weight)
+            torch.nn.init.zeros_(zeroed.bias)
         grown += [f"{name}.{block}" for block in new]
     return grown
 

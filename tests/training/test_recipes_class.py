@@ -157,6 +157,25 @@ def test_a_dit_stage_starts_from_its_init_runs_averaged_weights(root, dit_losses
                   init=root / "dit-run", num_layers=1)
 
 
+def test_a_deeper_dit_stage_starts_as_exactly_its_init(root, dit_losses):
+    from diffusers import DiTTransformer2DModel
+
+    from training.text2img import start_from
+
+    dit.train(1, root / "pool", root / "vae", batch_size=8, lr=0.0, run=root / "dit-deeper",
+              out=root / "dit-deeper-out", warmup=0, init=root / "dit-run", num_layers=dit.DIT["num_layers"] + 2)
+    deeper = DiTTransformer2DModel.from_pretrained(root / "dit-deeper-out" / "transformer").eval()
+    init = dit.build_transformer(torch.device("cpu"))
+    assert start_from(root / "dit-run", {"transformer": init}) == []
+    assert len(deeper.transformer_blocks) == len(init.transformer_blocks) + 2
+    x = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    t, y = torch.tensor([5, 500, 990]), torch.tensor([0, 3, dit.NULL_ID])
+    with torch.no_grad():
+        got, expected = (m.eval()(x, timestep=t, class_labels=y).sample for m in (deeper, init))
+    assert torch.allclose(got, expected, atol=1e-6)  # the appended blocks are the identity until trained
+    assert deeper.transformer_blocks[-1].norm1.linear.weight.abs().max() == 0
+
+
 def test_engine_runs_cfg_and_classifier_guidance_with_the_exports(root, dit_losses, classifier_losses):
     result = Engine().generate(Request(model=str(root / "dit"), class_label="circle", classifier=str(root / "clf"),
                                        steps=3, num_images=2,
