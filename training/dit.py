@@ -152,7 +152,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--layers", type=int, default=DIT["num_layers"])
+    parser.add_argument("--layers", type=int, default=DIT["num_layers"],
+                        help="blocks; more than the --init run has appends blocks that start as the identity")
     parser.add_argument("--heads", type=int, default=DIT["num_attention_heads"], help="heads of 32 channels")
     parser.add_argument("--patch-size", type=int, default=DIT["patch_size"])
     parser.add_argument("--class-std", type=float, default=CLASS_STD, help="scale the class embeddings start at")
