@@ -22,7 +22,7 @@ from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, 
 from .text2img import SCHEDULE, start_stage
 from .vae import to_tensor
 
-CONFIG = dict(block_out_channels=(32, 64, 128), time_embed_dim=128, norm_num_groups=8)
+CONFIG = dict(block_out_channels=(64, 128, 256), time_embed_dim=128, norm_num_groups=8)  # as shipped
 NOISE_LEVELS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 EVAL_SEED = 91_000_000  # far from the pool's seed, so the held-out scenes are new ones
 
