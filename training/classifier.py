@@ -40,8 +40,10 @@ def noised(latents: torch.Tensor, t: torch.Tensor, gen: torch.Generator, schedul
     return schedule.add_noise(latents, noise, t)
 
 
-def build_classifier(dev: torch.device, channels: tuple[int, ...] = CONFIG["block_out_channels"]) -> NoiseAwareClassifier:
-    return NoiseAwareClassifier(class_names=list(SHAPES), **{**CONFIG, "block_out_channels": tuple(channels)}).to(dev)
+def build_classifier(dev: torch.device,
+                     channels: tuple[int, ...] = CONFIG["block_out_channels"]) -> NoiseAwareClassifier:
+    config = {**CONFIG, "block_out_channels": tuple(channels)}
+    return NoiseAwareClassifier(class_names=list(SHAPES), **config).to(dev)
 
 
 def train(steps: int, pool: Path = latent_pool.POOL, batch_size: int = 128, lr: float = 2e-3,
