@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -33,10 +34,15 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def batch_count(n: int) -> int:
+    """Batches for at least n images: whole rounds of PER_BATCH images of every class, so classes stay balanced."""
+    return max(1, math.ceil(n / (PER_BATCH * len(SHAPES)))) * len(SHAPES)
+
+
 def shape_accuracy(engine: Engine, n: int, steps: int, seed: int, **request) -> dict:
-    """Generate about n images, classes in turn; a hit is an image whose largest detected object has the class's
+    """Generate at least n images, classes in turn; a hit is an image whose largest detected object has the class's
     shape (the evaluator's matching would pick any of several blobs, which flatters noisy images)."""
-    batches = max(1, round(n / (PER_BATCH * len(SHAPES)))) * len(SHAPES)
+    batches = batch_count(n)
     hits, single, probs = [], [], []
     for k in range(batches):
         label = SHAPES[k % len(SHAPES)]
@@ -105,7 +111,7 @@ def report(n: int, steps: int, dit: str = "lab-dit", classifier: str = "lab-clas
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=200, help="images per row (rounded to whole rounds of classes)")
+    parser.add_argument("--n", type=int, default=200, help="images per row at least (rounded up to whole rounds of classes: 200 gives 240)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--dit", default="lab-dit")
     parser.add_argument("--classifier", default="lab-classifier")

@@ -192,6 +192,14 @@ def text_model(root):
     return root / "sd"
 
 
+def test_eval_class_never_makes_fewer_images_than_asked():
+    per_round = eval_class.PER_BATCH * len(SHAPES)
+    for n in (1, per_round - 1, per_round, per_round + 1, 200):
+        images = eval_class.batch_count(n) * eval_class.PER_BATCH
+        assert n <= images < n + per_round and images % per_round == 0
+    assert eval_class.batch_count(200) * eval_class.PER_BATCH == 240
+
+
 def test_eval_class_report_runs_end_to_end(root, dit_losses, classifier_losses, text_model, monkeypatch):
     monkeypatch.setattr(eval_class, "PER_BATCH", 2)
     monkeypatch.setattr(eval_class, "CFG_SCALES", (1.0, 4.0))
