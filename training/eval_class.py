@@ -111,7 +111,8 @@ def report(n: int, steps: int, dit: str = "lab-dit", classifier: str = "lab-clas
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=200, help="images per row at least (rounded up to whole rounds of classes: 200 gives 240)")
+    parser.add_argument("--n", type=int, default=200,
+                        help="images per row at least (rounded up to whole rounds of classes: 200 gives 240)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--dit", default="lab-dit")
     parser.add_argument("--classifier", default="lab-classifier")
