@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .guidance import in_interval
+from .guiders.interval import in_interval
 from .parallel import split_call
 from .sampler import Step
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .generate import Engine, Request, Result
+from .generate import Engine, Result
+from .request import Request
 
 
 class _Recorder:

@@ -12,8 +12,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from . import parallel
-from .generate import Engine, Request
-from .guidance import GuidanceSettings
+from .generate import Engine
+from .request import Request
+from .guiders import GuidanceSettings
 from .registry import default_model, resolve
 from .schedulers import make_scheduler
 

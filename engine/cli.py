@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
-from dataclasses import replace
 import sys
 from pathlib import Path
 
 from .errors import EngineError
-from .guidance import METHODS, GuidanceSettings
+from .guiders import GuidanceSettings, Param, all_params, method_names
+from .request import output_paths
 from .schedulers import SCHEDULERS
 
 
@@ -60,14 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guess-mode", action="store_true")
     gen.add_argument("--canny-low", type=_whole("Canny low threshold"), default=100)
     gen.add_argument("--canny-high", type=_whole("Canny high threshold"), default=200)
-    gen.add_argument("--guidance", choices=METHODS, default="cfg")
+    gen.add_argument("--guidance", choices=method_names(), default="cfg")
     gen.add_argument("--scale", type=_number("guidance scale"), help="guidance scale (default: the model's)")
-    gen.add_argument("--eta", type=_number("eta"), default=0.0)
-    gen.add_argument("--momentum", type=_number("momentum"), default=0.0)
-    gen.add_argument("--norm-threshold", type=_number("norm threshold"), default=0.0)
-    gen.add_argument("--rescale", type=_number("rescale factor"), default=0.0)
-    gen.add_argument("--interval", nargs=2, type=_number("interval bound"), metavar=("START", "END"),
-                     default=(0.0, 1.0))
+    for param in all_params():
+        _add_guidance_flag(gen, param)
     gen.add_argument("--classifier", help="noise-aware classifier name or folder")
     gen.add_argument("--classifier-scale", type=_number("classifier scale"), default=0.0)
     gen.add_argument("--steps", type=_whole("number of steps"), default=25)
@@ -90,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args, engine) -> "Request":
-    from .control import load_image, prepare_control
-    from .generate import ControlSpec, Request
-    from .registry import default_model
+    from dataclasses import replace
+
+    from .control.prepare import load_image, prepare_control
+    from .request import ControlSpec, Request
 
     out = Path(args.out)
     if not out.parent.is_dir():
@@ -112,77 +108,18 @@ def request_from_args(args, engine) -> "Request":
             source = load_image(path)
         size = (args.width, args.height)
         if None in size:
-            native = _native_size(engine, args.model or default_model("text"))
+            native = engine.native_size(args.model)
             size = (args.width or native[0], args.height or native[1])
         image = prepare_control(source, args.control_type, size=size, low=args.canny_low, high=args.canny_high)
         controls = (ControlSpec(image, args.control_type, args.controlnet, args.control_scale, args.control_start,
                                 args.control_end),)
-    guidance = GuidanceSettings(method=args.guidance, eta=args.eta, momentum=args.momentum,
-                                norm_threshold=args.norm_threshold, rescale=args.rescale,
-                                interval=tuple(args.interval), classifier_scale=args.classifier_scale)
+    guidance = guidance_from_args(args, 1.0)
     req = Request(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
                   class_label=args.class_label, controls=controls, guess_mode=args.guess_mode, guidance=guidance,
                   classifier=args.classifier, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
                   height=args.height, width=args.width, num_images=args.num_images)
     scale = args.scale if args.scale is not None else engine.model_spec(req).default_scale
-    return replace(req, guidance=replace(guidance, scale=scale))
-
-
-def _native_size(engine, model: str) -> tuple[int, int]:
-    from .registry import resolve
-
-    pipe = engine.loaded(resolve(model, "text"))
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    return side, side
-
-
-def output_paths(out: Path, seeds: list[int]) -> list[Path]:
-    """PATH.png for one image; PATH-<seed>.png for each of several."""
-    if len(seeds) == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{seed}{out.suffix}") for seed in seeds]
-
-
-def command_for(req, index: int = 0) -> str:
-    """The `python -m engine generate` command that reproduces image `index` of a request."""
-    g = req.guidance
-    parts = ["python", "-m", "engine", "generate"]
-
-    def add(flag, value, default=None):
-        if value is not None and value != default:
-            parts.extend([flag, str(value)])
-
-    add("--model", req.model)
-    add("--prompt", req.prompt, "")
-    add("--negative-prompt", req.negative_prompt, "")
-    add("--class", req.class_label)
-    add("--guidance", g.method)
-    add("--scale", f"{g.scales[index % len(g.scales)]:g}")
-    if g.method in ("perp-cfg", "apg"):
-        add("--eta", f"{g.eta:g}", "0")
-    if g.method == "apg":
-        add("--momentum", f"{g.momentum:g}", "0")
-        add("--norm-threshold", f"{g.norm_threshold:g}", "0")
-    add("--rescale", f"{g.rescale:g}", "0")
-    if tuple(g.interval) != (0.0, 1.0):
-        parts.extend(["--interval", f"{g.interval[0]:g}", f"{g.interval[1]:g}"])
-    add("--classifier", req.classifier)
-    add("--classifier-scale", f"{g.classifier_scale:g}", "0")
-    for control in req.controls:
-        parts.extend(["--control", "control.png", "--control-type", control.control_type])
-        add("--controlnet", control.controlnet)
-        add("--control-scale", f"{control.scale:g}", "1")
-        add("--control-start", f"{control.start:g}", "0")
-        add("--control-end", f"{control.end:g}", "1")
-    if req.guess_mode:
-        parts.append("--guess-mode")
-    add("--steps", req.steps)
-    add("--scheduler", req.scheduler)
-    add("--seed", req.seeds[index])
-    add("--height", req.height)
-    add("--width", req.width)
-    parts.extend(["--out", "out.png"])
-    return " ".join(shlex.quote(p) for p in parts)
+    return replace(req, guidance=guidance_from_args(args, scale))
 
 
 def run_generate(args) -> int:

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import EngineError
-from .generate import MAX_IMAGES
-from .guidance import GuidanceSettings
-from .registry import default_model, resolve
-from .world import clipped_fraction, diversity, evaluate, parse_caption, saturation
+from .guiders import GUIDERS, GuidanceSettings
+from .guiders.settings import compare_rows
+from .request import MAX_IMAGES
 
-# Rows the Compare tab offers: a label and the guidance it runs (scale filled in per column).
-ROWS: dict[str, GuidanceSettings] = {
-    "CFG": GuidanceSettings("cfg"),
-    "Perp-CFG": GuidanceSettings("perp-cfg"),
-    "APG": GuidanceSettings("apg", momentum=-0.5),
-    "CFG + rescale": GuidanceSettings("cfg", rescale=0.7),
-    "CFG-Zero*": GuidanceSettings("cfg-zero-star"),
-}
+Measure = Callable[[list[Image.Image]], dict[str, Any]]  # one cell's images (its seeds) -> named measures
 DEFAULT_ROWS = ("CFG", "Perp-CFG", "APG", "CFG + rescale")
 DEFAULT_SCALES = (1.0, 3.0, 5.0, 7.5, 10.0, 15.0)
 MAX_CELLS = 64
@@ -29,22 +20,10 @@ CELL_MIN = 128  # cells are enlarged (nearest) to at least this many pixels so l
 
 
 @dataclass
-class CellMeasures:
-    """Measures of one grid cell over its seeds: the grid seed and the extra diversity seeds."""
-
-    method: str
-    scale: float
-    saturation: float
-    clipped: float
-    diversity: float
-    adherence: float | None  # fraction of seeds the world's evaluator finds all-correct; None when not measured
-
-
-@dataclass
 class Comparison:
     grid: Image.Image
     cells: list[list[Image.Image]]  # [row][column], the grid seed
-    measures: list[CellMeasures]
+    measures: list[dict[str, Any]]  # per cell: method, scale and the measures asked for
     parameters: str
 
 
@@ -61,9 +40,10 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 
 def row_settings(label: str, scales: tuple[float, ...]) -> GuidanceSettings:
-    if label not in ROWS:
-        raise EngineError(f"Unknown comparison row '{label}'; choose from {', '.join(ROWS)}.")
-    return replace(ROWS[label], scale=scales)
+    rows = compare_rows()
+    if label not in rows:
+        raise EngineError(f"Unknown comparison row '{label}'; choose from {', '.join(rows)}.")
+    return rows[label].replace(scale=scales)
 
 
 def _font(size: int):
@@ -98,29 +78,10 @@ def grid(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list
     return canvas
 
 
-def cell_measures(method: str, scale: float, images: list[Image.Image], prompt: str | None) -> CellMeasures:
-    """Mean saturation and clipping over the seeds, diversity across them, adherence when a prompt is given."""
-    arrays = [np.asarray(im.convert("RGB")) for im in images]
-    adherence = None
-    if prompt is not None:
-        parsed = parse_caption(prompt)
-        adherence = float(np.mean([evaluate(a, parsed).all_correct for a in arrays]))
-    return CellMeasures(method, scale, float(np.mean([saturation(a) for a in arrays])),
-                        float(np.mean([clipped_fraction(a) for a in arrays])), diversity(arrays), adherence)
-
-
-def is_project_model(name: str | None) -> bool:
-    """Whether the world's evaluator can judge this model's images: it is one of the project's own."""
-    try:
-        return resolve(name or default_model("text"), "text").offline
-    except EngineError:
-        return False
-
-
 def shares_conditional(settings: GuidanceSettings, scale: float) -> bool:
-    """Whether this cell is the plain conditional run: at scale 1 every method but CFG-Zero* (whose zero-init
-    steps still act) returns c at every step, so one conditional batch serves all such rows."""
-    return scale == 1 and settings.method != "cfg-zero-star"
+    """Whether this cell is the plain conditional run: at scale 1 most methods return c at every step (not
+    CFG-Zero*, whose zero-init steps still act), so one conditional batch serves all such rows."""
+    return scale == 1 and GUIDERS[settings.method].plain_at_one
 
 
 def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]], callback):
@@ -129,7 +90,7 @@ def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]
     parameters = ""
     for first in range(0, len(cells), MAX_IMAGES):
         group = cells[first:first + MAX_IMAGES]
-        req = replace(base, guidance=replace(settings, scale=tuple(s for _, s in group)), num_images=len(group),
+        req = replace(base, guidance=settings.replace(scale=tuple(s for _, s in group)), num_images=len(group),
                       image_seeds=tuple(base.seed + k for k, _ in group))
         result = engine.generate(req, callback=callback)
         images.update(zip(group, result.images))
@@ -138,7 +99,7 @@ def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]
 
 
 def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[float, ...] = DEFAULT_SCALES, *,
-            seeds: int = 3, adherence: bool | None = None,
+            seeds: int = 3, measure: Measure | None = None,
             callback: Callable[[int, dict], None] | None = None) -> Comparison:
     """Batched Requests per row (every scale times every seed), the grid showing `base.seed` in each cell; the
     scale-1 cells that are plain conditional runs are computed once for all rows."""
@@ -150,7 +111,6 @@ def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[fl
         raise EngineError(f"Compare at most {MAX_IMAGES} scales at once, not {len(scales)}.")
     if len(rows) * len(scales) > MAX_CELLS:
         raise EngineError(f"The grid would have {len(rows) * len(scales)} cells; the limit is {MAX_CELLS}.")
-    judge = base.prompt if (adherence if adherence is not None else is_project_model(base.model)) else None
     cells, measures, parameters = [], [], ""
     shared, shared_params = {}, ""  # the scale-1 conditional images, computed once for every row sharing them
     for r, label in enumerate(rows):
@@ -166,7 +126,8 @@ def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[fl
         cells.append([images[0, s] for s in scales])
         parameters = parameters or params
         for scale in scales:
-            measures.append(cell_measures(label, scale, [images[k, scale] for k in range(seeds)], judge))
+            values = measure([images[k, scale] for k in range(seeds)]) if measure else {}
+            measures.append({"method": label, "scale": scale, **values})
     picture = grid(cells, list(rows), [f"{s:g}" for s in scales], x_title="guidance scale", y_title="method")
     values = ", ".join(f"{s:g}" for s in scales)
     parameters += f', X Type: Guidance scale, X Values: "{values}", Y Type: Method, Y Values: "{", ".join(rows)}"'

@@ -4,7 +4,6 @@ one denoising loop, decode. Text, class and ControlNet requests differ only in t
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -15,64 +14,13 @@ from PIL import Image
 
 from .adapters import ClassDenoiser, ControlBranch, TextDenoiser
 from .errors import EngineError
-from .guidance import METHODS, GuidanceSettings
+from .guiders import GuidanceSettings
 from .loading import ModelStore
-from .pnginfo import format_parameters
 from .registry import ModelSpec, default_model, resolve
+from .request import ControlSpec, Request, check_request, png_parameters
 from .runner import MainThreadRunner
 from .sampler import guided_model, sample, with_classifier_guidance
-from .schedulers import A1111_NAMES, SCHEDULERS, make_scheduler
-
-MAX_PROMPT_CHARS = 1000
-MAX_SIDE = 2048
-MAX_IMAGES = 16
-MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class ControlSpec:
-    """A control map already in the model's convention (edges, scribble or skeleton as RGB) and its knobs."""
-
-    image: Image.Image
-    control_type: str
-    controlnet: str | None = None
-    scale: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
-
-
-@dataclass(frozen=True)
-class Request:
-    """Everything one generation needs; `model=None` picks the project's default for the task."""
-
-    model: str | None = None
-    prompt: str = ""
-    negative_prompt: str = ""
-    class_label: str | int | None = None
-    controls: tuple[ControlSpec, ...] = ()
-    guess_mode: bool = False
-    guidance: GuidanceSettings = GuidanceSettings()
-    classifier: str | None = None
-    steps: int = 25
-    scheduler: str = "ddim"
-    seed: int = 0
-    height: int | None = None
-    width: int | None = None
-    num_images: int = 1
-    image_seeds: tuple[int, ...] | None = None  # explicit per-image seeds (a comparison grid repeats one seed)
-
-    @property
-    def task(self) -> str:
-        if self.controls:
-            return "control"
-        return "class" if self.class_label is not None and not self.prompt.strip() else "text"
-
-    @property
-    def seeds(self) -> list[int]:
-        if self.image_seeds is not None:
-            return list(self.image_seeds)
-        return list(range(self.seed, self.seed + self.num_images))
-
+from .schedulers import make_scheduler
 
 @dataclass
 class Result:
@@ -84,59 +32,6 @@ class Result:
     request: Request
     previews: list[tuple[int, list[Image.Image]]] = field(default_factory=list)
     class_probs: list[list[float]] = field(default_factory=list)  # per step, per image
-
-
-def _finite(name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise EngineError(f"The {name} must be a finite number, not {value!r}.")
-    if not low <= value <= high:
-        raise EngineError(f"The {name} must lie between {low:g} and {high:g}; {value:g} does not.")
-
-
-def check_request(req: Request) -> None:
-    """Reject bad input with one sentence, before any model work."""
-    g = req.guidance
-    if g.method not in METHODS:
-        raise EngineError(f"Unknown guidance '{g.method}'; choose one of {', '.join(METHODS)}.")
-    if req.scheduler not in SCHEDULERS:
-        raise EngineError(f"Unknown scheduler '{req.scheduler}'; choose one of {', '.join(SCHEDULERS)}.")
-    for scale in g.scales:
-        _finite("guidance scale", scale, 0, 100)
-    if isinstance(g.scale, tuple) and len(g.scale) != req.num_images:
-        raise EngineError(f"Per-image scales need one scale per image; got {len(g.scale)} for {req.num_images}.")
-    if req.image_seeds is not None and len(req.image_seeds) != req.num_images:
-        raise EngineError(f"Per-image seeds need one seed per image; got {len(req.image_seeds)}.")
-    _finite("classifier scale", g.classifier_scale, 0, 1000)
-    _finite("eta", g.eta, 0, 1)
-    _finite("APG momentum", g.momentum, -1, 0)
-    _finite("APG norm threshold", g.norm_threshold, 0, 1e4)
-    _finite("rescale factor", g.rescale, 0, 1)
-    start, end = g.interval
-    _finite("interval start", start, 0, 1)
-    _finite("interval end", end, 0, 1)
-    if start > end:
-        raise EngineError(f"The guidance interval must start before it ends; {start:g} > {end:g}.")
-    if not isinstance(req.steps, int) or not 1 <= req.steps <= 1000:
-        raise EngineError(f"Steps must be a whole number from 1 to 1000, not {req.steps!r}.")
-    for side in ("height", "width"):
-        value = getattr(req, side)
-        if value is not None and (not isinstance(value, int) or value <= 0 or value % 8 or value > MAX_SIDE):
-            raise EngineError(f"The {side} must be a positive multiple of 8 up to {MAX_SIDE}, not {value!r}.")
-    if not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED - MAX_IMAGES:
-        raise EngineError(f"The seed must be a whole number from 0 to {MAX_SEED - MAX_IMAGES}, not {req.seed!r}.")
-    if not isinstance(req.num_images, int) or not 1 <= req.num_images <= MAX_IMAGES:
-        raise EngineError(f"The number of images must be from 1 to {MAX_IMAGES}, not {req.num_images!r}.")
-    for text, name in ((req.prompt, "prompt"), (req.negative_prompt, "negative prompt")):
-        if len(text) > MAX_PROMPT_CHARS:
-            raise EngineError(f"The {name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
-    if req.task == "text" and not req.prompt.strip():
-        raise EngineError("The prompt is empty; describe the image to generate.")
-    for control in req.controls:
-        _finite("control scale", control.scale, 0, 10)
-        _finite("control start", control.start, 0, 1)
-        _finite("control end", control.end, 0, 1)
-        if control.start > control.end:
-            raise EngineError(f"Control must start before it ends; {control.start:g} > {control.end:g}.")
 
 
 def _step_kwargs(scheduler, generator) -> dict:
@@ -169,8 +64,12 @@ class Engine:
 
     # 1. Check inputs and resolve the models.
     def model_spec(self, req: Request) -> ModelSpec:
-        kind = "class" if req.task == "class" else "text"
-        return resolve(req.model or default_model(kind), kind)
+        return resolve(req.model or default_model(req.model_kind), req.model_kind)
+
+    def native_size(self, model: str | None = None, kind: str = "text") -> tuple[int, int]:
+        """(width, height) the model generates at by default: its latent size times the VAE's factor."""
+        pipe = self.loaded(resolve(model or default_model(kind), kind))
+        return _native_size(pipe)
 
     def generate(self, req: Request, callback: Callable[[dict], None] | None = None,
                  preview_steps: set[int] | None = None) -> Result:
@@ -203,7 +102,7 @@ class Engine:
         latents = latents * scheduler.init_noise_sigma
 
         # 5. Denoise with one loop.
-        model_fn = guided_model(denoiser, guidance)
+        model_fn = guided_model(denoiser, guidance.build())
         class_probs: list = []
         if guidance.classifier_scale > 0 or req.classifier:
             model_fn = self._with_classifier(model_fn, req, pipe, class_probs)
@@ -219,12 +118,11 @@ class Engine:
         return Result(images, seeds, params, req, previews, probs)
 
     def _text_denoiser(self, pipe, req: Request, guidance: GuidanceSettings):
-        needs_uncond = guidance.method != "none" and guidance.scale != 1
         prompt_embeds, negative_embeds = pipe.encode_prompt(
-            req.prompt, self.device, req.num_images, needs_uncond, req.negative_prompt or None)
+            req.prompt, self.device, req.num_images, guidance.guided, req.negative_prompt or None)
         factor = pipe.vae_scale_factor
-        height = req.height or pipe.unet.config.sample_size * factor
-        width = req.width or pipe.unet.config.sample_size * factor
+        native_width, native_height = _native_size(pipe)
+        height, width = req.height or native_height, req.width or native_width
         controls = [self._control_branch(c, height, width, req.num_images, prompt_embeds.dtype)
                     for c in req.controls]
         prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
@@ -305,31 +203,11 @@ class Engine:
 
     def parameters(self, req: Request, spec: ModelSpec, seed: int, size: tuple[int, int], index: int = 0) -> str:
         """The PNG `parameters` text for one image of this request."""
-        g = req.guidance
-        fields: dict[str, Any] = {
-            "Steps": req.steps, "Sampler": A1111_NAMES[req.scheduler], "CFG scale": f"{g.scales[index % len(g.scales)]:g}", "Seed": seed,
-            "Size": f"{size[0]}x{size[1]}", "Model": spec.name, "Guidance": g.method,
-        }
-        if g.method in ("perp-cfg", "apg"):
-            fields["Guidance eta"] = f"{g.eta:g}"
-        if g.method == "apg":
-            fields["APG momentum"] = f"{g.momentum:g}"
-            fields["APG norm threshold"] = f"{g.norm_threshold:g}"
-        if g.method == "cfg-zero-star":
-            fields["Zero-init steps"] = g.zero_init_steps
-        if g.rescale:
-            fields["Guidance rescale"] = f"{g.rescale:g}"
-        if g.interval != (0.0, 1.0):
-            fields["Guidance interval"] = f"{g.interval[0]:g}-{g.interval[1]:g}"
-        if req.class_label is not None:
-            fields["Class"] = req.class_label
-        if g.classifier_scale:
-            fields["Classifier scale"] = f"{g.classifier_scale:g}"
-        for n, c in enumerate(req.controls):
-            suffix = f" {n + 1}" if len(req.controls) > 1 else ""
-            fields[f"ControlNet{suffix}"] = f"{c.control_type} {c.controlnet or default_model('controlnet', c.control_type)}"
-            fields[f"Control weight{suffix}"] = f"{c.scale:g}"
-            fields[f"Control range{suffix}"] = f"{c.start:g}-{c.end:g}"
-        if req.controls and req.guess_mode:
-            fields["Guess mode"] = "True"
-        return format_parameters(req.prompt, req.negative_prompt, fields)
+        nets = [c.controlnet or default_model("controlnet", c.control_type) for c in req.controls]
+        return png_parameters(req, spec.name, nets, seed, size, index)
+
+
+def _native_size(pipe) -> tuple[int, int]:
+    """(width, height) of a text pipeline's UNet sample at its VAE's scale."""
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return side, side

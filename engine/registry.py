@@ -100,6 +100,14 @@ def resolve(name: str, kind: str | None = None) -> ModelSpec:
     return spec
 
 
+def is_project_model(name: str | None) -> bool:
+    """Whether `name` (None: the default text model) is one of the project's own, which the world can judge."""
+    try:
+        return resolve(name or default_model("text"), "text").offline
+    except EngineError:
+        return False
+
+
 def default_model(kind: str, control_type: str | None = None) -> str:
     """The project's own default model for a task."""
     return CONTROL_DEFAULTS[control_type] if kind == "controlnet" else DEFAULTS[kind]

@@ -12,7 +12,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from .guidance import APGState, GuidanceSettings, combine
+from .guiders import Guider
+from .spaces import denoised, from_eps, to_eps
 
 
 @dataclass(frozen=True)
@@ -46,55 +47,19 @@ def alpha_prod_at(scheduler, t: torch.Tensor) -> torch.Tensor:
     return scheduler.alphas_cumprod[int(round(float(t)))].float()
 
 
-def to_eps(pred: torch.Tensor, x: torch.Tensor, a: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """Convert a model prediction to eps, in the variance-preserving space of the model input x."""
-    if prediction_type == "epsilon":
-        return pred
-    a = a.to(x)
-    if prediction_type == "v_prediction":
-        return a.sqrt() * pred + (1 - a).sqrt() * x
-    if prediction_type == "sample":
-        return (x - a.sqrt() * pred) / (1 - a).sqrt()
-    raise ValueError(f"Unsupported prediction type {prediction_type!r}.")
-
-
-def from_eps(eps: torch.Tensor, x: torch.Tensor, a: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """Convert eps back to the prediction type the scheduler expects."""
-    if prediction_type == "epsilon":
-        return eps
-    a = a.to(x)
-    if prediction_type == "v_prediction":
-        return (eps - (1 - a).sqrt() * x) / a.sqrt()
-    if prediction_type == "sample":
-        return denoised(eps, x, a)
-    raise ValueError(f"Unsupported prediction type {prediction_type!r}.")
-
-
-def denoised(eps: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)."""
-    a = a.to(x)
-    return (x - (1 - a).sqrt() * eps) / a.sqrt()
-
-
-def guided_model(denoiser: Denoiser, settings: GuidanceSettings) -> ModelFn:
-    """The model function for one run: conditional prediction, guided where the settings say so."""
-    state = APGState(settings.momentum) if settings.method == "apg" else None
+def guided_model(denoiser: Denoiser, guider: Guider) -> ModelFn:
+    """The model function for one run: the conditional prediction, guided where the guider says so."""
     ptype = denoiser.prediction_type
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, step: Step) -> torch.Tensor:
-        if settings.zeroed(step.index):
-            return torch.zeros_like(x)
-        pred_cond, pred_uncond = denoiser(x, t, step, settings.needs_uncond(step.index, step.num_steps))
+        early = guider.early(x, step)
+        if early is not None:
+            return early
+        pred_cond, pred_uncond = denoiser(x, t, step, guider.needs_uncond(step))
         c = to_eps(pred_cond, x, step.alpha_prod, ptype)
         if pred_uncond is None:
             return c
-        u = to_eps(pred_uncond, x, step.alpha_prod, ptype)
-        if settings.method == "apg":
-            # The APG paper guides the denoised estimate x0, not eps.
-            x0 = combine(settings, denoised(c, x, step.alpha_prod), denoised(u, x, step.alpha_prod), state)
-            a = step.alpha_prod.to(x)
-            return (x - a.sqrt() * x0) / (1 - a).sqrt()
-        return combine(settings, c, u, state)
+        return guider.combine(c, to_eps(pred_uncond, x, step.alpha_prod, ptype), x, step)
 
     return model_fn
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 
 from engine.classifier import NoiseAwareClassifier
-from engine.world import SHAPES, render, sample_scene
+from world import SHAPES, render, sample_scene
 
 from . import pool as latent_pool
 from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint

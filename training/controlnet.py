@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionPipeline
 
-from engine.control import prepare_control
-from engine.world import caption, pose_map, render, sample_scene, scribble
-from engine.world.split import HELD_OUT
+from engine.control.prepare import prepare_control
+from engine.control.openpose import pose_map
+from world import caption, render, sample_scene, scribble
+from world.split import HELD_OUT
 
 from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, save_checkpoint
 from .text2img import min_snr_weights

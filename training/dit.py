@@ -17,7 +17,7 @@ from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
 from engine.registry import write_id2label
-from engine.world import SHAPES
+from world import SHAPES
 
 from . import pool as latent_pool
 from .classifier import shape_labels

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError
-from engine.generate import Engine, Request
-from engine.guidance import GuidanceSettings
+from engine.generate import Engine
+from engine.request import Request
+from engine.guiders import GuidanceSettings
 from engine.registry import resolve
-from engine.world import SHAPES
-from engine.world.detect import detect
+from world import SHAPES
+from world.detect import detect
 
 from .classifier import accuracy_by_noise, held_out_latents, print_accuracy
 

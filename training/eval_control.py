@@ -18,11 +18,13 @@ from dataclasses import fields
 import numpy as np
 from PIL import Image
 
-from engine.generate import ControlSpec, Engine, Request
-from engine.guidance import GuidanceSettings
+from engine.generate import Engine
+from engine.request import ControlSpec, Request
+from engine.guiders import GuidanceSettings
 from engine.registry import resolve
-from engine.world import canny, canonical_caption, evaluate
-from engine.world.control_metrics import edge_f1, pose_hit_rate
+from engine.control.maps import canny
+from world import canonical_caption, evaluate
+from world.control_metrics import edge_f1, pose_hit_rate
 
 from .controlnet import TYPES, control_batch
 

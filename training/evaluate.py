@@ -11,10 +11,11 @@ import time
 
 import numpy as np
 
-from engine.generate import Engine, Request
-from engine.guidance import GuidanceSettings
+from engine.generate import Engine
+from engine.request import Request
+from engine.guiders import GuidanceSettings
 from engine.registry import resolve
-from engine.world import canonical_caption, clipped_fraction, evaluate, is_held_out, sample_scene, saturation
+from world import canonical_caption, clipped_fraction, evaluate, is_held_out, sample_scene, saturation
 
 PER_CAPTION = 4  # seeds per caption, generated as one batch
 

@@ -15,8 +15,8 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 
-from engine.world import ObjectSpec, Scene, render, sample_scene
-from engine.world.split import HELD_OUT
+from world import ObjectSpec, Scene, render, sample_scene
+from world.split import HELD_OUT
 
 from .common import RUNS, device
 from .vae import to_tensor

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from engine.generate import Engine, Request
-from engine.guidance import GuidanceSettings
+from engine.generate import Engine
+from engine.request import Request
+from engine.guiders import GuidanceSettings
 
 PROMPTS = [
     "a large red circle on the left",

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from engine.tokenizer import build_clip_tokenizer
-from engine.world import VOCABULARY, caption
+from world import VOCABULARY, caption
 
 from . import pool as latent_pool
 from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, save_checkpoint

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from engine.world import SHAPES, render_batch
-from engine.world.detect import detect
+from world import SHAPES, render_batch
+from world.detect import detect
 
 from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
-from engine.control import CONTROL_TYPES, load_image, prepare_control, to_rgb_array
+from engine.control.prepare import CONTROL_TYPES, load_image, prepare_control, to_rgb_array
 from engine.errors import EngineError
 from engine.generate import ControlSpec, Engine, Request
-from engine.pose import detect_pose, preset_json
+from engine.control.pose import detect_pose
 from engine.registry import resolve
-from engine.world.figure import POSES
+from world.figure import POSES, preset_json
 
 from .models import ModelChoices
 from .shared import (MODEL_EVENT, ImageInput, gallery, gallery_items, guarded, guidance_controls,

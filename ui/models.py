@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.control import CONTROL_TYPES
+from engine.control.prepare import CONTROL_TYPES
 from engine.errors import EngineError
 from engine.registry import REGISTRY, available_offline, default_model, resolve
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from engine.classifier import NoiseAwareClassifier
 from engine.generate import Engine, Request
 from engine.guidance import GuidanceSettings
-from engine.world import SHAPES
+from world import SHAPES
 from training import classifier, dit, eval_class, vae
 from training import pool as latent_pool
 

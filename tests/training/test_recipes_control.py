@@ -9,11 +9,11 @@ from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMSchedu
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from engine.control import prepare_control
+from engine.control.prepare import prepare_control
 from engine.generate import ControlSpec, Engine, Request
 from engine.tokenizer import build_clip_tokenizer
-from engine.world import VOCABULARY
-from engine.world.split import is_held_out
+from world import VOCABULARY
+from world.split import is_held_out
 from training import controlnet, eval_control
 from training.text2img import MAX_TOKENS, SCHEDULE
 

@@ -12,7 +12,8 @@ from engine.generate import ControlSpec, Engine, Request
 from engine.guidance import GuidanceSettings
 from engine.pnginfo import parse_parameters
 from engine.registry import REGISTRY
-from engine.world import SHAPES, canny, render_seed
+from engine.control.maps import canny
+from world import SHAPES, render_seed
 
 
 def test_lab_dit_loads_with_diffusers_and_matches_the_engine_at_scale_one():

@@ -8,7 +8,7 @@ from engine.compare import ROWS, compare, grid, parse_scales
 from engine.errors import EngineError
 from engine.generate import Request
 from engine.guidance import GuidanceSettings
-from engine.world import render_seed
+from world import render_seed
 
 
 def test_parse_scales():
@@ -36,7 +36,7 @@ def test_grid_is_labelled_and_adherence_scores_a_rendered_scene():
     assert picture.width > 2 * 128 and picture.height > 128  # cells enlarged, room for labels
     from engine.compare import cell_measures
     rendered = render_seed(3)
-    from engine.world import canonical_caption
+    from world import canonical_caption
     prompt = canonical_caption(rendered.scene)
     measures = cell_measures("CFG", 1.0, [Image.fromarray(rendered.image)], prompt)
     assert measures.adherence == 1.0

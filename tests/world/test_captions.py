@@ -3,7 +3,7 @@ import re
 
 import numpy as np
 
-from engine.world import VOCABULARY, canonical_caption, caption, parse_caption, sample_scene
+from world import VOCABULARY, canonical_caption, caption, parse_caption, sample_scene
 
 
 def _same_objects(parsed, scene):

@@ -5,7 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.world import canny, keypoints_from_json, pose_map, render_seed, scribble, sketch_to_scribble
+from engine.control.maps import canny, sketch_to_scribble
+from engine.control.openpose import keypoints_from_json, pose_map
+from world import render_seed, scribble
 
 
 def _near(mask: np.ndarray, pixels: np.ndarray, radius: int) -> float:

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from engine.world import canny, degrade, render_seed, scribble
-from engine.world.control_metrics import edge_f1, keypoint_pixels, pose_hit_rate, within
+from engine.control.maps import canny
+from world import degrade, render_seed, scribble
+from world.control_metrics import edge_f1, keypoint_pixels, pose_hit_rate, within
 
 SEEDS = range(30)
 

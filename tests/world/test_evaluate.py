@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from engine.world import (clipped_fraction, degrade, diversity, evaluate, parse_caption, render_seed, saturation)
-from engine.world.evaluate import accuracy
+from world import (clipped_fraction, degrade, diversity, evaluate, parse_caption, render_seed, saturation)
+from world.evaluate import accuracy
 
 FRESH_SEED = 55_000_000  # never used while tuning the evaluator
 

@@ -3,8 +3,8 @@ from itertools import product
 
 import numpy as np
 
-from engine.world import HELD_OUT, SIZES, is_held_out, render_batch, render_seed, sample_scene
-from engine.world.vocab import COLOURS, POSITIONS, SHAPES, position_of
+from world import HELD_OUT, SIZES, is_held_out, render_batch, render_seed, sample_scene
+from world.vocab import COLOURS, POSITIONS, SHAPES, position_of
 
 
 def test_same_seed_same_pixels_and_captions():

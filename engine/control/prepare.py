@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import EngineError
+from ..errors import EngineError
+from .maps import canny, sketch_to_scribble
+from .openpose import keypoints_from_json, pose_map
 
 CONTROL_TYPES = ("canny", "scribble", "pose")
 MAX_PIXELS = 4096 * 4096
@@ -51,10 +53,6 @@ def prepare_control(source, control_type: str, *, size: tuple[int, int] = (64, 6
 
     `source` is an image for canny and scribble; for pose it is a skeleton image or 18-keypoint JSON text.
     """
-    from .world.conditions import canny
-    from .world.openpose import keypoints_from_json, pose_map
-    from .world.scribble import sketch_to_scribble
-
     if control_type not in CONTROL_TYPES:
         raise EngineError(f"Unknown control type '{control_type}'; choose one of {', '.join(CONTROL_TYPES)}.")
     width, height = size

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .conditions import canny
+from engine.control.maps import canny
 from .segment import find_objects
 from .vocab import IMAGE_SIZE
 
@@ -43,7 +43,7 @@ def edge_f1(generated: np.ndarray, control_edges: np.ndarray, tolerance: float =
 
     precision = share of generated edge pixels within `tolerance` of a control edge pixel; recall = share of
     control edge pixels within `tolerance` of a generated one; F1 their harmonic mean. The thresholds default to
-    the lab's canny preprocessing (engine/control.py). Two empty maps agree (F1 1); one empty map scores 0.
+    the lab's canny preprocessing (engine/control/maps.py). Two empty maps agree (F1 1); one empty map scores 0.
     """
     made = canny(generated, low, high)[..., 0] > 0  # (H, W)
     wanted = _edge_mask(control_edges)  # (H, W)

@@ -1,4 +1,6 @@
 """Stick-figure poses: the 18 OpenPose keypoints of a person in a few named poses with jitter."""
+import json
+
 import numpy as np
 
 # Keypoints in body units: x to the image right, y down, head at y ~ 0, ankles at y ~ 1.
@@ -72,3 +74,18 @@ def figure_extent(kp: np.ndarray) -> tuple[float, float, float, float]:
 def head_centre(kp: np.ndarray) -> np.ndarray:
     """Centre of the head disc: between the eyes and the nose."""
     return (kp[0] + kp[14] + kp[15]) / 3.0
+
+
+MARGIN = 0.1  # fraction of the image left free around a preset figure
+
+
+def preset_json(name: str) -> str:
+    """An upright preset figure as 18 [x, y] keypoints in 0..1, centred with a margin."""
+    if name not in POSES:
+        raise ValueError(f"Unknown pose preset '{name}'; choose one of {', '.join(POSES)}.")
+    kp = pose_keypoints(np.random.default_rng(0), name, jitter=0.0, mirror=False)  # (18, 2) body units
+    x0, y0, x1, y1 = figure_extent(kp)
+    scale = (1 - 2 * MARGIN) / max(x1 - x0, y1 - y0)
+    centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    points = (kp - centre) * scale + 0.5  # (18, 2) in 0..1
+    return json.dumps([[round(float(x), 3), round(float(y), 3)] for x, y in points])

@@ -1,4 +1,4 @@
-"""Measure the evaluator against true labels: `python -m engine.world.evaluate --n 1000` prints the tables."""
+"""Measure the evaluator against true labels: `python -m world.evaluate --n 1000` prints the tables."""
 import argparse
 
 import numpy as np

@@ -1,7 +1,7 @@
 """The procedural world: seeded 64x64 scenes with labels, captions, condition maps and an evaluator."""
 from .batch import render_batch
 from .captions import VOCABULARY, ParsedCaption, canonical_caption, caption, parse_caption
-from .conditions import canny, keypoints_from_json, pose_map, scribble, sketch_to_scribble
+from .scribble import scribble
 from .score import Evaluation, ObjectScore, degrade, evaluate
 from .measures import clipped_fraction, diversity, saturation
 from .scene import ObjectLabel, ObjectSpec, RenderedScene, Scene, render, render_seed, sample_scene

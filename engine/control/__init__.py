@@ -1,0 +1,1 @@
+"""Control maps for ControlNets: user inputs to maps (prepare), the map makers (maps, openpose), pose from a photo."""

@@ -1,0 +1,175 @@
+"""What a guidance method is to the lab: declared parameters, and the few calls the denoising loop makes.
+
+A guider class declares its parameters once (`Param`); from those the lab generates the CLI flags, the range checks,
+the PNG `parameters` fields, the reproduce command, the UI controls and the Compare tab's rows. One guider object is
+built per run, so it may keep state across steps (APG's momentum). Modifiers (rescale, interval) wrap whichever
+method was picked. The habit is diffusers' guiders (src/diffusers/guiders) and k-diffusion's model wrappers: the
+per-step decision lives on the object, the pure math stays a module function beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from ..errors import EngineError
+from ..spaces import denoised, eps_from_x0
+
+if TYPE_CHECKING:
+    from ..sampler import Step
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter: name (the API keyword; the CLI flag is --name-with-dashes), default, allowed range,
+    label (the UI label, the PNG field and the noun of error sentences) and a one-line help."""
+
+    name: str
+    default: Any
+    low: float
+    high: float
+    label: str
+    help: str = ""
+    kind: str = "float"  # float | int | range (a (start, end) pair inside [low, high], start <= end)
+    step: float = 0.05  # the UI slider's step
+    ui_default: Any = None  # where the UI and API start when that differs from the CLI's default
+    ui_range: tuple[float, float] | None = None  # a narrower UI slider than the checks allow
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def api_names(self) -> tuple[str, ...]:
+        """The API keywords: the name, or name_start and name_end for a range."""
+        return (f"{self.name}_start", f"{self.name}_end") if self.kind == "range" else (self.name,)
+
+    @property
+    def start_value(self) -> Any:
+        return self.default if self.ui_default is None else self.ui_default
+
+    @property
+    def noun(self) -> str:
+        """The label inside a sentence: 'Guidance eta' reads 'guidance eta', 'APG momentum' stays."""
+        return self.label if self.label[1:2].isupper() else self.label[:1].lower() + self.label[1:]
+
+    def check(self, value: Any) -> Any:
+        """The value in its kind, or one sentence saying why not."""
+        if self.kind == "range":
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise EngineError(f"The {self.noun} must be a (start, end) pair, not {value!r}.")
+            start, end = (self._number(v, f"{self.noun} {part}") for v, part in zip(value, ("start", "end")))
+            if start > end:
+                raise EngineError(f"The {self.noun} must start before it ends; {start:g} > {end:g}.")
+            return (start, end)
+        return self._number(value, self.noun)
+
+    def _number(self, value: Any, noun: str) -> float | int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise EngineError(f"The {noun} must be a finite number, not {value!r}.")
+        if self.kind == "int" and value != int(value):
+            raise EngineError(f"The {noun} must be a whole number, not {value!r}.")
+        if not self.low <= value <= self.high:
+            raise EngineError(f"The {noun} must lie between {self.low:g} and {self.high:g}; {value:g} does not.")
+        return int(value) if self.kind == "int" else float(value)
+
+    def text(self, value: Any) -> str:
+        """The value as the PNG text and the reproduce command write it."""
+        if self.kind == "range":
+            return f"{value[0]:g}-{value[1]:g}"
+        return str(value) if self.kind == "int" else f"{value:g}"
+
+    def cli_args(self, value: Any) -> list[str]:
+        if self.kind == "range":
+            return [self.flag, f"{value[0]:g}", f"{value[1]:g}"]
+        return [self.flag, str(value) if self.kind == "int" else f"{value:g}"]
+
+
+class Guider:
+    """A guidance method for one run. Subclasses declare `name`, `label`, `paper`, `params` and write `guide`."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # short: the Compare row and the PNG text
+    note: ClassVar[str] = ""  # a hint beside the label in the method menu
+    paper: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    order: ClassVar[int] = 100  # position in the menus
+    guided: ClassVar[bool] = True  # False: the method never runs the unconditional branch
+    space: ClassVar[str] = "eps"  # eps | x0: where `guide` combines the predictions
+    plain_at_one: ClassVar[bool] = True  # at scale 1 every step is the conditional prediction alone
+    rows: ClassVar[dict[str, dict] | None] = None  # Compare rows {label: values}; None: one row at the UI defaults
+
+    def __init__(self, scale: float | torch.Tensor | tuple[float, ...], **values: Any):
+        self.scale = scale
+        self.values = values
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return tuple(self.scale) if isinstance(self.scale, tuple) else (self.scale,)
+
+    def scale_like(self, like: torch.Tensor) -> float | torch.Tensor:
+        """The scale, or per-image scales shaped (B, 1, ...) to broadcast against a prediction."""
+        if not isinstance(self.scale, tuple):
+            return self.scale
+        return torch.tensor(self.scale, dtype=like.dtype, device=like.device).view(-1, *[1] * (like.ndim - 1))
+
+    def needs_uncond(self, step: "Step") -> bool:
+        """Whether this step runs the unconditional branch; where guidance cannot change c it is skipped."""
+        return self.guided and not all(s == 1 for s in self.scales)
+
+    def early(self, x: torch.Tensor, step: "Step") -> torch.Tensor | None:
+        """A prediction that replaces the model call at this step (CFG-Zero*'s zero-init), or None."""
+        return None
+
+    def combine(self, c: torch.Tensor, u: torch.Tensor, x: torch.Tensor, step: "Step") -> torch.Tensor:
+        """Guided eps from the conditional and unconditional eps, through `guide` in the method's own space."""
+        if self.space == "x0":
+            a = step.alpha_prod
+            return eps_from_x0(self.guide(denoised(c, x, a), denoised(u, x, a), step), x, a)
+        return self.guide(c, u, step)
+
+    def guide(self, c: torch.Tensor, u: torch.Tensor, step: "Step") -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def menu_label(cls) -> str:
+        return f"{cls.label} ({cls.note})" if cls.note else cls.label
+
+
+class Modifier(Guider):
+    """Wraps the picked method: changes when it guides or what its guided prediction becomes."""
+
+    def __init__(self, inner: Guider, **values: Any):
+        super().__init__(inner.scale, **values)
+        self.inner = inner
+        self.space = inner.space
+
+    @classmethod
+    def active(cls, values: dict[str, Any]) -> bool:
+        """Whether the modifier changes anything (its PNG fields and CLI flags are written only then)."""
+        return any(values[p.name] != p.default for p in cls.params)
+
+    def needs_uncond(self, step: "Step") -> bool:
+        return self.inner.needs_uncond(step)
+
+    def early(self, x: torch.Tensor, step: "Step") -> torch.Tensor | None:
+        return self.inner.early(x, step)
+
+    def guide(self, c: torch.Tensor, u: torch.Tensor, step: "Step") -> torch.Tensor:
+        return self.inner.guide(c, u, step)
+
+
+# Shared by the projected methods (Perp-CFG, APG): the weight kept of the guidance's parallel part.
+ETA = Param("eta", 0.0, 0.0, 1.0, "Guidance eta", "weight of the parallel part: 0 drops it, 1 keeps it (plain CFG)")
+
+
+def dims(x: torch.Tensor) -> list[int]:
+    return list(range(1, x.ndim))
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample inner product in float64, shaped to broadcast against `a`."""
+    return (a.double() * b.double()).sum(dim=dims(a), keepdim=True)

@@ -1,0 +1,30 @@
+"""Guidance interval, Kynkaanniemi et al. (2024): guide only a span of the run, a modifier of any method."""
+
+from .base import Modifier, Param
+from .registry import register
+
+
+def in_interval(index: int, num_steps: int, interval: tuple[float, float]) -> bool:
+    """Whether step `index` of `num_steps` lies inside the interval.
+
+    Step i spans the fractions [i / n, (i + 1) / n] of the run; it is guided when that span lies in [start, end],
+    the same rule diffusers uses for ControlNet's control_guidance_start / end.
+    """
+    start, end = interval
+    return not (index / num_steps < start or (index + 1) / num_steps > end)
+
+
+@register
+class Interval(Modifier):
+    """Outside the interval the step runs the conditional branch alone."""
+
+    name = "interval"
+    label = "Interval"
+    paper = "Kynkaanniemi et al. (2024), Applying guidance in a limited interval"
+    params = (Param("interval", (0.0, 1.0), 0.0, 1.0, "Guidance interval",
+                    "the fractions of the run where guidance acts", kind="range"),)
+    order = 20
+    rows = {}
+
+    def needs_uncond(self, step):
+        return self.inner.needs_uncond(step) and in_interval(step.index, step.num_steps, self.values["interval"])

@@ -1,0 +1,140 @@
+"""GuidanceSettings: which method, its scale and every declared parameter's value for one request."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..errors import EngineError
+from .base import Guider, Param
+from .registry import GUIDERS, method_names, modifiers, owners
+
+
+class GuidanceSettings:
+    """Method, scale (or a per-image tuple), the values of the method's and the modifiers' declared parameters, and
+    the classifier-guidance scale (a wrapper around the model function, not a guider). Immutable and hashable."""
+
+    __slots__ = ("method", "scale", "values", "classifier_scale")
+
+    def __init__(self, method: str = "cfg", scale: float | tuple[float, ...] = 7.5, *, classifier_scale: float = 0.0,
+                 **values: Any):
+        allowed = {p.name: p for p in self.declared_for(method)}
+        for name in values:
+            if name not in allowed:
+                raise EngineError(f"The guidance '{method}' takes no parameter '{name}'.")
+        filled = {name: values.get(name, p.default) for name, p in allowed.items()}
+        if "interval" in filled:
+            filled["interval"] = tuple(filled["interval"])
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "scale", tuple(scale) if isinstance(scale, list) else scale)
+        object.__setattr__(self, "values", filled)
+        object.__setattr__(self, "classifier_scale", classifier_scale)
+
+    @staticmethod
+    def declared_for(method: str) -> list[Param]:
+        """The parameters a run of `method` takes: its own, then the modifiers' when the method guides at all."""
+        cls = GUIDERS.get(method)
+        if cls is None:
+            return []
+        return [*cls.params, *(p for m in modifiers() if cls.guided for p in m.params)]
+
+    @classmethod
+    def from_values(cls, method: str, scale, values: Mapping[str, Any], *, classifier_scale: float = 0.0,
+                    strict: bool = False) -> "GuidanceSettings":
+        """Settings from a mapping holding any declared parameters (every UI control, or every CLI flag): the
+        method's and the modifiers' are taken. With `strict`, a value given (not None) for a parameter this method
+        does not take is refused, so a CLI flag is never silently ignored."""
+        wanted = {p.name for p in cls.declared_for(method)}
+        if strict:
+            for name, value in values.items():
+                if value is not None and name not in wanted:
+                    others = ", ".join(owners(name)) or "no method"
+                    raise EngineError(f"--{name.replace('_', '-')} belongs to {others}; it does nothing with "
+                                      f"--guidance {method}.")
+        taken = {k: v for k, v in values.items() if k in wanted and v is not None}
+        return cls(method, scale, classifier_scale=classifier_scale, **taken)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("GuidanceSettings is immutable; use replace().")
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def replace(self, **changes: Any) -> "GuidanceSettings":
+        method = changes.pop("method", self.method)
+        scale = changes.pop("scale", self.scale)
+        classifier_scale = changes.pop("classifier_scale", self.classifier_scale)
+        values = {k: v for k, v in self.values.items() if k in {p.name for p in self.declared_for(method)}}
+        return GuidanceSettings(method, scale, classifier_scale=classifier_scale, **{**values, **changes})
+
+    def _key(self):
+        return (self.method, self.scale, tuple(sorted(self.values.items())), self.classifier_scale)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GuidanceSettings) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        values = "".join(f", {k}={v!r}" for k, v in self.values.items())
+        return f"GuidanceSettings({self.method!r}, {self.scale!r}{values}, classifier_scale={self.classifier_scale!r})"
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return self.scale if isinstance(self.scale, tuple) else (self.scale,)
+
+    @property
+    def guided(self) -> bool:
+        """Whether any step may run the unconditional branch."""
+        cls = GUIDERS.get(self.method)
+        return cls is not None and cls.guided and not all(s == 1 for s in self.scales)
+
+    def check(self) -> None:
+        """Unknown method or a value out of its declared range: one sentence."""
+        if self.method not in GUIDERS:
+            raise EngineError(f"Unknown guidance '{self.method}'; choose one of {', '.join(method_names())}.")
+        params = {p.name: p for p in self.declared_for(self.method)}
+        for name, value in self.values.items():
+            params[name].check(value)
+
+    def build(self) -> Guider:
+        """The guider object for one run: the method, wrapped by each modifier."""
+        self.check()
+        cls = GUIDERS[self.method]
+        own = {p.name: self.values[p.name] for p in cls.params}
+        guider: Guider = cls(self.scale, **own)
+        if cls.guided:
+            for modifier in modifiers():
+                guider = modifier(guider, **{p.name: self.values[p.name] for p in modifier.params})
+        return guider
+
+    def fields(self) -> list[tuple[Param, Any]]:
+        """(param, value) pairs a record of this run shows: the method's always, a modifier's when it acts."""
+        cls = GUIDERS.get(self.method)
+        if cls is None:
+            return []
+        shown = [(p, self.values[p.name]) for p in cls.params]
+        for modifier in modifiers() if cls.guided else ():
+            values = {p.name: self.values[p.name] for p in modifier.params}
+            if modifier.active(values):
+                shown += [(p, values[p.name]) for p in modifier.params]
+        return shown
+
+    def cli_fields(self) -> list[tuple[Param, Any]]:
+        """(param, value) pairs the reproduce command needs: those that differ from the CLI's defaults."""
+        return [(p, v) for p, v in self.fields() if v != p.default]
+
+
+
+def compare_rows() -> dict[str, GuidanceSettings]:
+    """The Compare tab's rows: one per guided method at the UI's starting values (or the rows a guider declares),
+    then the rows modifiers declare (e.g. CFG + rescale)."""
+    rows: dict[str, GuidanceSettings] = {}
+    for cls in [*(GUIDERS[n] for n in method_names()), *modifiers()]:
+        declared = cls.rows if cls.rows is not None else {cls.label: {}}
+        for label, values in declared.items():
+            values = dict(values)
+            method = values.pop("method", cls.name)
+            start = {p.name: p.start_value for p in GUIDERS[method].params}
+            rows[label] = GuidanceSettings(method, 1.0, **{**start, **values})
+    return rows

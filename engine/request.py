@@ -1,0 +1,181 @@
+"""What one generation asks for: the Request, its control specs, their checks, the PNG `parameters` text of each
+image and the command that reproduces it. The CLI and the UI both build Requests from here."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .errors import EngineError
+from .guiders import GuidanceSettings
+from .pnginfo import format_parameters
+from .schedulers import A1111_NAMES, SCHEDULERS
+
+MAX_PROMPT_CHARS = 1000
+MAX_SIDE = 2048
+MAX_IMAGES = 16
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """A control map already in the model's convention (edges, scribble or skeleton as RGB) and its knobs."""
+
+    image: Image.Image
+    control_type: str
+    controlnet: str | None = None
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything one generation needs; `model=None` picks the project's default for the task."""
+
+    model: str | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    class_label: str | int | None = None
+    controls: tuple[ControlSpec, ...] = ()
+    guess_mode: bool = False
+    guidance: GuidanceSettings = GuidanceSettings()
+    classifier: str | None = None
+    steps: int = 25
+    scheduler: str = "ddim"
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    num_images: int = 1
+    image_seeds: tuple[int, ...] | None = None  # explicit per-image seeds (a comparison grid repeats one seed)
+
+    @property
+    def task(self) -> str:
+        if self.controls:
+            return "control"
+        return "class" if self.class_label is not None and not self.prompt.strip() else "text"
+
+    @property
+    def model_kind(self) -> str:
+        """The registry kind of model this request runs: class-conditional or text."""
+        return "class" if self.task == "class" else "text"
+
+    @property
+    def seeds(self) -> list[int]:
+        if self.image_seeds is not None:
+            return list(self.image_seeds)
+        return list(range(self.seed, self.seed + self.num_images))
+
+
+def _finite(name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise EngineError(f"The {name} must be a finite number, not {value!r}.")
+    if not low <= value <= high:
+        raise EngineError(f"The {name} must lie between {low:g} and {high:g}; {value:g} does not.")
+
+
+def check_request(req: Request) -> None:
+    """Reject bad input with one sentence, before any model work."""
+    g = req.guidance
+    g.check()  # the method and every declared parameter's range
+    if req.scheduler not in SCHEDULERS:
+        raise EngineError(f"Unknown scheduler '{req.scheduler}'; choose one of {', '.join(SCHEDULERS)}.")
+    for scale in g.scales:
+        _finite("guidance scale", scale, 0, 100)
+    if isinstance(g.scale, tuple) and len(g.scale) != req.num_images:
+        raise EngineError(f"Per-image scales need one scale per image; got {len(g.scale)} for {req.num_images}.")
+    if req.image_seeds is not None and len(req.image_seeds) != req.num_images:
+        raise EngineError(f"Per-image seeds need one seed per image; got {len(req.image_seeds)}.")
+    _finite("classifier scale", g.classifier_scale, 0, 1000)
+    if not isinstance(req.steps, int) or not 1 <= req.steps <= 1000:
+        raise EngineError(f"Steps must be a whole number from 1 to 1000, not {req.steps!r}.")
+    for side in ("height", "width"):
+        value = getattr(req, side)
+        if value is not None and (not isinstance(value, int) or value <= 0 or value % 8 or value > MAX_SIDE):
+            raise EngineError(f"The {side} must be a positive multiple of 8 up to {MAX_SIDE}, not {value!r}.")
+    if not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED - MAX_IMAGES:
+        raise EngineError(f"The seed must be a whole number from 0 to {MAX_SEED - MAX_IMAGES}, not {req.seed!r}.")
+    if not isinstance(req.num_images, int) or not 1 <= req.num_images <= MAX_IMAGES:
+        raise EngineError(f"The number of images must be from 1 to {MAX_IMAGES}, not {req.num_images!r}.")
+    for text, name in ((req.prompt, "prompt"), (req.negative_prompt, "negative prompt")):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise EngineError(f"The {name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+    if req.task == "text" and not req.prompt.strip():
+        raise EngineError("The prompt is empty; describe the image to generate.")
+    for control in req.controls:
+        _finite("control scale", control.scale, 0, 10)
+        _finite("control start", control.start, 0, 1)
+        _finite("control end", control.end, 0, 1)
+        if control.start > control.end:
+            raise EngineError(f"Control must start before it ends; {control.start:g} > {control.end:g}.")
+
+
+def png_parameters(req: Request, model_name: str, controlnets: list[str], seed: int, size: tuple[int, int],
+                   index: int = 0) -> str:
+    """The PNG `parameters` text (AUTOMATIC1111's format) of image `index`; `controlnets` names each control's net."""
+    g = req.guidance
+    fields: dict[str, Any] = {
+        "Steps": req.steps, "Sampler": A1111_NAMES[req.scheduler], "CFG scale": f"{g.scales[index % len(g.scales)]:g}",
+        "Seed": seed, "Size": f"{size[0]}x{size[1]}", "Model": model_name, "Guidance": g.method,
+    }
+    fields.update((param.label, param.text(value)) for param, value in g.fields())
+    if req.class_label is not None:
+        fields["Class"] = req.class_label
+    if g.classifier_scale:
+        fields["Classifier scale"] = f"{g.classifier_scale:g}"
+    for n, (c, net) in enumerate(zip(req.controls, controlnets)):
+        suffix = f" {n + 1}" if len(req.controls) > 1 else ""
+        fields[f"ControlNet{suffix}"] = f"{c.control_type} {net}"
+        fields[f"Control weight{suffix}"] = f"{c.scale:g}"
+        fields[f"Control range{suffix}"] = f"{c.start:g}-{c.end:g}"
+    if req.controls and req.guess_mode:
+        fields["Guess mode"] = "True"
+    return format_parameters(req.prompt, req.negative_prompt, fields)
+
+
+def command_for(req: Request, index: int = 0) -> str:
+    """The `python -m engine generate` command that reproduces image `index` of a request."""
+    g = req.guidance
+    parts = ["python", "-m", "engine", "generate"]
+
+    def add(flag, value, default=None):
+        if value is not None and value != default:
+            parts.extend([flag, str(value)])
+
+    add("--model", req.model)
+    add("--prompt", req.prompt, "")
+    add("--negative-prompt", req.negative_prompt, "")
+    add("--class", req.class_label)
+    add("--guidance", g.method)
+    add("--scale", f"{g.scales[index % len(g.scales)]:g}")
+    for param, value in g.cli_fields():
+        parts.extend(param.cli_args(value))
+    add("--classifier", req.classifier)
+    add("--classifier-scale", f"{g.classifier_scale:g}", "0")
+    for control in req.controls:
+        parts.extend(["--control", "control.png", "--control-type", control.control_type])
+        add("--controlnet", control.controlnet)
+        add("--control-scale", f"{control.scale:g}", "1")
+        add("--control-start", f"{control.start:g}", "0")
+        add("--control-end", f"{control.end:g}", "1")
+    if req.guess_mode:
+        parts.append("--guess-mode")
+    add("--steps", req.steps)
+    add("--scheduler", req.scheduler)
+    add("--seed", req.seeds[index])
+    add("--height", req.height)
+    add("--width", req.width)
+    parts.extend(["--out", "out.png"])
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def output_paths(out: Path, seeds: list[int]) -> list[Path]:
+    """PATH.png for one image; PATH-<seed>.png for each of several."""
+    if len(seeds) == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{seed}{out.suffix}") for seed in seeds]
