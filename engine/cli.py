@@ -73,15 +73,37 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-images", type=_whole("number of images"), default=1)
     gen.add_argument("--out", required=True, help="output PNG path")
 
-    bench = sub.add_parser("bench", help="seconds per image, engine against the diffusers pipeline")
-    threads = sub.add_parser("threads", help="seconds per image from the main thread, a worker thread, and a "
-                             "worker through the main-thread runner; then a batch split across cores and whole")
+    bench = sub.add_parser("bench", help="seconds per image, engine against the diffusers pipeline; --grid: the "
+                           "default Compare grid against the machine's matmul peak")
+    bench.add_argument("--grid", action="store_true", help="time the default Compare grid, with its UNet FLOPs, "
+                       "GFLOP/s and roofline fraction")
+    threads = sub.add_parser("threads", help="seconds per image on the engine's model thread, with a batch split "
+                             "across cores and whole, then on the main thread and a worker thread")
     for parser_ in (bench, threads):
         parser_.add_argument("--model", help="text-to-image model (default: the project's own)")
         parser_.add_argument("--steps", type=_whole("number of steps"), default=25)
         parser_.add_argument("--runs", type=_whole("number of runs"), default=5)
         parser_.add_argument("--scale", type=_number("guidance scale"), default=5.0)
     return parser
+
+
+def _add_guidance_flag(parser: argparse.ArgumentParser, param: Param) -> None:
+    """A guider's declared parameter as a flag; None when not given, so a flag the method ignores is refused."""
+    parse = _whole(param.noun) if param.kind == "int" else _number(param.noun)
+    default = param.text(param.default) if param.kind != "range" else f"{param.default[0]:g} {param.default[1]:g}"
+    help_text = f"{param.help} (default {default}; {param.low:g} to {param.high:g})"
+    if param.kind == "range":
+        parser.add_argument(param.flag, dest=param.name, nargs=2, type=parse, metavar=("START", "END"), help=help_text)
+    else:
+        parser.add_argument(param.flag, dest=param.name, type=parse, help=help_text)
+
+
+def guidance_from_args(args, scale: float) -> GuidanceSettings:
+    """The guidance settings of the parsed flags; a flag the picked method does not take is refused."""
+    values = {p.name: getattr(args, p.name) for p in all_params()}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return GuidanceSettings.from_values(args.guidance, scale, values, classifier_scale=args.classifier_scale,
+                                        strict=True)
 
 
 def request_from_args(args, engine) -> "Request":
@@ -138,6 +160,10 @@ def run_generate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "bench" and args.grid:
+            from .bench import run_grid
+            run_grid(model=args.model, steps=args.steps, runs=args.runs)
+            return 0
         if args.command in ("bench", "threads"):
             from .bench import run_bench, run_threads
             run = run_bench if args.command == "bench" else run_threads

@@ -6,11 +6,13 @@ import gradio as gr
 import pandas as pd
 
 from engine.errors import EngineError
-from engine.generate import Engine, Request, Result
+from engine.generate import Engine, Result
+from engine.guiders import GuidanceSettings
+from engine.request import Request
 from engine.registry import resolve
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, gallery, gallery_items, guarded, guidance_settings, progress_adapter, reproduce,
+from .shared import (MODEL_EVENT, SEED_MAX, gallery, gallery_items, guarded, number, progress_adapter, reproduce,
                      reproduce_box, sampling_controls, seed_row, whole)
 
 NO_CLASSIFIER = "none"
@@ -52,10 +54,11 @@ def make_handler(engine: Engine):
         if class_label is None or not str(class_label).strip():
             raise EngineError("Pick a class to generate.")
         req = Request(model=model or None, class_label=str(class_label).strip(),
-                      guidance=guidance_settings("cfg", scale, classifier_scale=classifier_scale),
+                      guidance=GuidanceSettings("cfg", number("CFG scale", scale),
+                                                classifier_scale=number("classifier scale", classifier_scale)),
                       classifier=None if classifier in (None, "", NO_CLASSIFIER) else classifier,
                       steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
-                      seed=whole("seed", seed, 0, 2**63 - 17), num_images=whole("number of images", num_images, 1, 16))
+                      seed=whole("seed", seed, 0, SEED_MAX), num_images=whole("number of images", num_images, 1, 16))
         result = engine.generate(req, callback=progress_adapter(progress))
         return gallery_items(result), probability_frame(result), reproduce(result)
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 
 import gradio as gr
 import pandas as pd
 
-from engine.compare import DEFAULT_ROWS, DEFAULT_SCALES, ROWS, compare, parse_scales
-from engine.generate import Engine, Request
+from engine.compare import DEFAULT_ROWS, DEFAULT_SCALES, compare, parse_scales
+from engine.generate import Engine
+from engine.guiders.settings import compare_rows
+from engine.registry import is_project_model
+from engine.request import Request
+from world.measures import cell_measures
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, guarded, progress_adapter, sampling_controls, save_output, seed_row, text,
-                     whole)
+from .shared import (MODEL_EVENT, SEED_MAX, guarded, progress_adapter, sampling_controls, save_output, seed_row,
+                     text, whole)
 
 MEASURES = {"saturation": "Mean saturation", "clipped": "Fraction of clipped pixels",
             "diversity": "Diversity across seeds", "adherence": "Adherence (project's models only)"}
@@ -26,12 +30,14 @@ def make_handler(engine: Engine):
         base = Request(model=model or None, prompt=text("prompt", prompt),
                        negative_prompt=text("negative prompt", negative_prompt),
                        steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
-                       seed=whole("seed", seed, 0, 2**63 - 17))
+                       seed=whole("seed", seed, 0, SEED_MAX))
         rows = tuple(methods or ())
         report = progress_adapter(progress, rows=max(1, len(rows)), label="grid")
+        judge = base.prompt if is_project_model(base.model) else None  # the world judges only the lab's models
         result = compare(engine, base, rows, parse_scales(text("scales", scales)),
-                         seeds=whole("number of seeds per cell", seeds, 1, 8), callback=lambda r, i: report(i, r))
-        frame = pd.DataFrame([dataclasses.asdict(m) for m in result.measures])
+                         seeds=whole("number of seeds per cell", seeds, 1, 8),
+                         measure=functools.partial(cell_measures, prompt=judge), callback=lambda r, i: report(i, r))
+        frame = pd.DataFrame(result.measures)
         judged = frame.dropna(subset=["adherence"])  # the evaluator judges only the project's own models
         return save_output(result.grid, result.parameters), frame, frame, frame, judged, frame.round(4)
 
@@ -45,7 +51,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
                                 max_length=1000)
             negative = gr.Textbox("", label="Negative prompt")
             model = gr.Dropdown(models.text, value=models.default("text"), label="Model", allow_custom_value=True)
-            methods = gr.CheckboxGroup(list(ROWS), value=list(DEFAULT_ROWS), label="Rows: guidance methods")
+            methods = gr.CheckboxGroup(list(compare_rows()), value=list(DEFAULT_ROWS), label="Rows: guidance methods")
             scales = gr.Textbox(", ".join(f"{s:g}" for s in DEFAULT_SCALES), label="Columns: guidance scales")
             seed, _ = seed_row("compare", num_images=False)
             seeds = gr.Slider(1, 8, value=3, step=1, label="Seeds per cell for the measures",

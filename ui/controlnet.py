@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
+import inspect
+
 import gradio as gr
 from PIL import Image
 
 from engine.control.prepare import CONTROL_TYPES, load_image, prepare_control, to_rgb_array
 from engine.errors import EngineError
-from engine.generate import ControlSpec, Engine, Request
-from engine.control.pose import detect_pose
-from engine.registry import resolve
+from engine.generate import Engine
+from engine.request import ControlSpec, Request
 from world.figure import POSES, preset_json
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, ImageInput, gallery, gallery_items, guarded, guidance_controls,
-                     guidance_settings, progress_adapter, reproduce, reproduce_box, sampling_controls, seed_row,
-                     text, whole)
+from .shared import (MODEL_EVENT, SEED_MAX, ImageInput, api_function, gallery, gallery_items, guarded,
+                     guidance_api, guidance_controls, guidance_settings, number, progress_adapter, reproduce,
+                     reproduce_box, sampling_controls, seed_row, text, whole)
 
 AUTO = "auto"
+DEFAULT_SCALE = 5.0
 FALLBACK_SIZE = (64, 64)  # the project's models' size, used for previews while no model can be loaded
 
 
 def native_size(engine: Engine, model: str | None, default: str | None) -> tuple[int, int]:
     """(width, height) the text model generates at; control maps are prepared at that size."""
     try:
-        pipe = engine.loaded(resolve(model or default, "text"))
+        return engine.native_size(model or default)
     except (EngineError, TypeError):
         return FALLBACK_SIZE
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    return side, side
 
 
 def control_map(engine: Engine, models: ModelChoices, source, control_type: str, preprocess: bool, low, high,
@@ -48,28 +48,32 @@ def control_map(engine: Engine, models: ModelChoices, source, control_type: str,
 
 
 def make_handler(engine: Engine, models: ModelChoices):
-    @guarded
-    def controlnet(control_image, prompt: str, negative_prompt: str = "", control_type: str = "scribble",
-                   controlnet: str = AUTO, preprocess: bool = False, canny_low: int = 100, canny_high: int = 200,
-                   control_scale: float = 1.0, control_start: float = 0.0, control_end: float = 1.0,
-                   guess_mode: bool = False, model: str | None = None, guidance: str = "cfg", scale: float = 5.0,
-                   eta: float = 0.0, momentum: float = -0.5, norm_threshold: float = 0.0, rescale: float = 0.0,
-                   interval_start: float = 0.0, interval_end: float = 1.0, steps: int = 25, scheduler: str = "ddim",
-                   seed: int = 0, num_images: int = 1, progress=gr.Progress()):
-        image = control_map(engine, models, control_image, control_type, preprocess, canny_low, canny_high, model)
-        name = models.default_controlnet(control_type) if controlnet in (None, "", AUTO) else controlnet
-        spec = ControlSpec(image, control_type, name, float(control_scale), float(control_start), float(control_end))
-        req = Request(model=model or None, prompt=text("prompt", prompt),
-                      negative_prompt=text("negative prompt", negative_prompt), controls=(spec,),
-                      guess_mode=bool(guess_mode),
-                      guidance=guidance_settings(guidance, scale, eta, momentum, norm_threshold, rescale,
-                                                 interval_start, interval_end),
-                      steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
-                      seed=whole("seed", seed, 0, 2**63 - 17), num_images=whole("number of images", num_images, 1, 16))
-        result = engine.generate(req, callback=progress_adapter(progress))
+    """/controlnet: the fixed parameters below plus every guider's declared parameters."""
+    leading, trailing = guidance_api(DEFAULT_SCALE)
+    params = [("control_image", inspect.Parameter.empty), ("prompt", inspect.Parameter.empty),
+              ("negative_prompt", ""), ("control_type", "scribble"), ("controlnet", AUTO), ("preprocess", False),
+              ("canny_low", 100), ("canny_high", 200), ("control_scale", 1.0), ("control_start", 0.0),
+              ("control_end", 1.0), ("guess_mode", False), ("model", None), *leading, ("steps", 25),
+              ("scheduler", "ddim"), ("seed", 0), ("num_images", 1), *trailing]
+
+    def controlnet(v: dict):
+        control_type, model = v["control_type"], v["model"]
+        image = control_map(engine, models, v["control_image"], control_type, v["preprocess"], v["canny_low"],
+                            v["canny_high"], model)
+        name = models.default_controlnet(control_type) if v["controlnet"] in (None, "", AUTO) else v["controlnet"]
+        spec = ControlSpec(image, control_type, name, number("control scale", v["control_scale"]),
+                           number("control start", v["control_start"]), number("control end", v["control_end"]))
+        req = Request(model=model or None, prompt=text("prompt", v["prompt"]),
+                      negative_prompt=text("negative prompt", v["negative_prompt"]), controls=(spec,),
+                      guess_mode=bool(v["guess_mode"]), guidance=guidance_settings(v),
+                      steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
+                      seed=whole("seed", v["seed"], 0, SEED_MAX),
+                      num_images=whole("number of images", v["num_images"], 1, 16))
+        result = engine.generate(req, callback=progress_adapter(v["progress"]))
         return gallery_items(result), image, reproduce(result)
 
-    return controlnet
+    return api_function("controlnet", "Generate images that follow a control map (sketch, edges or pose) and a "
+                        "prompt.", params, controlnet)
 
 
 def _preview(engine: Engine, models: ModelChoices, control_type: str):
@@ -86,12 +90,22 @@ def _preview(engine: Engine, models: ModelChoices, control_type: str):
     return preview
 
 
+@guarded
+def pose_preset(name: str | None):
+    """The keypoint JSON of a named preset figure."""
+    if not name:
+        return gr.skip()
+    if name not in POSES:
+        raise EngineError(f"Unknown pose preset '{name}'; choose one of {', '.join(POSES)}.")
+    return preset_json(name)
+
+
 def pose_handler(engine: Engine):
     @guarded
     def pose_from_photo(photo):
         if photo is None:
             return gr.skip()
-        return engine.runner.call(detect_pose, load_image(photo))  # the detector is a torch model too
+        return engine.detect_pose(load_image(photo))
 
     return pose_from_photo
 
@@ -129,7 +143,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
                 end = gr.Slider(0, 1, value=1, step=0.05, label="Control end")
             guess = gr.Checkbox(False, label="Guess mode (control on the conditional branch only)")
             model = gr.Dropdown(models.text, value=models.default("text"), label="Model", allow_custom_value=True)
-            g = guidance_controls("controlnet", 5.0)
+            g = guidance_controls("controlnet", DEFAULT_SCALE)
             steps, scheduler = sampling_controls(models.steps)
             seed, count = seed_row("controlnet")
             preprocess = gr.Checkbox(False, visible=False)  # the map below is already preprocessed
@@ -150,11 +164,11 @@ def build(engine: Engine, models: ModelChoices) -> None:
     for trigger, name in ((picture.change, "preview_canny"), (low.release, "preview_canny_low"),
                           (high.release, "preview_canny_high")):
         trigger(canny, [picture, model, low, high], targets, api_name=name)
-    preset.change(guarded(lambda name: preset_json(name) if name else gr.skip()), preset, keypoints,
-                  api_name="pose_preset")
+    preset.change(pose_preset, preset, keypoints, api_name="pose_preset")
     keypoints.change(_preview(engine, models, "pose"), [keypoints, model], targets, api_name="preview_pose")
     photo.change(pose_handler(engine), photo, control_image, api_name="pose_from_photo").then(
         lambda: "pose", None, control_type, api_name="pose_from_photo_type")
+    leading, trailing = guidance_api(DEFAULT_SCALE)
     inputs = [control_image, prompt, negative, control_type, controlnet, preprocess, low, high, weight, start, end,
-              guess, model, *g.inputs, steps, scheduler, seed, count]
+              guess, model, *g.inputs(leading), steps, scheduler, seed, count, *g.inputs(trailing)]
     button.click(make_handler(engine, models), inputs, [images, used, command], api_name="controlnet", **MODEL_EVENT)

@@ -4,6 +4,7 @@ the progress adapter and the one generation path."""
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import random
@@ -11,24 +12,25 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import gradio as gr
 from PIL import Image
 
-from engine.cli import command_for
 from engine.errors import EngineError
-from engine.generate import MAX_SEED, Engine, Request, Result
-from engine.guidance import GuidanceSettings
+from engine.generate import Engine, Result
+from engine.guiders import GUIDERS, GuidanceSettings, Param, all_params, method_names
 from engine.pnginfo import save_png
+from engine.request import MAX_IMAGES, MAX_SEED, Request, command_for
 from engine.schedulers import SCHEDULERS
 
 log = logging.getLogger("guidance_lab")
 OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="guidance-lab-"))
 MODEL_EVENT = dict(concurrency_id="model", concurrency_limit=1)  # every model-bound event shares one worker
-SEED_MAX = MAX_SEED - 16
-METHOD_CHOICES = [("None (conditional only)", "none"), ("CFG", "cfg"),
-                  ("Perp-CFG (lecture notes: projects against u)", "perp-cfg"),
-                  ("APG (Sadat et al. 2024: projects against c)", "apg"), ("CFG-Zero*", "cfg-zero-star")]
+SEED_MAX = MAX_SEED - MAX_IMAGES
+# The guidance parameters the API published before they were generated from the guiders, in their positional
+# order; parameters of later guiders follow each endpoint's other parameters, so positional calls keep working.
+POSITIONAL_GUIDANCE = ("eta", "momentum", "norm_threshold", "rescale", "interval_start", "interval_end")
 
 
 def guarded(fn):
@@ -85,6 +87,8 @@ def reproduce(result: Result) -> str:
 
 def progress_adapter(progress: gr.Progress, rows: int = 1, label: str = "denoising"):
     """Turn the engine's per-step callback dict into Gradio progress; `row` counts batched runs of a grid."""
+    if progress is None:
+        return None
 
     def report(info: dict, row: int = 0) -> None:
         total = info["num_steps"] * rows
@@ -94,15 +98,60 @@ def progress_adapter(progress: gr.Progress, rows: int = 1, label: str = "denoisi
     return report
 
 
-def guidance_settings(method: str, scale: float, eta: float = 0.0, momentum: float = 0.0,
-                      norm_threshold: float = 0.0, rescale: float = 0.0, interval_start: float = 0.0,
-                      interval_end: float = 1.0, classifier_scale: float = 0.0) -> GuidanceSettings:
-    """GuidanceSettings from UI values, with only the chosen method's own parameters taken."""
-    return GuidanceSettings(method=method, scale=float(scale), eta=float(eta) if method in ("perp-cfg", "apg") else 0.0,
-                            momentum=float(momentum) if method == "apg" else 0.0,
-                            norm_threshold=float(norm_threshold) if method == "apg" else 0.0,
-                            rescale=float(rescale), interval=(float(interval_start), float(interval_end)),
-                            classifier_scale=float(classifier_scale))
+def number(name: str, value) -> float:
+    """A finite number from a UI value, or one sentence saying why not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise EngineError(f"The {name} must be a finite number, not {value!r}.")
+    return float(value)
+
+
+def guidance_settings(values: dict[str, Any], classifier_scale: float = 0.0) -> GuidanceSettings:
+    """GuidanceSettings from an endpoint's values: the picked method's own parameters and the modifiers' are
+    taken (each checked against its declared range), the other methods' controls ignored."""
+    method = text("guidance method", values.get("guidance", "cfg"))
+    params = {}
+    for param in all_params():
+        names = param.api_names
+        if all(n in values for n in names):
+            raw = tuple(values[n] for n in names) if param.kind == "range" else values[names[0]]
+            params[param.name] = raw
+    wanted = {p.name: p for p in GuidanceSettings.declared_for(method)}
+    checked = {name: wanted[name].check(value) for name, value in params.items() if name in wanted}
+    return GuidanceSettings.from_values(method, number("guidance scale", values.get("scale")), checked,
+                                        classifier_scale=classifier_scale)
+
+
+def guidance_api(default_scale: float) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """(name, default) of the guidance parameters an endpoint takes: those in the published positional order,
+    and those of later guiders, which go after the endpoint's other parameters."""
+    defaults = {"guidance": "cfg", "scale": default_scale}
+    for param in all_params():
+        start = param.start_value
+        defaults.update(zip(param.api_names, start) if param.kind == "range" else [(param.name, start)])
+    leading = ["guidance", "scale", *(n for n in POSITIONAL_GUIDANCE if n in defaults)]
+    return ([(n, defaults[n]) for n in leading],
+            [(n, v) for n, v in defaults.items() if n not in leading])
+
+
+def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Callable[[dict], Any]):
+    """An endpoint function whose signature (the API's parameter names and defaults) is `params`, generated from
+    the guiders' declarations; `body` gets the values by name. Errors become one sentence (see `guarded`)."""
+    signature = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for n, d in params]
+        + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
+
+    def endpoint(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise EngineError(f"The call does not match this endpoint's parameters ({exc}).") from None
+        bound.apply_defaults()
+        return body(dict(bound.arguments))
+
+    endpoint.__signature__ = signature
+    endpoint.__name__ = endpoint.__qualname__ = name
+    endpoint.__doc__ = doc
+    return guarded(endpoint)
 
 
 def run(engine: Engine, req: Request, progress: gr.Progress | None = None, **kwargs) -> Result:
@@ -113,47 +162,58 @@ def run(engine: Engine, req: Request, progress: gr.Progress | None = None, **kwa
 
 @dataclass
 class GuidanceControls:
-    """The guidance method picker and its parameters; only the picked method's own parameters are visible."""
+    """The guidance method picker, its scale, and one control per declared guider parameter (by API name); only
+    the picked method's own parameters and, for guided methods, the modifiers' are visible."""
 
     method: gr.Dropdown
     scale: gr.Slider
-    eta: gr.Slider
-    momentum: gr.Slider
-    norm_threshold: gr.Slider
-    rescale: gr.Slider
-    interval_start: gr.Slider
-    interval_end: gr.Slider
+    params: dict[str, gr.components.Component]
 
-    @property
-    def inputs(self) -> list:
-        return [self.method, self.scale, self.eta, self.momentum, self.norm_threshold, self.rescale,
-                self.interval_start, self.interval_end]
+    def inputs(self, names: list[tuple[str, Any]]) -> list:
+        """The components for the API names `names` (from guidance_api), in that order."""
+        by_name = {"guidance": self.method, "scale": self.scale, **self.params}
+        return [by_name[n] for n, _ in names]
 
 
-def _visible_for(method: str):
-    projected = method in ("perp-cfg", "apg")
-    return (gr.update(visible=projected), gr.update(visible=method == "apg"), gr.update(visible=method == "apg"),
-            gr.update(visible=method != "none"), gr.update(visible=method != "none"),
-            gr.update(visible=method != "none"))
+def method_choices() -> list[tuple[str, str]]:
+    """(menu label, name) of every registered guidance method, in menu order."""
+    return [(GUIDERS[name].menu_label(), name) for name in method_names()]
+
+
+def _visible_for(names: list[str]):
+    def visible(method: str):
+        shown = {n for p in GuidanceSettings.declared_for(method) for n in p.api_names}
+        return tuple(gr.update(visible=n in shown) for n in names)
+
+    return visible
+
+
+def _param_controls(param: Param, visible: bool) -> dict[str, gr.components.Component]:
+    low, high = param.ui_range or (param.low, param.high)
+    step = 1 if param.kind == "int" else param.step
+    if param.kind != "range":
+        return {param.name: gr.Slider(low, high, value=param.start_value, step=step, label=param.label,
+                                      info=param.help or None, visible=visible)}
+    with gr.Row():
+        return {name: gr.Slider(low, high, value=value, step=step, label=f"{param.label}: {part}",
+                                info=param.help if part == "start" else None, visible=visible)
+                for name, value, part in zip(param.api_names, param.start_value, ("start", "end"))}
 
 
 def guidance_controls(prefix: str, default_scale: float) -> GuidanceControls:
-    """Method, scale, and an accordion with eta / APG momentum and threshold / rescale / interval."""
-    method = gr.Dropdown(METHOD_CHOICES, value="cfg", label="Guidance method")
+    """Method, scale, and an accordion with every guider's declared parameters."""
+    method = gr.Dropdown(method_choices(), value="cfg", label="Guidance method")
     scale = gr.Slider(0, 30, value=default_scale, step=0.5, label="Guidance scale",
                       info="1 = conditional only; larger follows the prompt harder")
+    shown = {p.name for p in GuidanceSettings.declared_for("cfg")}
+    params: dict[str, gr.components.Component] = {}
     with gr.Accordion("Guidance settings", open=False):
-        eta = gr.Slider(0, 1, value=0, step=0.05, label="eta (weight of the parallel part)", visible=False)
-        momentum = gr.Slider(-1, 0, value=-0.5, step=0.05, label="APG momentum", visible=False)
-        norm_threshold = gr.Slider(0, 50, value=0, step=0.5, label="APG norm threshold (0 = off)", visible=False)
-        rescale = gr.Slider(0, 1, value=0, step=0.05, label="Guidance rescale (Lin et al. 2023; 0.7 typical)")
-        with gr.Row():
-            interval_start = gr.Slider(0, 1, value=0, step=0.05, label="Guide from (fraction of the run)")
-            interval_end = gr.Slider(0, 1, value=1, step=0.05, label="Guide until")
-    controls = GuidanceControls(method, scale, eta, momentum, norm_threshold, rescale, interval_start, interval_end)
-    method.change(_visible_for, method, [eta, momentum, norm_threshold, rescale, interval_start, interval_end],
-                  api_name=f"{prefix}_guidance_fields", queue=False)
-    return controls
+        for param in all_params():
+            params.update(_param_controls(param, param.name in shown))
+    names = list(params)
+    method.change(_visible_for(names), method, [params[n] for n in names], api_name=f"{prefix}_guidance_fields",
+                  queue=False)
+    return GuidanceControls(method, scale, params)
 
 
 def sampling_controls(default_steps: int = 25):

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
+
 import gradio as gr
 
 from engine.attention import generate_with_attention, heatmap
 from engine.compare import grid
-from engine.generate import Engine, Request, Result
+from engine.generate import Engine, Result
+from engine.request import Request
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, gallery, gallery_items, guarded, guidance_controls, guidance_settings,
-                     progress_adapter, reproduce, reproduce_box, sampling_controls, save_output, seed_row, text,
-                     whole)
+from .shared import (MODEL_EVENT, SEED_MAX, api_function, gallery, gallery_items, guidance_api, guidance_controls,
+                     guidance_settings, progress_adapter, reproduce, reproduce_box, sampling_controls, save_output,
+                     seed_row, text, whole)
 
 TRAJECTORY_POINTS = 5
+DEFAULT_SCALE = 5.0
 
 
 def preview_steps(steps: int) -> set[int]:
@@ -37,26 +41,28 @@ def attention_items(result: Result, maps) -> list[tuple[str, str]]:
 
 
 def make_handler(engine: Engine):
-    @guarded
-    def text2img(prompt: str, negative_prompt: str = "", model: str | None = None, guidance: str = "cfg",
-                 scale: float = 5.0, eta: float = 0.0, momentum: float = -0.5, norm_threshold: float = 0.0,
-                 rescale: float = 0.0, interval_start: float = 0.0, interval_end: float = 1.0, steps: int = 25,
-                 scheduler: str = "ddim", seed: int = 0, num_images: int = 1, trajectory: bool = False,
-                 attention: bool = False, progress=gr.Progress()):
-        req = Request(model=model or None, prompt=text("prompt", prompt),
-                      negative_prompt=text("negative prompt", negative_prompt),
-                      guidance=guidance_settings(guidance, scale, eta, momentum, norm_threshold, rescale,
-                                                 interval_start, interval_end),
-                      steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
-                      seed=whole("seed", seed, 0, 2**63 - 17), num_images=whole("number of images", num_images, 1, 16))
-        kwargs = dict(callback=progress_adapter(progress), preview_steps=preview_steps(req.steps) if trajectory else None)
-        if attention:
+    """/text2img: the endpoint's parameters are the fixed ones below plus every guider's declared parameters."""
+    leading, trailing = guidance_api(DEFAULT_SCALE)
+    params = [("prompt", inspect.Parameter.empty), ("negative_prompt", ""), ("model", None), *leading,
+              ("steps", 25), ("scheduler", "ddim"), ("seed", 0), ("num_images", 1), ("trajectory", False),
+              ("attention", False), *trailing]
+
+    def text2img(v: dict):
+        req = Request(model=v["model"] or None, prompt=text("prompt", v["prompt"]),
+                      negative_prompt=text("negative prompt", v["negative_prompt"]), guidance=guidance_settings(v),
+                      steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
+                      seed=whole("seed", v["seed"], 0, SEED_MAX),
+                      num_images=whole("number of images", v["num_images"], 1, 16))
+        kwargs = dict(callback=progress_adapter(v["progress"]),
+                      preview_steps=preview_steps(req.steps) if v["trajectory"] else None)
+        if v["attention"]:
             result, maps = generate_with_attention(engine, req, **kwargs)
         else:
             result, maps = engine.generate(req, **kwargs), []
         return gallery_items(result), reproduce(result), trajectory_strip(result), attention_items(result, maps)
 
-    return text2img
+    return api_function("text2img", "Generate images from a text prompt with the picked guidance method.",
+                        params, text2img)
 
 
 def build(engine: Engine, models: ModelChoices) -> None:
@@ -67,7 +73,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
                                 max_length=1000)
             negative = gr.Textbox("", label="Negative prompt (the unconditional branch)")
             model = gr.Dropdown(models.text, value=models.default("text"), label="Model", allow_custom_value=True)
-            g = guidance_controls("text2img", 5.0)
+            g = guidance_controls("text2img", DEFAULT_SCALE)
             steps, scheduler = sampling_controls(models.steps)
             seed, count = seed_row("text2img")
             with gr.Row():
@@ -80,8 +86,10 @@ def build(engine: Engine, models: ModelChoices) -> None:
                                   interactive=False, elem_id="text2img-trajectory")
             attention = gallery("Cross-attention per prompt token (image 1, last steps)")
             command = reproduce_box()
-    inputs = [prompt, negative, model, *g.inputs, steps, scheduler, seed, count, show_trajectory, show_attention]
-    outputs = [images, command, trajectory, attention]
+    leading, trailing = guidance_api(DEFAULT_SCALE)
     handler = make_handler(engine)
+    inputs = [prompt, negative, model, *g.inputs(leading), steps, scheduler, seed, count, show_trajectory,
+              show_attention, *g.inputs(trailing)]
+    outputs = [images, command, trajectory, attention]
     button.click(handler, inputs, outputs, api_name="text2img", **MODEL_EVENT)
     prompt.submit(handler, inputs, outputs, api_name="text2img_submit", **MODEL_EVENT)

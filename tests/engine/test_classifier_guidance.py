@@ -4,7 +4,7 @@ import torch
 from diffusers import DiTPipeline
 
 from engine.adapters import ClassDenoiser
-from engine.guidance import GuidanceSettings
+from engine.guiders import GuidanceSettings
 from engine.sampler import class_log_prob_grad, guided_model, sample, with_classifier_guidance
 from engine.schedulers import make_scheduler
 
@@ -26,7 +26,7 @@ def run(pipe, classifier, scale, cfg_scale=1.0, label=1):
     shape = (4, 4, 8, 8)
     labels = torch.full((4,), label)
     denoiser = ClassDenoiser(transformer, labels, transformer.config.num_embeds_ada_norm, 4)
-    model_fn = guided_model(denoiser, GuidanceSettings("cfg", cfg_scale))
+    model_fn = guided_model(denoiser, GuidanceSettings("cfg", cfg_scale).build())
     record = []
     if scale:
         model_fn = with_classifier_guidance(model_fn, classifier, labels, scale, record)

@@ -5,8 +5,9 @@ import torch
 
 from engine.classifier import NoiseAwareClassifier
 from engine.errors import EngineError
-from engine.generate import Engine, Request
-from engine.guidance import GuidanceSettings
+from engine.generate import Engine
+from engine.request import Request
+from engine.guiders import GuidanceSettings
 from engine.loading import ModelStore
 from engine.registry import resolve
 from engine.sampler import class_log_prob_grad

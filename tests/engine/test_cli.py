@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import command_for, main
-from engine.generate import Request
-from engine.guidance import GuidanceSettings
+from engine.cli import main
+from engine.request import command_for
+from engine.request import Request
+from engine.guiders import GuidanceSettings
 from engine.pnginfo import parse_parameters
 
 
@@ -67,6 +68,10 @@ BAD = [
     (["--seed", "1.5"], "whole number"),
     (["--control", "missing.png", "--control-type", "canny"], "does not exist"),
     (["--out", "/no/such/folder/x.png"], "does not exist"),
+    (["--momentum", "-0.5"], "--momentum belongs to apg"),
+    (["--guidance", "apg", "--momentum", "2"], "between -1 and 0"),
+    (["--guidance", "cfg", "--interval", "0.8", "0.2"], "start before it ends"),
+    (["--guidance", "cfg-zero-star", "--zero-init-steps", "x"], "whole number"),
 ]
 
 
@@ -100,3 +105,17 @@ def test_reproduce_command_round_trips():
     command = command_for(req)
     assert "--prompt 'a red circle, big'" in command and "--guidance perp-cfg" in command
     assert "--eta 0.3" in command and "--scheduler euler" in command and "--seed 5" in command
+
+
+@pytest.mark.parametrize("guidance", [GuidanceSettings("apg", 6.0, eta=0.2, momentum=-0.5, norm_threshold=3.0,
+                                                       rescale=0.7, interval=(0.1, 0.9)),
+                                      GuidanceSettings("cfg-zero-star", 3.0, zero_init_steps=2),
+                                      GuidanceSettings("none", 1.0)])
+def test_reproduce_command_parses_back_to_the_same_guidance(guidance):
+    import shlex
+
+    from engine.cli import build_parser, guidance_from_args
+
+    command = command_for(Request(model="lab-sd", prompt="a red circle", guidance=guidance))
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    assert guidance_from_args(args, args.scale) == guidance

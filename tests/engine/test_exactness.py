@@ -6,8 +6,9 @@ import torch
 from diffusers import ControlNetModel, DiTPipeline, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 from PIL import Image
 
-from engine.generate import ControlSpec, Engine, Request
-from engine.guidance import GuidanceSettings
+from engine.generate import Engine
+from engine.request import ControlSpec, Request
+from engine.guiders import GuidanceSettings
 from engine.schedulers import SCHEDULERS, make_scheduler
 
 TOLERANCE = 1  # pixel levels out of 255
@@ -162,10 +163,11 @@ def test_batched_seeds_equal_single_runs(engine, tiny_folders, scheduler):
 def test_per_image_scales_equal_separate_runs(engine, tiny_folders, method):
     """A comparison row runs as one batch: one seed, a scale per image, each equal to its own single run."""
     scales = (1.0, 3.0, 7.5)
+    extra = {"momentum": -0.5} if method == "apg" else {}
     row = engine.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=3, num_images=3,
-                                  image_seeds=(4, 4, 4), guidance=GuidanceSettings(method, scales, momentum=-0.5)))
+                                  image_seeds=(4, 4, 4), guidance=GuidanceSettings(method, scales, **extra)))
     for scale, image in zip(scales, row.images):
         single = engine.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=3, seed=4,
-                                         guidance=GuidanceSettings(method, scale, momentum=-0.5)))
+                                         guidance=GuidanceSettings(method, scale, **extra)))
         assert level_diff(image, single.images[0]) <= TOLERANCE
     assert "CFG scale: 7.5" in row.parameters[2]
