@@ -1,13 +1,11 @@
 """Guidance Lab: `python app.py` serves the app (host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT).
 
-The engine is built once and shared by every tab. LAB_MODEL_DIR=<folder> points every tab at the model folders
-under it (the tests' tiny models, or freshly trained ones) instead of the registry's names.
+The engine is built once and shared by every tab; it runs all model work on a thread of its own, so the app
+launches the ordinary Gradio way. LAB_MODEL_DIR=<folder> points every tab at the model folders under it (the
+tests' tiny models, or freshly trained ones) instead of the registry's names.
 """
 
 from __future__ import annotations
-
-import os
-import threading
 
 import gradio as gr
 
@@ -51,25 +49,8 @@ def launch_options() -> dict:
     return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, allowed_paths=[str(OUTPUT_DIR)])
 
 
-def serve(engine: Engine, demo: gr.Blocks, stop: threading.Event | None = None, on_ready=None, **launch) -> None:
-    """Start the server, then run every generation on this (the main) thread until `stop` or an interrupt: model
-    work from the server's worker threads is several times slower on a CPU (engine/runner.py, `python -m engine
-    threads`). `on_ready(url)` runs on a thread of its own once the runner serves (the benchmark's client)."""
-    _, url, _ = demo.launch(prevent_thread_lock=True, **launch, **launch_options())
-    if on_ready is not None:
-        threading.Thread(target=lambda: engine.runner.wait_serving() and on_ready(url), daemon=True).start()
-    try:
-        engine.runner.serve(stop)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        demo.close()
-
-
 def main() -> None:
-    engine = Engine()
-    serve(engine, create_app(engine), server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-          server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    create_app().launch(**launch_options())  # Gradio reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT itself
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Condition adapters: each turns one kind of model plus its condition into a denoiser for the loop.
 
 A denoiser runs the conditional and unconditional branches as one batch, in the order the matching diffusers
-pipeline uses, so that the engine reproduces the pipelines' numbers. Big batches are cut across the CPU's cores
-(engine/parallel.py).
+pipeline uses, so that the engine reproduces the pipelines' numbers. Big batches are cut across the CPU's cores by
+the splitter the engine passes in (engine/parallel.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .guiders.interval import in_interval
-from .parallel import split_call
+from .parallel import plain_call
 from .sampler import Step
 
 
@@ -34,13 +34,15 @@ class TextDenoiser:
     """Stable Diffusion family: a UNet with cross-attention to prompt embeddings, plus optional ControlNets."""
 
     def __init__(self, unet, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None,
-                 controls: list[ControlBranch] = (), guess_mode: bool = False, prediction_type: str = "epsilon"):
+                 controls: list[ControlBranch] = (), guess_mode: bool = False, prediction_type: str = "epsilon",
+                 split=plain_call):
         self.unet = unet
         self.prompt_embeds = prompt_embeds  # (B, L, D)
         self.negative_embeds = negative_embeds  # (B, L, D)
         self.controls = list(controls)
         self.guess_mode = guess_mode
         self.prediction_type = prediction_type
+        self.split = split  # split(fn, batch, *args, **kwargs): a BatchSplitter or plain_call
 
     def __call__(self, x, t, step: Step, with_uncond: bool):
         if with_uncond:
@@ -49,7 +51,7 @@ class TextDenoiser:
         else:
             x_in, embeds = x, self.prompt_embeds
         down, mid = self._control_residuals(x, x_in, t, step, embeds, with_uncond)
-        out = split_call(self.unet, len(x_in), x_in, t, encoder_hidden_states=embeds,
+        out = self.split(self.unet, len(x_in), x_in, t, encoder_hidden_states=embeds,
                          down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
         if with_uncond:
             pred_uncond, pred_cond = out.chunk(2)
@@ -70,7 +72,7 @@ class TextDenoiser:
             else:
                 control_in, control_embeds = x_in, embeds
                 image = torch.cat([image, image]) if with_uncond else image
-            d, m = split_call(branch.controlnet, len(control_in), control_in, t, encoder_hidden_states=control_embeds,
+            d, m = self.split(branch.controlnet, len(control_in), control_in, t, encoder_hidden_states=control_embeds,
                               controlnet_cond=image, conditioning_scale=scale, guess_mode=self.guess_mode,
                               return_dict=False)
             down = d if down is None else [a + b for a, b in zip(down, d)]
@@ -85,12 +87,13 @@ class ClassDenoiser:
     """Class-conditional transformer (DiT): AdaLN-zero conditioning on a label id; the null class is an id too."""
 
     def __init__(self, transformer, labels: torch.Tensor, null_id: int, latent_channels: int,
-                 prediction_type: str = "epsilon"):
+                 prediction_type: str = "epsilon", split=plain_call):
         self.transformer = transformer
         self.labels = labels  # (B,)
         self.null_labels = torch.full_like(labels, null_id)  # (B,)
         self.latent_channels = latent_channels
         self.prediction_type = prediction_type
+        self.split = split
 
     def __call__(self, x, t, step: Step, with_uncond: bool):
         if with_uncond:
@@ -100,7 +103,7 @@ class ClassDenoiser:
             x_in, labels = x, self.labels
         timesteps = t[None].to(x.device) if t.ndim == 0 else t.to(x.device)
         timesteps = timesteps.expand(x_in.shape[0])  # (2B,) or (B,)
-        out = split_call(self.transformer, len(x_in), x_in, timestep=timesteps, class_labels=labels,
+        out = self.split(self.transformer, len(x_in), x_in, timestep=timesteps, class_labels=labels,
                          return_dict=False)[0]
         eps = out[:, : self.latent_channels]  # drop the learned variance channels, if any
         if with_uncond:

@@ -4,6 +4,7 @@ one denoising loop, decode. Text, class and ControlNet requests differ only in t
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -16,9 +17,10 @@ from .adapters import ClassDenoiser, ControlBranch, TextDenoiser
 from .errors import EngineError
 from .guiders import GuidanceSettings
 from .loading import ModelStore
+from .parallel import BatchSplitter
 from .registry import ModelSpec, default_model, resolve
 from .request import ControlSpec, Request, check_request, png_parameters
-from .runner import MainThreadRunner
+from .runner import Inline, ModelThread
 from .sampler import guided_model, sample, with_classifier_guidance
 from .schedulers import make_scheduler
 
@@ -48,17 +50,22 @@ def _step_kwargs(scheduler, generator) -> dict:
 class Engine:
     """Loads models once and serves generation requests for every tab."""
 
-    def __init__(self, store: ModelStore | None = None):
+    def __init__(self, store: ModelStore | None = None, *, model_thread: bool = True):
+        """model_thread=False runs model work on each caller's thread: only for measuring what the thread saves."""
         self.store = store or ModelStore()
         self.postprocess = VaeImageProcessor(vae_scale_factor=8)
-        self.runner = MainThreadRunner()  # `python app.py` serves it; elsewhere calls run inline
+        # All model work runs on one thread of the engine's own (engine/runner.py), big batches cut across the
+        # cores from there (engine/parallel.py); the thread ends with the engine.
+        self.runner = ModelThread() if model_thread else Inline()
+        self.splitter = BatchSplitter()
+        weakref.finalize(self, self.runner.close)
 
     @property
     def device(self) -> torch.device:
         return self.store.device
 
     def loaded(self, spec: ModelSpec):
-        """The model for `spec` (pipeline, ControlNet or classifier), loaded once, on the runner's thread like
+        """The model for `spec` (pipeline, ControlNet or classifier), loaded once, on the model thread like
         every other piece of model work."""
         return self.runner.call(self.store.get, spec).obj
 
@@ -73,7 +80,7 @@ class Engine:
 
     def generate(self, req: Request, callback: Callable[[dict], None] | None = None,
                  preview_steps: set[int] | None = None) -> Result:
-        """Run the request (on the main thread when the runner serves; see engine/runner.py)."""
+        """Run the request on the model thread (engine/runner.py), from any thread."""
         return self.runner.call(self._generate, req, callback, preview_steps)
 
     @torch.no_grad()  # no autograd graph through the models (10% of a step); classifier guidance opens its own
@@ -127,7 +134,7 @@ class Engine:
                     for c in req.controls]
         prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
         denoiser = TextDenoiser(pipe.unet, prompt_embeds, negative_embeds, controls, req.guess_mode,
-                                prediction_type)
+                                prediction_type, split=self.splitter)
         shape = (req.num_images, pipe.unet.config.in_channels, height // factor, width // factor)
         return denoiser, shape, prompt_embeds.dtype
 
@@ -164,7 +171,7 @@ class Engine:
         null_id = transformer.config.num_embeds_ada_norm  # the id LabelEmbedding reserves for "no class"
         channels = transformer.config.in_channels
         prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
-        denoiser = ClassDenoiser(transformer, labels, null_id, channels, prediction_type)
+        denoiser = ClassDenoiser(transformer, labels, null_id, channels, prediction_type, split=self.splitter)
         size = transformer.config.sample_size
         return denoiser, (req.num_images, channels, size, size), transformer.dtype
 
@@ -191,9 +198,13 @@ class Engine:
 
         return report
 
-    @torch.no_grad()
     def decode(self, pipe, latents: torch.Tensor, generator, class_model: bool) -> list[Image.Image]:
-        """Latents to PIL images, with the same arithmetic as the matching diffusers pipeline."""
+        """Latents to PIL images, with the same arithmetic as the matching diffusers pipeline (on the model
+        thread)."""
+        return self.runner.call(self._decode, pipe, latents, generator, class_model)
+
+    @torch.no_grad()  # on the model thread: grad mode is per thread
+    def _decode(self, pipe, latents: torch.Tensor, generator, class_model: bool) -> list[Image.Image]:
         vae = pipe.vae
         if class_model:
             samples = vae.decode(1 / vae.config.scaling_factor * latents).sample  # as DiTPipeline writes it

@@ -2,9 +2,9 @@
 
 torch runs one call's ops across the cores with OpenMP, which scales poorly for a small network: the lab's UNet
 costs 2.4 ms per sample at batch 30 on two cores, yet 1.8 ms when the batch is cut in two and each half runs on
-its own thread with one OpenMP thread (`python -m engine threads` measures it). `split_call` does that for big
+its own thread with one OpenMP thread (`python -m engine threads` measures it). A `BatchSplitter` does that for big
 batches on the CPU and runs everything else as a plain call. Small batches (one image with its unconditional
-twin) gain nothing from the split, so they stay whole.
+twin) gain nothing from the split, so they stay whole. The engine owns one splitter and hands it to its adapters.
 """
 
 from __future__ import annotations
@@ -17,19 +17,10 @@ import torch
 
 MIN_BATCH = 16  # below this a split costs more than it saves (measured: batch 8 is 13% slower split)
 
-_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-enabled = True
 
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    if _pool is None or _pool_size != workers:
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-        _pool, _pool_size = ThreadPoolExecutor(workers, thread_name_prefix="batch-split"), workers
-    return _pool
+def plain_call(fn: Callable[..., Any], batch: int, *args, **kwargs) -> Any:
+    """fn(*args, **kwargs) as one call: the splitter's signature, for models that never split."""
+    return fn(*args, **kwargs)
 
 
 def _chunk(value: Any, batch: int, bounds: list[tuple[int, int]]) -> list[Any]:
@@ -53,29 +44,55 @@ def _join(outputs: list[Any]) -> Any:
     return first
 
 
-def split_call(fn: Callable[..., Any], batch: int, *args, **kwargs) -> Any:
-    """fn(*args, **kwargs), with the batch cut across the CPU's cores when that is faster; same result."""
-    threads = torch.get_num_threads()
-    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-    on_cpu = all(t.device.type == "cpu" for t in tensors)
-    if not enabled or threads < 2 or batch < MIN_BATCH or not on_cpu or not _lock.acquire(blocking=False):
-        return fn(*args, **kwargs)
-    try:
-        workers = min(threads, batch // (MIN_BATCH // 2))
+class BatchSplitter:
+    """`splitter(fn, batch, *args, **kwargs)` is fn(*args, **kwargs), with the batch cut across the CPU's cores
+    when that is faster; same result. One split runs at a time; a call arriving meanwhile runs whole."""
+
+    def __init__(self, min_batch: int = MIN_BATCH, enabled: bool = True):
+        self.min_batch = min_batch
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+
+    def bounds(self, batch: int, threads: int) -> list[tuple[int, int]]:
+        """Near-equal (lo, hi) pieces, one per worker, each at least half the minimum batch."""
+        workers = min(threads, batch // (self.min_batch // 2))
         step = -(-batch // workers)
-        bounds = [(lo, min(lo + step, batch)) for lo in range(0, batch, step)]
+        return [(lo, min(lo + step, batch)) for lo in range(0, batch, step)]
+
+    def __call__(self, fn: Callable[..., Any], batch: int, *args, **kwargs) -> Any:
+        threads = torch.get_num_threads()
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        on_cpu = all(t.device.type == "cpu" for t in tensors)
+        if not self.enabled or threads < 2 or batch < self.min_batch or not on_cpu:
+            return fn(*args, **kwargs)
+        if not self._lock.acquire(blocking=False):
+            return fn(*args, **kwargs)
+        try:
+            return self._split(fn, batch, threads, args, kwargs)
+        finally:
+            torch.set_num_threads(threads)  # the workers set torch's own default to 1; give it back
+            self._lock.release()
+
+    def _split(self, fn, batch: int, threads: int, args: tuple, kwargs: dict) -> Any:
+        bounds = self.bounds(batch, threads)
         arg_pieces = [_chunk(a, batch, bounds) for a in args]
         kw_pieces = {k: _chunk(v, batch, bounds) for k, v in kwargs.items()}
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
         def work(k: int):
-            torch.set_num_threads(1)  # this worker's own OpenMP setting: one core each
+            torch.set_num_threads(1)  # this worker's own OpenMP setting: one core each, no OpenMP team
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 return fn(*(p[k] for p in arg_pieces), **{name: p[k] for name, p in kw_pieces.items()})
 
-        futures = [_executor(len(bounds)).submit(work, k) for k in range(len(bounds))]
-        outputs = [f.result() for f in futures]
-    finally:
-        torch.set_num_threads(threads)  # the workers set the process-wide default to 1; give it back
-        _lock.release()
-    return _join(outputs)
+        futures = [self._executor(threads).submit(work, k) for k in range(len(bounds))]
+        return _join([f.result() for f in futures])
+
+    def _executor(self, threads: int) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool_size < threads:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="batch-split")
+            self._pool_size = threads
+        return self._pool

@@ -1,12 +1,14 @@
-"""Model work on one thread: the process's main thread.
+"""Model work on one thread of the engine's own: the model thread.
 
 PyTorch's CPU build parallelises each op with OpenMP, and libgomp keeps a team of worker threads per thread that
-has opened a parallel region. Once two threads have teams, ops on either one run several times slower on the
-2-core CPU (`python -m engine threads`): a 25-step lab-sd image takes 1.3 s from a server worker thread against
-0.45 s on the main thread, and the main thread itself slows to 1.1 s while another thread that has run a parallel
-conv is alive. A web server calls its handlers from worker threads, so `python app.py` hands each piece of model
-work to the main thread, which serves them once the server is up; where the runner is not serving (tests, the
-CLI, a notebook) calls run inline, on the caller's thread."""
+has opened a parallel region. Once two threads have teams, libgomp has more threads than cores and stops
+spinning between regions, so every op on the 2-core CPU runs several times slower (`python -m engine threads`):
+a 25-step lab-sd image from a web server's worker thread, while another thread's team is alive, takes about three
+times as long as from a thread whose team is the only one. A web server calls its handlers from whichever worker
+thread is free, so the engine hands every piece of model work (loading included) to one thread it starts itself;
+no other thread then opens a team. Calls made on the model thread itself (a progress callback asking for a model)
+run inline.
+"""
 
 from __future__ import annotations
 
@@ -16,53 +18,73 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 
-class MainThreadRunner:
-    """`call(fn, ...)` runs fn on the thread inside `serve()` and returns its result (or raises its exception)."""
+def _serve(jobs: queue.SimpleQueue) -> None:
+    """The model thread's loop: run jobs until the None that `close()` sends."""
+    while (job := jobs.get()) is not None:
+        _run(*job)
+        del job  # an idle thread must not keep its last call's engine alive
 
-    def __init__(self) -> None:
-        self._jobs: queue.Queue = queue.Queue()
-        self._serving = threading.Event()
-        self._lock = threading.Lock()  # a call is queued only while serve() will still take it
+
+def _run(future: Future, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as exc:  # handed to the waiting caller unchanged; the UI maps it to a sentence
+        future.set_exception(exc)
+
+
+class ModelThread:
+    """`call(fn, ...)` runs fn on the model thread, started on first use, and returns its result or raises its
+    exception, from any thread."""
+
+    def __init__(self, name: str = "model"):
+        self.name = name
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
 
     @property
-    def serving(self) -> bool:
-        return self._serving.is_set()
-
-    def wait_serving(self, timeout: float | None = None) -> bool:
-        """Block until serve() has started (for threads that must not run model work themselves)."""
-        return self._serving.wait(timeout)
+    def thread(self) -> threading.Thread | None:
+        """The model thread, once started."""
+        return self._thread
 
     def call(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
         future: Future = Future()
         with self._lock:
-            queued = self._serving.is_set() and threading.current_thread() is not threading.main_thread()
-            if queued:
-                self._jobs.put((future, fn, args, kwargs))
-        return future.result() if queued else fn(*args, **kwargs)
+            self._start()
+            self._jobs.put((future, fn, args, kwargs))
+        return future.result()
 
-    def serve(self, stop: threading.Event | None = None, poll_s: float = 0.2) -> None:
-        """Run submitted calls on this (the main) thread until `stop` is set or the process is interrupted."""
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("MainThreadRunner.serve() must run on the main thread.")
-        self._serving.set()
-        try:
-            while stop is None or not stop.is_set():
-                try:
-                    job = self._jobs.get(timeout=poll_s)
-                except queue.Empty:
-                    continue
-                self._run(*job)
-        finally:
-            with self._lock:
-                self._serving.clear()
-            while not self._jobs.empty():  # calls that arrived as serving stopped still run, on this thread
-                self._run(*self._jobs.get_nowait())
+    def close(self, wait: bool = False) -> None:
+        """Let the thread finish the calls already queued and end, freeing its OpenMP team (once it has ended:
+        `wait`); a later call starts a new thread."""
+        with self._lock:
+            thread = self._thread
+            if self._jobs is not None:
+                self._jobs.put(None)
+            self._jobs, self._thread = None, None
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._jobs = queue.SimpleQueue()
+            # The loop holds only the queue, never the engine, so an unused engine can be collected and close it.
+            self._thread = threading.Thread(target=_serve, args=(self._jobs,), name=self.name, daemon=True)
+            self._thread.start()
+
+
+class Inline:
+    """The same `call` on the caller's own thread: for measuring what the model thread saves."""
+
+    thread = None
 
     @staticmethod
-    def _run(future: Future, fn, args, kwargs) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # handed to the waiting caller, who maps it to a message
-            future.set_exception(exc)
+    def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
+        return fn(*args, **kwargs)
+
+    def close(self, wait: bool = False) -> None:
+        pass

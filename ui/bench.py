@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -48,28 +47,27 @@ def main(argv=None) -> int:
 
     engine = Engine()
     models = folder_choices(args.model_dir) if args.model_dir else registry_choices(on_gpu=False)
-    done = threading.Event()
-
-    def client_runs(url: str) -> None:  # the benchmark's user, on its own thread while the main thread serves
-        try:
-            client = Client(url, verbose=False)
-            text2img = lambda: client.predict(args.prompt, steps=args.steps, api_name="/text2img")  # noqa: E731
-            compare = lambda: client.predict(args.prompt, steps=args.steps, api_name="/compare")  # noqa: E731
-            print(f"model {models.default('text')}, {args.steps} DDIM steps, device {engine.device}, "
-                  f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; medians after one warm-up, "
-                  f"through gradio_client against the app served as `python app.py` serves it", flush=True)
-            t, runs = _median_seconds(text2img, args.runs)
-            print(f"text2img (1 image, CFG 5):        median {t:.3f} s  budget {TEXT2IMG_BUDGET_S:g} s  "
-                  f"{'OK' if t < TEXT2IMG_BUDGET_S else 'OVER'}  (runs: {', '.join(f'{x:.3f}' for x in runs)})")
-            c, runs = _median_seconds(compare, args.compare_runs)
-            print(f"compare (4 methods x 6 scales x 3 seeds): median {c:.3f} s  budget {COMPARE_BUDGET_S:g} s  "
-                  f"{'OK' if c < COMPARE_BUDGET_S else 'OVER'}  (runs: {', '.join(f'{x:.3f}' for x in runs)})",
-                  flush=True)
-        finally:
-            done.set()
-
-    app.serve(engine, app.create_app(engine, models), stop=done, on_ready=client_runs, quiet=True)
+    demo = app.create_app(engine, models)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_options())
+    try:
+        print(f"model {models.default('text')}, {args.steps} DDIM steps, device {engine.device}, "
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; medians after one warm-up, "
+              f"through gradio_client against the app launched as `python app.py` launches it", flush=True)
+        _time_endpoints(Client(url, verbose=False), args)
+    finally:
+        demo.close()
     return 0
+
+
+def _time_endpoints(client, args) -> None:
+    text2img = lambda: client.predict(args.prompt, steps=args.steps, api_name="/text2img")  # noqa: E731
+    compare = lambda: client.predict(args.prompt, steps=args.steps, api_name="/compare")  # noqa: E731
+    t, runs = _median_seconds(text2img, args.runs)
+    print(f"text2img (1 image, CFG 5):        median {t:.3f} s  budget {TEXT2IMG_BUDGET_S:g} s  "
+          f"{'OK' if t < TEXT2IMG_BUDGET_S else 'OVER'}  (runs: {', '.join(f'{x:.3f}' for x in runs)})")
+    c, runs = _median_seconds(compare, args.compare_runs)
+    print(f"compare (4 methods x 6 scales x 3 seeds): median {c:.3f} s  budget {COMPARE_BUDGET_S:g} s  "
+          f"{'OK' if c < COMPARE_BUDGET_S else 'OVER'}  (runs: {', '.join(f'{x:.3f}' for x in runs)})", flush=True)
 
 
 if __name__ == "__main__":

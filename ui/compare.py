@@ -15,7 +15,7 @@ from engine.request import Request
 from world.measures import cell_measures
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, SEED_MAX, guarded, progress_adapter, sampling_controls, save_output, seed_row,
+from .shared import (MODEL_EVENT, prompt_controls, SEED_MAX, guarded, progress_adapter, sampling_controls, save_output, seed_row,
                      text, whole)
 
 MEASURES = {"saturation": "Mean saturation", "clipped": "Fraction of clipped pixels",
@@ -47,10 +47,7 @@ def make_handler(engine: Engine):
 def build(engine: Engine, models: ModelChoices) -> None:
     with gr.Row():
         with gr.Column(scale=2):
-            prompt = gr.Textbox("a large red circle on the left on a white background", label="Prompt", lines=2,
-                                max_length=1000)
-            negative = gr.Textbox("", label="Negative prompt")
-            model = gr.Dropdown(models.text, value=models.default("text"), label="Model", allow_custom_value=True)
+            prompt, negative, model = prompt_controls(models)
             methods = gr.CheckboxGroup(list(compare_rows()), value=list(DEFAULT_ROWS), label="Rows: guidance methods")
             scales = gr.Textbox(", ".join(f"{s:g}" for s in DEFAULT_SCALES), label="Columns: guidance scales")
             seed, _ = seed_row("compare", num_images=False)

@@ -216,6 +216,17 @@ def guidance_controls(prefix: str, default_scale: float) -> GuidanceControls:
     return GuidanceControls(method, scale, params)
 
 
+DEFAULT_PROMPT = "a large red circle on the left on a white background"
+
+
+def prompt_controls(models, prompt: str = DEFAULT_PROMPT, negative_label: str = "Negative prompt"):
+    """Prompt, negative prompt and the text-to-image model picker: the first inputs of the text-driven tabs."""
+    prompt_box = gr.Textbox(prompt, label="Prompt", lines=2, max_length=1000)
+    negative = gr.Textbox("", label=negative_label)
+    model = gr.Dropdown(models.text, value=models.default("text"), label="Model", allow_custom_value=True)
+    return prompt_box, negative, model
+
+
 def sampling_controls(default_steps: int = 25):
     """Steps and scheduler, inside their own accordion."""
     with gr.Accordion("Sampling", open=False):

@@ -12,7 +12,7 @@ from engine.generate import Engine, Result
 from engine.request import Request
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, SEED_MAX, api_function, gallery, gallery_items, guidance_api, guidance_controls,
+from .shared import (MODEL_EVENT, prompt_controls, SEED_MAX, api_function, gallery, gallery_items, guidance_api, guidance_controls,
                      guidance_settings, progress_adapter, reproduce, reproduce_box, sampling_controls, save_output,
                      seed_row, text, whole)
 
@@ -69,10 +69,8 @@ def build(engine: Engine, models: ModelChoices) -> None:
     """The tab's layout and its events; call inside a gr.Tab."""
     with gr.Row():
         with gr.Column(scale=2):
-            prompt = gr.Textbox("a large red circle on the left on a white background", label="Prompt", lines=2,
-                                max_length=1000)
-            negative = gr.Textbox("", label="Negative prompt (the unconditional branch)")
-            model = gr.Dropdown(models.text, value=models.default("text"), label="Model", allow_custom_value=True)
+            prompt, negative, model = prompt_controls(models, negative_label="Negative prompt (the unconditional "
+                                                      "branch)")
             g = guidance_controls("text2img", DEFAULT_SCALE)
             steps, scheduler = sampling_controls(models.steps)
             seed, count = seed_row("text2img")

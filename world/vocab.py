@@ -18,13 +18,8 @@ COLOURS = {
     "black": (20, 20, 20),
 }
 
-BACKGROUNDS = {
-    "gray": (128, 128, 128),
-    "beige": (215, 200, 160),
-    "navy": (25, 35, 95),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-}
+BACKGROUNDS = {"gray": (128, 128, 128), "beige": (215, 200, 160), "navy": (25, 35, 95),
+               "white": COLOURS["white"], "black": COLOURS["black"]}
 
 # Extent = the larger side of the object's bounding box, in pixels of the 64x64 image.
 # The gap between 18 and 26 lets the evaluator separate sizes even after blur.

@@ -14,23 +14,16 @@ def apg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, scale, eta: float = 
                                use_original_formulation=True)
 
 
-@register
-class APG(Guider):
-    """APG in x0 space, as the paper recommends; the reverse-momentum average is kept across the run's steps."""
+MOMENTUM = Param("momentum", 0.0, -1.0, 0.0, "APG momentum", "reverse momentum beta (0 = off; the paper uses -0.5)",
+                 ui_default=-0.5)
+NORM_THRESHOLD = Param("norm_threshold", 0.0, 0.0, 1e4, "APG norm threshold",
+                       "bound on the update's L2 norm (0 = off)", step=0.5, ui_range=(0.0, 50.0))
 
-    name = "apg"
-    label = "APG"
-    note = "Sadat et al. 2024: projects against c"
-    paper = "Sadat, Hilliges and Weber (2024), arXiv 2410.02416"
-    params = (
-        ETA,
-        Param("momentum", 0.0, -1.0, 0.0, "APG momentum", "reverse momentum beta (0 = off; the paper uses -0.5)",
-              ui_default=-0.5),
-        Param("norm_threshold", 0.0, 0.0, 1e4, "APG norm threshold", "bound on the update's L2 norm (0 = off)",
-              step=0.5, ui_range=(0.0, 50.0)),
-    )
-    order = 30
-    space = "x0"
+
+@register
+class APG(Guider, name="apg", label="APG", note="Sadat et al. 2024: projects against c", order=30, space="x0",
+          params=(ETA, MOMENTUM, NORM_THRESHOLD), paper="Sadat, Hilliges and Weber (2024), arXiv 2410.02416"):
+    """APG in x0 space, as the paper recommends; the reverse-momentum average is kept across the run's steps."""
 
     def __init__(self, scale, **values):
         super().__init__(scale, **values)

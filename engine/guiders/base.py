@@ -102,6 +102,14 @@ class Guider:
     plain_at_one: ClassVar[bool] = True  # at scale 1 every step is the conditional prediction alone
     rows: ClassVar[dict[str, dict] | None] = None  # Compare rows {label: values}; None: one row at the UI defaults
 
+    def __init_subclass__(cls, **declared: Any):
+        """The declaration as class keywords: `class CFG(Guider, name="cfg", label="CFG", paper=...)`."""
+        super().__init_subclass__()
+        for key, value in declared.items():
+            if key not in Guider.__annotations__:
+                raise TypeError(f"{cls.__name__}: unknown guider declaration {key!r}.")
+            setattr(cls, key, value)
+
     def __init__(self, scale: float | torch.Tensor | tuple[float, ...], **values: Any):
         self.scale = scale
         self.values = values

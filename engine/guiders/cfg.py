@@ -13,13 +13,9 @@ def cfg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, scale) -> torch.Tens
 
 
 @register
-class CFG(Guider):
+class CFG(Guider, name="cfg", label="CFG", order=10,
+          paper="Ho and Salimans (2021), Classifier-Free Diffusion Guidance"):
     """Classifier-free guidance: extrapolate from the unconditional prediction through the conditional one."""
-
-    name = "cfg"
-    label = "CFG"
-    paper = "Ho and Salimans (2021), Classifier-Free Diffusion Guidance"
-    order = 10
 
     def guide(self, c, u, step):
         return cfg(c, u, self.scale_like(c))

@@ -14,17 +14,15 @@ def cfg_zero_star(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, scale) -> 
     return scaled_uncond + scale * (pred_cond - scaled_uncond)
 
 
-@register
-class CFGZeroStar(Guider):
-    """CFG-Zero*: the prediction is zero for the first `zero_init_steps` steps, then CFG against alpha* u."""
+ZERO_INIT = Param("zero_init_steps", 1, 0, 1000, "Zero-init steps", "steps whose prediction is zeroed", kind="int",
+                  step=1, ui_range=(0, 10))
 
-    name = "cfg-zero-star"
-    label = "CFG-Zero*"
-    paper = "Fan et al. (2025), CFG-Zero*"
-    params = (Param("zero_init_steps", 1, 0, 1000, "Zero-init steps", "steps whose prediction is zeroed",
-                    kind="int", step=1, ui_range=(0, 10)),)
-    order = 40
-    plain_at_one = False  # the zero-init steps act at any scale
+
+@register
+class CFGZeroStar(Guider, name="cfg-zero-star", label="CFG-Zero*", params=(ZERO_INIT,), order=40,
+                  plain_at_one=False, paper="Fan et al. (2025), CFG-Zero*"):
+    """CFG-Zero*: the prediction is zero for the first `zero_init_steps` steps (at any scale, so a scale-1 cell is
+    not the plain conditional run), then CFG against alpha* u."""
 
     def early(self, x, step):
         return torch.zeros_like(x) if step.index < self.values["zero_init_steps"] else None

@@ -15,16 +15,11 @@ def in_interval(index: int, num_steps: int, interval: tuple[float, float]) -> bo
 
 
 @register
-class Interval(Modifier):
+class Interval(Modifier, name="interval", label="Interval", order=20, rows={},
+               params=(Param("interval", (0.0, 1.0), 0.0, 1.0, "Guidance interval",
+                             "the fractions of the run where guidance acts", kind="range"),),
+               paper="Kynkaanniemi et al. (2024), Applying guidance in a limited interval"):
     """Outside the interval the step runs the conditional branch alone."""
-
-    name = "interval"
-    label = "Interval"
-    paper = "Kynkaanniemi et al. (2024), Applying guidance in a limited interval"
-    params = (Param("interval", (0.0, 1.0), 0.0, 1.0, "Guidance interval",
-                    "the fractions of the run where guidance acts", kind="range"),)
-    order = 20
-    rows = {}
 
     def needs_uncond(self, step):
         return self.inner.needs_uncond(step) and in_interval(step.index, step.num_steps, self.values["interval"])

@@ -5,15 +5,8 @@ from .registry import register
 
 
 @register
-class NoGuidance(Guider):
+class NoGuidance(Guider, name="none", label="None", note="conditional only", order=0, guided=False, rows={}):
     """The conditional model alone (what every method reduces to at scale 1)."""
-
-    name = "none"
-    label = "None"
-    note = "conditional only"
-    order = 0
-    guided = False
-    rows = {}
 
     def guide(self, c, u, step):
         return c

@@ -17,15 +17,9 @@ def perp_cfg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, scale, eta: flo
 
 
 @register
-class PerpCFG(Guider):
+class PerpCFG(Guider, name="perp-cfg", label="Perp-CFG", note="lecture notes: projects against u", params=(ETA,),
+              order=20, paper="seed lecture notes (shared/seeds)"):
     """Perp-CFG: no published paper uses the name; APG is the nearest, projecting against c instead."""
-
-    name = "perp-cfg"
-    label = "Perp-CFG"
-    note = "lecture notes: projects against u"
-    paper = "seed lecture notes (shared/seeds)"
-    params = (ETA,)
-    order = 20
 
     def guide(self, c, u, step):
         return perp_cfg(c, u, self.scale_like(c), self.values["eta"])

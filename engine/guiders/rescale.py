@@ -13,15 +13,11 @@ def rescale(pred_guided: torch.Tensor, pred_cond: torch.Tensor, phi: float) -> t
 
 
 @register
-class Rescale(Modifier):
+class Rescale(Modifier, name="rescale", label="Rescale", order=10,
+              params=(Param("rescale", 0.0, 0.0, 1.0, "Guidance rescale", "Lin et al. 2023; 0 = off, 0.7 typical"),),
+              rows={"CFG + rescale": {"method": "cfg", "rescale": 0.7}},
+              paper="Lin, Liu, Li and Yang (2023), arXiv 2305.08891"):
     """Rescale the guided prediction toward the conditional one's std, in the method's own space."""
-
-    name = "rescale"
-    label = "Rescale"
-    paper = "Lin, Liu, Li and Yang (2023), arXiv 2305.08891"
-    params = (Param("rescale", 0.0, 0.0, 1.0, "Guidance rescale", "Lin et al. 2023; 0 = off, 0.7 typical"),)
-    order = 10
-    rows = {"CFG + rescale": {"method": "cfg", "rescale": 0.7}}
 
     def guide(self, c, u, step):
         guided = self.inner.guide(c, u, step)

@@ -5,8 +5,7 @@ import threading
 import pytest
 import torch
 
-from engine import parallel
-from engine.parallel import MIN_BATCH, split_call
+from engine.parallel import MIN_BATCH, BatchSplitter, plain_call
 from tests.tiny_models import tiny_controlnet, tiny_sd
 
 
@@ -35,7 +34,7 @@ def test_unet_batch_is_split_across_threads_with_the_same_result(two_threads):
     seen = []
     with torch.inference_mode():
         whole = unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
-        split = split_call(_spy(unet, seen), batch, x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        split = BatchSplitter()(_spy(unet, seen), batch, x, t, encoder_hidden_states=embeds, return_dict=False)[0]
     assert sorted(s[1] for s in seen) == [batch // 2, batch // 2]
     assert all(name.startswith("batch-split") and inference for name, _, inference in seen)
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
@@ -53,7 +52,7 @@ def test_controlnet_residual_lists_are_split_and_joined(two_threads):
     kwargs = dict(encoder_hidden_states=embeds, controlnet_cond=image, conditioning_scale=0.5, return_dict=False)
     with torch.no_grad():
         down, mid = controlnet(x, torch.tensor(300), **kwargs)
-        down_split, mid_split = split_call(controlnet, batch, x, torch.tensor(300), **kwargs)
+        down_split, mid_split = BatchSplitter()(controlnet, batch, x, torch.tensor(300), **kwargs)
     assert isinstance(down_split, (list, tuple)) and len(down_split) == len(down)
     for a, b in zip(down_split, down):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -63,20 +62,42 @@ def test_controlnet_residual_lists_are_split_and_joined(two_threads):
 def test_small_batches_and_single_threads_run_as_one_call(two_threads):
     seen = []
     fn = _spy(lambda x: x * 2, seen)
-    split_call(fn, MIN_BATCH - 1, torch.ones(MIN_BATCH - 1, 2))
+    split = BatchSplitter()
+    split(fn, MIN_BATCH - 1, torch.ones(MIN_BATCH - 1, 2))
     torch.set_num_threads(1)
-    split_call(fn, MIN_BATCH * 2, torch.ones(MIN_BATCH * 2, 2))
-    assert [s[0] for s in seen] == [threading.current_thread().name] * 2
+    split(fn, MIN_BATCH * 2, torch.ones(MIN_BATCH * 2, 2))
+    plain_call(fn, MIN_BATCH * 2, torch.ones(MIN_BATCH * 2, 2))
+    assert [s[0] for s in seen] == [threading.current_thread().name] * 3
 
 
-def test_disabled_switch_and_errors_reach_the_caller(two_threads, monkeypatch):
+def test_disabled_switch_and_errors_reach_the_caller(two_threads):
     def fail(x):
         raise ValueError("bad batch")
 
+    split = BatchSplitter()
     with pytest.raises(ValueError, match="bad batch"):
-        split_call(fail, MIN_BATCH, torch.ones(MIN_BATCH, 2))
+        split(fail, MIN_BATCH, torch.ones(MIN_BATCH, 2))
     assert torch.get_num_threads() == 2
-    monkeypatch.setattr(parallel, "enabled", False)
+    split.enabled = False
     seen = []
-    split_call(_spy(lambda x: x, seen), MIN_BATCH, torch.ones(MIN_BATCH, 2))
+    split(_spy(lambda x: x, seen), MIN_BATCH, torch.ones(MIN_BATCH, 2))
     assert seen[0][0] == threading.current_thread().name
+
+
+def test_bounds_cover_the_batch_in_near_equal_pieces():
+    split = BatchSplitter()
+    assert split.bounds(30, 2) == [(0, 15), (15, 30)]
+    assert split.bounds(17, 2) == [(0, 9), (9, 17)]
+    assert split.bounds(MIN_BATCH, 4) == [(0, 8), (8, 16)]  # no piece below half the minimum batch
+
+
+def test_each_engine_owns_its_splitter_and_hands_it_to_its_adapters(tiny_folders):
+    from engine.generate import Engine
+    from engine.request import Request
+
+    first, second = Engine(), Engine()
+    assert first.splitter is not second.splitter
+    calls = []
+    first.splitter = lambda fn, batch, *args, **kwargs: calls.append(batch) or fn(*args, **kwargs)
+    first.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=2, num_images=3))
+    assert calls == [6, 6]  # each step's UNet batch: three images with their unconditional twins

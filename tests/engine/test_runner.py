@@ -1,61 +1,84 @@
-"""The main-thread runner: calls from other threads run on the serving (main) thread, inline otherwise."""
+"""The model thread: every call from any thread runs on one thread the engine owns, results and errors unchanged."""
 
+import gc
 import threading
 
 import pytest
 
-from engine.runner import MainThreadRunner
+from engine.errors import EngineError
+from engine.generate import Engine
+from engine.request import Request
+from engine.runner import Inline, ModelThread
 
 
-def test_inline_when_not_serving():
-    runner = MainThreadRunner()
-    seen = []
-    worker = threading.Thread(target=lambda: seen.append(runner.call(threading.current_thread)))
-    worker.start()
-    worker.join()
-    assert seen == [worker]
-
-
-def test_calls_from_workers_run_on_the_serving_thread_with_results_and_errors():
-    runner = MainThreadRunner()
-    stop = threading.Event()
-    results, errors = [], []
+def test_calls_from_any_thread_run_on_one_model_thread_with_results_and_errors():
+    runner = ModelThread()
+    seen, errors = [], []
+    problem = ValueError("bad input")
 
     def fail():
-        raise ValueError("bad input")
+        raise problem
 
     def client():
+        seen.append(runner.call(threading.current_thread))
         try:
-            runner.wait_serving()
-            results.extend(runner.call(threading.current_thread) for _ in range(3))
-            results.append(runner.call(lambda a, b=0: a + b, 2, b=3))
-            try:
-                runner.call(fail)
-            except ValueError as exc:
-                errors.append(str(exc))
-        finally:
-            stop.set()
+            runner.call(fail)
+        except ValueError as exc:
+            errors.append(exc)
 
-    worker = threading.Thread(target=client)
+    workers = [threading.Thread(target=client) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    seen.append(runner.call(threading.current_thread))
+    assert seen == [runner.thread] * 4 and runner.thread is not threading.main_thread()
+    assert errors == [problem] * 3  # the very exception object raised on the model thread
+    assert runner.call(lambda a, b=0: a + b, 2, b=3) == 5
+    runner.close(wait=True)
+
+
+def test_calls_from_the_model_thread_itself_run_inline():
+    runner = ModelThread()
+    inner = runner.call(lambda: runner.call(threading.current_thread))
+    assert inner is runner.thread
+    runner.close(wait=True)
+
+
+def test_close_ends_the_thread_and_a_later_call_starts_another():
+    runner = ModelThread()
+    first = runner.call(threading.current_thread)
+    runner.close(wait=True)
+    assert not first.is_alive() and runner.thread is None
+    second = runner.call(threading.current_thread)
+    assert second is not first and second.is_alive()
+    runner.close(wait=True)
+
+
+def test_inline_runs_on_the_callers_thread():
+    assert Inline().call(threading.current_thread) is threading.current_thread()
+
+
+def test_engine_work_runs_on_its_model_thread_and_ends_with_the_engine(tiny_folders):
+    engine = Engine()
+    ran_on = []
+    original = engine._generate
+    engine._generate = lambda *args: ran_on.append(threading.current_thread()) or original(*args)
+    req = Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=2)
+    engine.generate(req)
+    worker = threading.Thread(target=engine.generate, args=(req,))
     worker.start()
-    runner.serve(stop, poll_s=0.01)
     worker.join()
-    assert results[:3] == [threading.main_thread()] * 3 and results[3] == 5
-    assert errors == ["bad input"]
-    assert not runner.serving
-    assert runner.call(lambda: 7) == 7  # inline again once serving stopped
+    thread = engine.runner.thread
+    assert ran_on == [thread, thread] and thread is not threading.main_thread()
+    del engine, original
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
 
 
-def test_serve_only_on_the_main_thread():
-    failures = []
-
-    def try_serve():
-        try:
-            MainThreadRunner().serve(threading.Event())
-        except RuntimeError as exc:
-            failures.append(str(exc))
-
-    worker = threading.Thread(target=try_serve)
-    worker.start()
-    worker.join()
-    assert failures and "main thread" in failures[0]
+def test_engine_errors_reach_the_caller_unchanged(tiny_folders):
+    engine = Engine()
+    with pytest.raises(EngineError, match="number of images"):
+        engine.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=2, num_images=0))
+    assert engine.runner.thread.is_alive()  # the thread outlives a failed call

@@ -1,17 +1,17 @@
-"""`python app.py`'s way of serving: generations requested through the API run on the main thread."""
+"""The app launched the ordinary Gradio way: generations requested through the API run on the engine's model thread."""
 
 import threading
 
 from engine.generate import Engine
 
 
-def test_app_serve_runs_generations_on_the_main_thread(tiny_root):
+def test_api_generations_run_on_the_engines_model_thread(tiny_root):
     import app
     from gradio_client import Client
     from ui.models import folder_choices
 
     engine = Engine()
-    threads, replies, failures = [], [], []
+    threads = []
     generate = engine._generate
 
     def recording(*args, **kwargs):
@@ -19,18 +19,13 @@ def test_app_serve_runs_generations_on_the_main_thread(tiny_root):
         return generate(*args, **kwargs)
 
     engine._generate = recording
-    stop = threading.Event()
-
-    def client(url: str) -> None:
-        try:
-            replies.append(Client(url, verbose=False).predict("a red circle", steps=2, api_name="/text2img"))
-        except Exception as exc:  # reported below; the server must stop either way
-            failures.append(exc)
-        finally:
-            stop.set()
-
-    app.serve(engine, app.create_app(engine, folder_choices(tiny_root, steps=2)), stop=stop, on_ready=client,
-              quiet=True)
-    assert not failures, failures
-    assert replies and replies[0][0][0]["caption"] == "seed 0"
-    assert threads == [threading.main_thread()]
+    demo = app.create_app(engine, folder_choices(tiny_root, steps=2))
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_options())
+    try:
+        client = Client(url, verbose=False)
+        replies = [client.predict(f"a red circle {i}", steps=2, api_name="/text2img") for i in range(2)]
+    finally:
+        demo.close()
+    assert replies[0][0][0]["caption"] == "seed 0"
+    assert threads == [engine.runner.thread] * 2
+    assert engine.runner.thread.name == "model" and engine.runner.thread is not threading.main_thread()
