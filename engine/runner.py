@@ -2,11 +2,9 @@
 
 PyTorch's CPU build parallelises each op with OpenMP, and libgomp keeps a team of worker threads per thread that
 has opened a parallel region. Once two threads have teams, libgomp has more threads than cores and stops
-spinning between regions, so every op on the 2-core CPU runs several times slower (`python -m engine threads`):
-a 25-step lab-sd image from a web server's worker thread, while another thread's team is alive, takes about three
-times as long as from a thread whose team is the only one. A web server calls its handlers from whichever worker
-thread is free, so the engine hands every piece of model work (loading included) to one thread it starts itself;
-no other thread then opens a team. Calls made on the model thread itself (a progress callback asking for a model)
+spinning between regions, so every op on the 2-core CPU runs several times slower (`python -m engine threads`
+measures it). A web server calls its handlers from whichever worker thread is free, so the engine hands every
+piece of model work (loading included) to one thread it starts itself; no other thread then opens a team. Calls made on the model thread itself (a progress callback asking for a model)
 run inline.
 """
 
