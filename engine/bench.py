@@ -1,4 +1,5 @@
-"""Timings of the engine: against the matching diffusers pipeline, and by calling thread."""
+"""Timings of the engine: against the matching diffusers pipeline, by calling thread, and the default Compare grid
+against the machine's matmul peak."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from dataclasses import replace
 import torch
 from diffusers import StableDiffusionPipeline
 
+from .compare import compare
 from .generate import Engine
 from .guiders import GuidanceSettings
 from .registry import default_model, resolve
 from .request import Request
+from .roofline import Roofline, counting_samples, matmul_peak, unet_flops_per_sample
 from .schedulers import make_scheduler
 
 BATCH = 15  # one row of the default compare grid: five guided scales times three seeds
+GRID_PROMPT = "a large red circle on the left on a white background"
 
 
 def _seconds(fn) -> float:
@@ -106,3 +110,30 @@ def run_threads(*, model: str | None, steps: int, runs: int, scale: float,
     again = Engine(engine.store)
     print(_line("model thread beside main's team", _times(lambda: again.generate(req), runs)), flush=True)
     return 0
+
+
+def run_grid(*, model: str | None, steps: int, runs: int, prompt: str = GRID_PROMPT) -> Roofline:
+    """The default Compare grid through the engine: median seconds, the UNet FLOPs it performed (FLOPs per sample
+    times the samples evaluated), and that rate against a matmul peak measured on the model thread."""
+    engine = Engine()
+    spec = resolve(model or default_model("text"), "text")
+    base = Request(model=spec.name, prompt=prompt, steps=steps, scheduler="ddim", seed=0)
+    pipe = engine.loaded(spec)
+    print(f"model {spec.name}, default Compare grid, {steps} DDIM steps, device {engine.device}, "
+          f"{torch.get_num_threads()} threads, {runs} runs after a warm-up", flush=True)
+    compare(engine, base)
+    times, samples = [], []
+    for _ in range(runs):
+        with counting_samples(pipe.unet) as sizes:
+            times.append(_seconds(lambda: compare(engine, base)))
+        samples.append(sum(sizes))
+    embeds = engine.runner.call(lambda: pipe.encode_prompt(prompt, engine.device, 1, False)[0])  # (1, L, D)
+    per_sample = engine.runner.call(unet_flops_per_sample, pipe.unet, embeds)
+    peak = engine.runner.call(matmul_peak)
+    result = Roofline(statistics.median(times), per_sample * samples[0], peak)
+    print(f"grid: median {result.seconds:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in times)})")
+    print(f"UNet work: {samples[0]} sample evaluations x {per_sample / 1e6:.2f} MFLOP = {result.flops / 1e9:.1f} GFLOP")
+    print(f"achieved {result.flops_per_s / 1e9:.1f} GFLOP/s; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s "
+          f"({torch.get_num_threads()} threads); the same work at the peak: {result.floor_s:.2f} s")
+    print(f"grid roofline fraction: {result.fraction:.3f}")
+    return result

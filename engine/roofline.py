@@ -1,0 +1,83 @@
+"""How much of the machine a run uses: the UNet FLOPs it performed against a measured fp32 matmul peak.
+
+The work is counted, not timed: torch's FlopCounterMode gives the FLOPs of one UNet sample (convolutions,
+matmuls, attention), and a forward hook counts how many samples the run evaluated. The peak is a large square
+torch.mm on the calling thread with torch's current thread count, the best of a few.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+PEAK_SIDE = 2048  # big enough that the matmul runs at its kernel's full speed, small enough to take ~0.1 s
+
+
+@dataclass
+class Roofline:
+    """A run's seconds and work against the machine's peak."""
+
+    seconds: float
+    flops: float
+    peak_flops_per_s: float
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.flops / self.seconds
+
+    @property
+    def fraction(self) -> float:
+        return self.flops_per_s / self.peak_flops_per_s
+
+    @property
+    def floor_s(self) -> float:
+        """The seconds the same work would take at the peak."""
+        return self.flops / self.peak_flops_per_s
+
+
+def matmul_peak(side: int = PEAK_SIDE, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of `repeats` (side x side) @ (side x side) fp32 products, after one warm-up."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(side, side, generator=gen) for _ in range(2))
+    out = torch.empty(side, side)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * side**3 / best
+
+
+def unet_flops_per_sample(unet, encoder_hidden_states: torch.Tensor) -> int:
+    """FLOPs of one UNet evaluation of one latent at the UNet's own sample size, with this (1, L, D) prompt."""
+    side = unet.config.sample_size
+    x = torch.zeros(1, unet.config.in_channels, side, side, dtype=unet.dtype, device=unet.device)
+    embeds = encoder_hidden_states[:1].detach()  # (1, L, D); the counter's module hooks trip over a grad graph
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x, torch.tensor(500), encoder_hidden_states=embeds, return_dict=False)
+    return counter.get_total_flops()
+
+
+@contextmanager
+def counting_samples(module: torch.nn.Module):
+    """Yields a list that holds, once the block ends, the batch size of every call to module; calls from any
+    thread (batch splits) count."""
+    sizes: list[int] = []
+    lock = threading.Lock()
+
+    def count(_module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        with lock:
+            sizes.append(sample.shape[0])
+
+    handle = module.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
