@@ -7,14 +7,20 @@ tests' tiny models, or freshly trained ones) instead of the registry's names.
 
 from __future__ import annotations
 
+import argparse
+import os
+
 import gradio as gr
 
 from engine.generate import Engine
 from ui import class_cond, compare, controlnet, text2img
+from ui.inputs import LabBlocks
 from ui.models import ModelChoices, choices_from_env
-from ui.shared import OUTPUT_DIR
+from ui.storage import Storage
 
 QUEUE_SIZE = 16  # waiting events beyond this are refused with "queue is full"
+SESSIONS = 200  # client sessions whose state is kept; older ones are dropped (Gradio's default is 10,000)
+SWEEP_S = 600  # Gradio's own sweep of its cache: every 10 minutes, files older than the storage's maximum age
 TITLE = "Guidance Lab"
 INTRO = ("How diffusion models are conditioned (text, class, spatial control) and guided (CFG, Perp-CFG, APG, "
          "CFG-Zero*, rescale, intervals, classifier guidance), in pictures and numbers.")
@@ -27,11 +33,15 @@ TABS = (("Text-to-image", text2img), ("Class-conditional", class_cond), ("Contro
         ("Compare", compare))
 
 
-def create_app(engine: Engine | None = None, models: ModelChoices | None = None) -> gr.Blocks:
-    """The Blocks app: one tab per module in ui/, all sharing one engine and one model-bound worker."""
+def create_app(engine: Engine | None = None, models: ModelChoices | None = None, *,
+               allow_any_model: bool = False) -> gr.Blocks:
+    """The Blocks app: one tab per module in ui/, all sharing one engine and one model-bound worker, its files in
+    one folder of its own."""
     engine = engine or Engine()
-    models = models or choices_from_env(engine.device.type == "cuda")
-    with gr.Blocks(title=TITLE) as demo:
+    models = models or choices_from_env(engine.device.type == "cuda", allow_any_model)
+    storage = Storage().start()
+    os.environ["GRADIO_TEMP_DIR"] = str(storage.folder)  # read by the Blocks below: uploads and outputs go there
+    with LabBlocks(title=TITLE, delete_cache=(SWEEP_S, int(storage.max_age_s))) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         missing = models.missing()
         if missing:
@@ -41,16 +51,22 @@ def create_app(engine: Engine | None = None, models: ModelChoices | None = None)
                 with gr.Tab(label, id=module.__name__.split(".")[-1]):
                     module.build(engine, models)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    demo.storage = storage
     return demo
 
 
 def launch_options() -> dict:
     """launch() settings shared by `python app.py`, the tests and the benchmark."""
-    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, allowed_paths=[str(OUTPUT_DIR)])
+    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, state_session_capacity=SESSIONS)
 
 
-def main() -> None:
-    create_app().launch(**launch_options())  # Gradio reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT itself
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve Guidance Lab.")
+    parser.add_argument("--allow-any-model", action="store_true",
+                        help="let requests name any local model folder or hub id, not only the offered models "
+                             "(never on a public host)")
+    args = parser.parse_args(argv)
+    create_app(allow_any_model=args.allow_any_model).launch(**launch_options())  # host, port: GRADIO_SERVER_*
 
 
 if __name__ == "__main__":

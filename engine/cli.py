@@ -109,7 +109,7 @@ def guidance_from_args(args, scale: float) -> GuidanceSettings:
 def request_from_args(args, engine) -> "Request":
     from dataclasses import replace
 
-    from .control.prepare import load_image, prepare_control
+    from .control.prepare import prepare_control, read_image
     from .request import ControlSpec, Request
 
     out = Path(args.out)
@@ -127,7 +127,7 @@ def request_from_args(args, engine) -> "Request":
         if args.control_type == "pose" and path.suffix.lower() == ".json":
             source = path.read_text()
         else:
-            source = load_image(path)
+            source = read_image(path)
         size = (args.width, args.height)
         if None in size:
             native = engine.native_size(args.model)

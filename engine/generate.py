@@ -146,6 +146,12 @@ class Engine:
         image = image.repeat_interleave(batch, dim=0).to(device=self.device, dtype=dtype)  # (B, 3, H, W)
         return ControlBranch(controlnet, image, control.scale, control.start, control.end)
 
+    def detect_pose(self, image: Image.Image) -> Image.Image:
+        """An OpenPose skeleton of a photo (controlnet_aux's detector is a torch model, so it runs like the others)."""
+        from .control.pose import detect_pose
+
+        return self.runner.call(detect_pose, image)
+
     def class_names(self, pipe) -> list[str]:
         """Class names in id order, from the pipeline's id2label."""
         labels = getattr(pipe, "labels", None) or {}

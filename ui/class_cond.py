@@ -46,17 +46,18 @@ def probability_frame(result: Result) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "p(y | x_t)", "image"])
 
 
-def make_handler(engine: Engine):
+def make_handler(engine: Engine, models: ModelChoices):
     @guarded
     def class_cond(class_label: str, model: str | None = None, scale: float = 4.0, classifier_scale: float = 0.0,
                    classifier: str = NO_CLASSIFIER, steps: int = 25, scheduler: str = "ddim", seed: int = 0,
                    num_images: int = 1, progress=gr.Progress()):
         if class_label is None or not str(class_label).strip():
             raise EngineError("Pick a class to generate.")
-        req = Request(model=model or None, class_label=str(class_label).strip(),
+        model = models.pick(model, "class")
+        req = Request(model=model, class_label=str(class_label).strip(),
                       guidance=GuidanceSettings("cfg", number("CFG scale", scale),
                                                 classifier_scale=number("classifier scale", classifier_scale)),
-                      classifier=None if classifier in (None, "", NO_CLASSIFIER) else classifier,
+                      classifier=None if classifier in (None, "", NO_CLASSIFIER) else models.pick(classifier, "classifier"),
                       steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
                       seed=whole("seed", seed, 0, SEED_MAX), num_images=whole("number of images", num_images, 1, 16))
         result = engine.generate(req, callback=progress_adapter(progress))
@@ -88,6 +89,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
             plot = gr.LinePlot(x="step", y="p(y | x_t)", color="image", y_lim=[0, 1],
                                label="Classifier p(y | x_t) per step (needs a classifier)", height=260)
             command = reproduce_box()
-    model.change(lambda m: gr.update(choices=class_names(engine, m)), model, label, api_name="class_names")
-    button.click(make_handler(engine), [label, model, scale, classifier_scale, classifier, steps, scheduler, seed,
+    model.change(guarded(lambda m: gr.update(choices=class_names(engine, models.pick(m, "class")))), model, label,
+                 api_name="class_names")
+    button.click(make_handler(engine, models), [label, model, scale, classifier_scale, classifier, steps, scheduler, seed,
                                         count], [images, plot, command], api_name="class_cond", **MODEL_EVENT)

@@ -22,12 +22,12 @@ MEASURES = {"saturation": "Mean saturation", "clipped": "Fraction of clipped pix
             "diversity": "Diversity across seeds", "adherence": "Adherence (project's models only)"}
 
 
-def make_handler(engine: Engine):
+def make_handler(engine: Engine, models: ModelChoices):
     @guarded
     def compare_grid(prompt: str, negative_prompt: str = "", model: str | None = None,
                      methods: list[str] = list(DEFAULT_ROWS), scales: str = ", ".join(f"{s:g}" for s in DEFAULT_SCALES),
                      seed: int = 0, seeds: int = 3, steps: int = 25, scheduler: str = "ddim", progress=gr.Progress()):
-        base = Request(model=model or None, prompt=text("prompt", prompt),
+        base = Request(model=models.pick(model, "text"), prompt=text("prompt", prompt),
                        negative_prompt=text("negative prompt", negative_prompt),
                        steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
                        seed=whole("seed", seed, 0, SEED_MAX))
@@ -66,5 +66,5 @@ def build(engine: Engine, models: ModelChoices) -> None:
                 plots += [gr.LinePlot(x="scale", y=key, color="method", title=title, height=220)
                           for key, title in list(MEASURES.items())[2:]]
             table = gr.Dataframe(label="Measures per cell", interactive=False)
-    button.click(make_handler(engine), [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler],
+    button.click(make_handler(engine, models), [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler],
                  [grid, *plots, table], api_name="compare", **MODEL_EVENT)

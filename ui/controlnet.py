@@ -7,18 +7,20 @@ import inspect
 import gradio as gr
 from PIL import Image
 
-from engine.control.prepare import CONTROL_TYPES, load_image, prepare_control, to_rgb_array
+from engine.control.prepare import CONTROL_TYPES, prepare_control, to_rgb_array
 from engine.errors import EngineError
 from engine.generate import Engine
 from engine.request import ControlSpec, Request
 from world.figure import POSES, preset_json
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, SEED_MAX, ImageInput, api_function, gallery, gallery_items, guarded,
+from .inputs import ImageInput, SketchInput
+from .shared import (MODEL_EVENT, SEED_MAX, api_function, gallery, gallery_items, guarded,
                      guidance_api, guidance_controls, guidance_settings, number, progress_adapter, reproduce,
                      reproduce_box, sampling_controls, seed_row, text, whole)
 
 AUTO = "auto"
+MAX_POSE_JSON = 100_000  # characters: ten people with every joint take under 3,000
 DEFAULT_SCALE = 5.0
 FALLBACK_SIZE = (64, 64)  # the project's models' size, used for previews while no model can be loaded
 
@@ -38,8 +40,16 @@ def control_map(engine: Engine, models: ModelChoices, source, control_type: str,
         raise EngineError(f"Unknown control type '{control_type}'; choose one of {', '.join(CONTROL_TYPES)}.")
     if source is None:
         raise EngineError("Give a control image: draw a sketch, upload a picture or pick a pose first.")
-    is_json = control_type == "pose" and isinstance(source, str) and source.lstrip()[:1] in ("[", "{")
-    image = load_image(source) if isinstance(source, str) and not is_json else source
+    if isinstance(source, str):  # text is only ever keypoint JSON: no string from the network names a file
+        if control_type != "pose":
+            raise EngineError(f"A {control_type} control needs an uploaded image, not text.")
+        if len(source) > MAX_POSE_JSON:
+            raise EngineError(f"The keypoint JSON is {len(source)} characters long; the limit is {MAX_POSE_JSON}.")
+        if not preprocess:
+            raise EngineError("Keypoint JSON is drawn as a skeleton only with preprocess on.")
+    elif not isinstance(source, Image.Image):
+        raise EngineError("The control image must be an uploaded image (or, for a pose, keypoint JSON).")
+    image = source
     if not preprocess:
         return Image.fromarray(to_rgb_array(image))
     size = native_size(engine, model, models.default("text"))
@@ -57,13 +67,14 @@ def make_handler(engine: Engine, models: ModelChoices):
               ("scheduler", "ddim"), ("seed", 0), ("num_images", 1), *trailing]
 
     def controlnet(v: dict):
-        control_type, model = v["control_type"], v["model"]
+        control_type, model = v["control_type"], models.pick(v["model"], "text")
         image = control_map(engine, models, v["control_image"], control_type, v["preprocess"], v["canny_low"],
                             v["canny_high"], model)
-        name = models.default_controlnet(control_type) if v["controlnet"] in (None, "", AUTO) else v["controlnet"]
+        chosen = None if v["controlnet"] == AUTO else v["controlnet"]
+        name = models.pick(chosen, "controlnet", models.default_controlnet(control_type))
         spec = ControlSpec(image, control_type, name, number("control scale", v["control_scale"]),
                            number("control start", v["control_start"]), number("control end", v["control_end"]))
-        req = Request(model=model or None, prompt=text("prompt", v["prompt"]),
+        req = Request(model=model, prompt=text("prompt", v["prompt"]),
                       negative_prompt=text("negative prompt", v["negative_prompt"]), controls=(spec,),
                       guess_mode=bool(v["guess_mode"]), guidance=guidance_settings(v),
                       steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
@@ -83,8 +94,11 @@ def _preview(engine: Engine, models: ModelChoices, control_type: str):
     def preview(source, model, low=100, high=200):
         if isinstance(source, dict):  # the sketchpad's layers; its composite is what was drawn
             source = source.get("composite")
+            if source is not None and not isinstance(source, Image.Image):
+                raise EngineError("The sketch must come from the sketchpad, as a drawing.")
         if source is None:
             return gr.skip(), gr.skip()
+        model = models.pick(model, "text")
         return control_map(engine, models, source, control_type, True, low, high, model), control_type
 
     return preview
@@ -105,7 +119,7 @@ def pose_handler(engine: Engine):
     def pose_from_photo(photo):
         if photo is None:
             return gr.skip()
-        return engine.detect_pose(load_image(photo))
+        return engine.detect_pose(photo)
 
     return pose_from_photo
 
@@ -115,7 +129,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
         with gr.Column(scale=2):
             with gr.Tabs():
                 with gr.Tab("Sketch", id="sketch"):
-                    sketch = gr.Sketchpad(type="pil", label="Draw dark strokes", canvas_size=(512, 512),
+                    sketch = SketchInput(type="pil", label="Draw dark strokes", canvas_size=(512, 512),
                                           brush=gr.Brush(default_size=8, colors=["#000000"], color_mode="fixed"),
                                           layers=False, height=420, elem_id="sketchpad")
                     brush = gr.Slider(1, 40, value=8, step=1, label="Brush size")

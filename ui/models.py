@@ -22,6 +22,32 @@ class ModelChoices:
     classifier: list[str]
     controlnet: dict[str, list[str]] = field(default_factory=dict)
     steps: int = 25  # default sampling steps the tabs start with
+    root: Path | None = None  # LAB_MODEL_DIR: model folders under it may be named too
+    allow_any: bool = False  # the operator's --allow-any-model: any local folder or hub id
+
+    def offered(self, kind: str) -> list[str]:
+        if kind == "controlnet":
+            return list(dict.fromkeys(n for names in self.controlnet.values() for n in names))
+        return list({"text": self.text, "class": self.classes, "classifier": self.classifier}[kind])
+
+    def pick(self, name, kind: str, default: str | None = None) -> str | None:
+        """The model a request names, if this app serves it: one it offers (empty = `default`, else the kind's
+        default), a folder under LAB_MODEL_DIR, or anything when the operator allows any model. Anything else gets
+        one sentence listing what is offered; nothing is looked up on disk or on the hub before that."""
+        if name is None or name == "":
+            return default if default is not None else (self.default(kind) if kind != "controlnet" else None)
+        offered = self.offered(kind)
+        if isinstance(name, str) and (name in offered or self.allow_any or self._under_root(name)):
+            return name
+        label = {"text": "text-to-image model", "class": "class-conditional model", "classifier": "classifier",
+                 "controlnet": "ControlNet"}[kind]
+        raise EngineError(f"Unknown {label} {shown_name(name)}; this app offers: {', '.join(offered) or 'none'}.")
+
+    def _under_root(self, name: str) -> bool:
+        if self.root is None or len(name) > 4096 or "\0" in name:
+            return False
+        root = self.root.resolve()
+        return (root / name).resolve().is_relative_to(root) and (root / name).resolve() != root
 
     def default(self, kind: str) -> str | None:
         names = {"text": self.text, "class": self.classes, "classifier": self.classifier}[kind]
@@ -41,6 +67,13 @@ class ModelChoices:
             except EngineError as exc:
                 reasons.append(str(exc))
         return reasons
+
+
+def shown_name(name) -> str:
+    """A model name as an error quotes it: short, and only if it is text."""
+    if not isinstance(name, str):
+        return f"({type(name).__name__})"
+    return repr(name if len(name) <= 40 else name[:37] + "...")
 
 
 def registry_choices(on_gpu: bool) -> ModelChoices:
@@ -70,13 +103,14 @@ def folder_choices(root: Path, steps: int = 25) -> ModelChoices:
     if not found["text"]:
         raise EngineError(f"No text-to-image model folder found under '{root}'.")
     return ModelChoices(found["text"], found["class"], found["classifier"],
-                        {t: found["controlnet"] for t in CONTROL_TYPES}, steps)
+                        {t: found["controlnet"] for t in CONTROL_TYPES}, steps, root=Path(root))
 
 
-def choices_from_env(on_gpu: bool) -> ModelChoices:
+def choices_from_env(on_gpu: bool, allow_any: bool = False) -> ModelChoices:
     """LAB_MODEL_DIR points every tab at the model folders under it, otherwise the registry; LAB_STEPS sets the
-    default number of steps."""
+    default number of steps; `allow_any` (or LAB_ALLOW_ANY_MODEL=1) lets requests name any folder or hub id."""
     root = os.environ.get("LAB_MODEL_DIR")
     choices = folder_choices(Path(root)) if root else registry_choices(on_gpu)
     choices.steps = int(os.environ.get("LAB_STEPS", choices.steps))
+    choices.allow_any = allow_any or os.environ.get("LAB_ALLOW_ANY_MODEL") == "1"
     return choices

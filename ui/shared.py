@@ -8,10 +8,7 @@ import inspect
 import logging
 import math
 import random
-import tempfile
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
@@ -20,12 +17,12 @@ from PIL import Image
 from engine.errors import EngineError
 from engine.generate import Engine, Result
 from engine.guiders import GUIDERS, GuidanceSettings, Param, all_params, method_names
-from engine.pnginfo import save_png
 from engine.request import MAX_IMAGES, MAX_SEED, Request, command_for
 from engine.schedulers import SCHEDULERS
 
+from .inputs import SeedInput, sentence, shown
+
 log = logging.getLogger("guidance_lab")
-OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="guidance-lab-"))
 MODEL_EVENT = dict(concurrency_id="model", concurrency_limit=1)  # every model-bound event shares one worker
 SEED_MAX = MAX_SEED - MAX_IMAGES
 # The guidance parameters the API published before they were generated from the guiders, in their positional
@@ -34,46 +31,57 @@ POSITIONAL_GUIDANCE = ("eta", "momentum", "norm_threshold", "rescale", "interval
 
 
 def guarded(fn):
-    """Map every failure to a gr.Error sentence: EngineError as written, anything else named and logged."""
+    """Map every failure to one gr.Error sentence: EngineError as written (at most 300 characters), anything else
+    by its type only (its message may hold server paths), with the traceback kept in the log."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as exc:
+            raise gr.Error(sentence(exc.message)) from None
         except EngineError as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(sentence(str(exc))) from None
+        except RecursionError:
+            raise gr.Error("The input is nested too deeply to read.") from None
         except Exception as exc:  # the page gets a sentence, the log keeps the traceback
             log.exception("unexpected failure in %s", fn.__name__)
-            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-            raise gr.Error(f"Generation failed ({type(exc).__name__}{': ' + detail if detail else ''}).") from None
+            raise gr.Error(f"The request failed unexpectedly ({type(exc).__name__}); the server's log has the "
+                           f"details.") from None
 
     return wrapper
 
 
 def whole(name: str, value, low: int, high: int) -> int:
-    """A whole number in [low, high] from a UI number, or one sentence saying why not."""
-    if value is None or isinstance(value, bool) or not math.isfinite(float(value)) or float(value) != int(value):
-        raise EngineError(f"The {name} must be a whole number, not {value!r}.")
-    if not low <= int(value) <= high:
-        raise EngineError(f"The {name} must be from {low} to {high}, not {int(value)}.")
-    return int(value)
+    """A whole number in [low, high] from a UI value (ints exactly, at any size), or one sentence saying why not."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EngineError(f"The {name} must be a whole number, not {shown(value)}.")
+    if not low <= value <= high:
+        raise EngineError(f"The {name} must be from {low} to {high}, not {shown(value)}.")
+    return value
 
 
 def text(name: str, value) -> str:
+    """Text from a UI value: a string that is valid Unicode (no lone surrogates), or one sentence."""
     if value is None:
         return ""
     if not isinstance(value, str):
         raise EngineError(f"The {name} must be text, not {type(value).__name__}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EngineError(f"The {name} holds characters that are not valid Unicode text.") from None
     return value
 
 
-def save_output(image: Image.Image, parameters: str) -> str:
-    """Write a PNG carrying the `parameters` chunk, so the file the page serves and downloads keeps it."""
-    path = OUTPUT_DIR / f"{uuid.uuid4().hex}.png"
-    save_png(image, path, parameters)
-    return str(path)
+def save_output(image: Image.Image, parameters: str) -> Image.Image:
+    """An output image carrying its `parameters` text: Gradio writes it once, as a PNG with that text chunk, into
+    the app's own folder (ui/storage.py), so the file the page serves and downloads keeps it."""
+    image = image.copy()
+    image.info["parameters"] = parameters
+    return image
 
 
 def gallery_items(result: Result) -> list[tuple[str, str]]:
@@ -101,7 +109,7 @@ def progress_adapter(progress: gr.Progress, rows: int = 1, label: str = "denoisi
 def number(name: str, value) -> float:
     """A finite number from a UI value, or one sentence saying why not."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise EngineError(f"The {name} must be a finite number, not {value!r}.")
+        raise EngineError(f"The {name} must be a finite number, not {shown(value)}.")
     return float(value)
 
 
@@ -238,10 +246,10 @@ def sampling_controls(default_steps: int = 25):
 def seed_row(prefix: str, num_images: bool = True):
     """Seed with a randomize button, and the number of images."""
     with gr.Row():
-        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=SEED_MAX, scale=3)
+        seed = SeedInput("0", label="Seed", info=f"a whole number from 0 to {SEED_MAX}", scale=3, max_lines=1)
         dice = gr.Button("Randomize", scale=1, size="sm")
         count = gr.Slider(1, 8, value=1, step=1, label="Images", scale=3) if num_images else None
-    dice.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_name=f"{prefix}_random_seed", queue=False)
+    dice.click(lambda: str(random.randint(0, SEED_MAX)), None, seed, api_name=f"{prefix}_random_seed", queue=False)
     return seed, count
 
 
@@ -252,18 +260,3 @@ def reproduce_box():
 def gallery(label: str = "Images", **kwargs):
     return gr.Gallery(label=label, columns=4, height="auto", format="png", object_fit="contain",
                       buttons=["download", "fullscreen"], **kwargs)
-
-
-class ImageInput(gr.Image):
-    """gr.Image whose unreadable uploads (corrupt, not an image) become one sentence instead of PIL's exception."""
-
-    def get_block_name(self) -> str:
-        return "image"  # the same front-end component as gr.Image
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception as exc:
-            raise gr.Error(f"The image could not be read ({type(exc).__name__}); upload a PNG or JPEG file.") from None

@@ -40,7 +40,7 @@ def attention_items(result: Result, maps) -> list[tuple[str, str]]:
     return [(save_output(heatmap(result.images[0], weights), result.parameters[0]), token) for token, weights in maps]
 
 
-def make_handler(engine: Engine):
+def make_handler(engine: Engine, models: ModelChoices):
     """/text2img: the endpoint's parameters are the fixed ones below plus every guider's declared parameters."""
     leading, trailing = guidance_api(DEFAULT_SCALE)
     params = [("prompt", inspect.Parameter.empty), ("negative_prompt", ""), ("model", None), *leading,
@@ -48,7 +48,7 @@ def make_handler(engine: Engine):
               ("attention", False), *trailing]
 
     def text2img(v: dict):
-        req = Request(model=v["model"] or None, prompt=text("prompt", v["prompt"]),
+        req = Request(model=models.pick(v["model"], "text"), prompt=text("prompt", v["prompt"]),
                       negative_prompt=text("negative prompt", v["negative_prompt"]), guidance=guidance_settings(v),
                       steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
                       seed=whole("seed", v["seed"], 0, SEED_MAX),
@@ -85,7 +85,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
             attention = gallery("Cross-attention per prompt token (image 1, last steps)")
             command = reproduce_box()
     leading, trailing = guidance_api(DEFAULT_SCALE)
-    handler = make_handler(engine)
+    handler = make_handler(engine, models)
     inputs = [prompt, negative, model, *g.inputs(leading), steps, scheduler, seed, count, show_trajectory,
               show_attention, *g.inputs(trailing)]
     outputs = [images, command, trajectory, attention]

@@ -37,14 +37,38 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def load_image(path) -> Image.Image:
-    """Open an image file or fail with one sentence."""
+_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+def _checked(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise EngineError(f"The image is {width}x{height}; the limit is 16 megapixels.")
+    return image
+
+
+def check_image_header(path) -> None:
+    """Refuse an image whose header declares more than 16 megapixels, before any pixel is decoded."""
+    try:
+        with Image.open(path) as image:  # reads the header only
+            _checked(image)
+    except EngineError:
+        raise
+    except _UNREADABLE as exc:
+        raise EngineError(f"The image could not be read ({type(exc).__name__}); upload a PNG or JPEG file.") from exc
+
+
+def read_image(path) -> Image.Image:
+    """Open an image file, its declared size checked from the header before any pixel is decoded; one sentence on
+    failure, never naming the path."""
     try:
         with Image.open(path) as image:
-            image.load()
+            _checked(image).load()
             return image.copy()
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise EngineError(f"The image '{path}' could not be read ({type(exc).__name__}).") from exc
+    except EngineError:
+        raise
+    except _UNREADABLE as exc:
+        raise EngineError(f"The image could not be read ({type(exc).__name__}); upload a PNG or JPEG file.") from exc
 
 
 def prepare_control(source, control_type: str, *, size: tuple[int, int] = (64, 64), low: int = 100,

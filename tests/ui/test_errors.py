@@ -30,12 +30,13 @@ def test_text2img_bad_input(client, kwargs, expected):
     assert expected in error_of(client, api_name="/text2img", steps=2, **kwargs)
 
 
-def test_nan_reaches_the_handler_as_a_sentence(lab_app):
+def test_nan_reaches_the_handler_as_a_sentence(lab_app, tiny_root):
     import gradio as gr
 
+    from ui.models import folder_choices
     from ui.text2img import make_handler
 
-    handler = make_handler(lab_app[1])
+    handler = make_handler(lab_app[1], folder_choices(tiny_root, steps=2))
     with pytest.raises(gr.Error, match="finite"):
         handler("a circle", scale=math.nan, steps=2, progress=None)
     with pytest.raises(gr.Error, match="whole number"):
