@@ -84,7 +84,26 @@ def shares_conditional(settings: GuidanceSettings, scale: float) -> bool:
     return scale == 1 and GUIDERS[settings.method].plain_at_one
 
 
-def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]], callback):
+def _todo(settings: GuidanceSettings, scales: tuple[float, ...], seeds: int) -> list[tuple[int, float]]:
+    """The (seed offset, scale) cells a row must run itself; the others are the shared conditional run."""
+    return [(k, s) for k in range(seeds) for s in scales if not shares_conditional(settings, s)]
+
+
+def estimate_seconds(engine, base, rows: tuple[str, ...], scales: tuple[float, ...], seeds: int) -> float:
+    """Seconds the comparison should take here, from the same batches `compare` runs."""
+    cells = [len(_todo(row_settings(label, scales), scales, seeds)) for label in rows]
+    shared = seeds if any(n < seeds * len(scales) for n in cells) else 0
+    batches = [(n, 2) for n in cells if n] + ([(shared, 1)] if shared else [])  # own cells: c and u; shared: c
+    total = 0.0
+    for images, branches in batches:
+        for first in range(0, images, MAX_IMAGES):
+            group = min(MAX_IMAGES, images - first)
+            settings = GuidanceSettings("cfg", 7.5 if branches == 2 else 1.0)
+            total += engine.estimate_seconds(replace(base, guidance=settings, num_images=group))
+    return total
+
+
+def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]], callback, cancel=None):
     """Images for (seed offset, scale) cells, in as few batched Requests as the engine's batch limit allows."""
     images = {}
     parameters = ""
@@ -92,7 +111,7 @@ def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]
         group = cells[first:first + MAX_IMAGES]
         req = replace(base, guidance=settings.replace(scale=tuple(s for _, s in group)), num_images=len(group),
                       image_seeds=tuple(base.seed + k for k, _ in group))
-        result = engine.generate(req, callback=callback)
+        result = engine.generate(req, callback=callback, cancel=cancel)
         images.update(zip(group, result.images))
         parameters = parameters or result.parameters[0]
     return images, parameters
@@ -100,7 +119,7 @@ def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]
 
 def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[float, ...] = DEFAULT_SCALES, *,
             seeds: int = 3, measure: Measure | None = None,
-            callback: Callable[[int, dict], None] | None = None) -> Comparison:
+            callback: Callable[[int, dict], None] | None = None, cancel=None) -> Comparison:
     """Batched Requests per row (every scale times every seed), the grid showing `base.seed` in each cell; the
     scale-1 cells that are plain conditional runs are computed once for all rows."""
     if not rows:
@@ -116,11 +135,12 @@ def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[fl
     for r, label in enumerate(rows):
         settings = row_settings(label, scales)
         report = (lambda info, r=r: callback(r, info)) if callback else None
-        todo = [(k, s) for k in range(seeds) for s in scales if not shares_conditional(settings, s)]
-        images, params = _run(engine, base, settings, todo, report)
+        todo = _todo(settings, scales, seeds)
+        images, params = _run(engine, base, settings, todo, report, cancel)
         if len(todo) < seeds * len(scales):
             if not shared:
-                shared, shared_params = _run(engine, base, settings, [(k, 1.0) for k in range(seeds)], report)
+                shared, shared_params = _run(engine, base, settings, [(k, 1.0) for k in range(seeds)], report,
+                                             cancel)
             images.update(shared)
             params = params or shared_params
         cells.append([images[0, s] for s in scales])

@@ -4,6 +4,9 @@ one denoising loop, decode. Text, class and ControlNet requests differ only in t
 from __future__ import annotations
 
 import inspect
+import math
+import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,10 +22,25 @@ from .guiders import GuidanceSettings
 from .loading import ModelStore
 from .parallel import BatchSplitter
 from .registry import ModelSpec, default_model, resolve
-from .request import ControlSpec, Request, check_request, png_parameters
+from .meter import WorkMeter, units
+from .request import ControlSpec, Request, check_request, evals_per_step, png_parameters
 from .runner import Inline, ModelThread
 from .sampler import guided_model, sample, with_classifier_guidance
 from .schedulers import make_scheduler
+
+class Stopped(EngineError):
+    """The run was cancelled between steps (its client left or pressed Stop)."""
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """How a run is observed: its step callback, where x0 previews are decoded, and its cancel flag."""
+
+    callback: Callable[[dict], None] | None
+    preview_steps: set[int]
+    live_every_s: float | None
+    cancel: threading.Event | None
+
 
 @dataclass
 class Result:
@@ -58,6 +76,7 @@ class Engine:
         # cores from there (engine/parallel.py); the thread ends with the engine.
         self.runner = ModelThread() if model_thread else Inline()
         self.splitter = BatchSplitter()
+        self.meter = WorkMeter()  # seconds per UNet evaluation, per model, as measured here
         weakref.finalize(self, self.runner.close)
 
     @property
@@ -79,13 +98,22 @@ class Engine:
         return _native_size(pipe)
 
     def generate(self, req: Request, callback: Callable[[dict], None] | None = None,
-                 preview_steps: set[int] | None = None) -> Result:
-        """Run the request on the model thread (engine/runner.py), from any thread."""
-        return self.runner.call(self._generate, req, callback, preview_steps)
+                 preview_steps: set[int] | None = None, *, live_every_s: float | None = None,
+                 cancel: threading.Event | None = None) -> Result:
+        """Run the request on the model thread (engine/runner.py), from any thread. `callback` gets each step's
+        dict, with the decoded x0 estimate as "preview" at `preview_steps` and as "live" at most every
+        `live_every_s` seconds; setting `cancel` stops the run between steps with `Stopped`."""
+        watch = _Watch(callback, preview_steps or set(), live_every_s, cancel)
+        return self.runner.call(self._generate, req, watch)
+
+    def estimate_seconds(self, req: Request) -> float:
+        """Seconds this request's denoising should take here, at the model's measured rate."""
+        check_request(req)
+        rate = self.meter.seconds_per_unit(self.model_spec(req).name, self.device.type)
+        return units(req.steps, evals_per_step(req)) * rate
 
     @torch.no_grad()  # no autograd graph through the models (10% of a step); classifier guidance opens its own
-    def _generate(self, req: Request, callback: Callable[[dict], None] | None,
-                  preview_steps: set[int] | None) -> Result:
+    def _generate(self, req: Request, watch: "_Watch") -> Result:
         check_request(req)
         spec = self.model_spec(req)
         pipe = self.loaded(spec)
@@ -114,9 +142,11 @@ class Engine:
         if guidance.classifier_scale > 0 or req.classifier:
             model_fn = self._with_classifier(model_fn, req, pipe, class_probs)
         previews: list[tuple[int, list[Image.Image]]] = []
-        step_report = self._reporter(pipe, req, callback, preview_steps, previews)
+        step_report = self._reporter(pipe, req, watch, previews)
+        started = time.perf_counter()  # the denoising loop alone: what the budget scales with
         latents = sample(model_fn, scheduler, latents, prediction_type=denoiser.prediction_type,
                          step_kwargs=_step_kwargs(scheduler, generator), callback=step_report)
+        self.meter.record(spec.name, units(req.steps, evals_per_step(req)), time.perf_counter() - started)
 
         # 6. Decode.
         images = self.decode(pipe, latents, generator, req.task == "class")
@@ -190,17 +220,24 @@ class Engine:
         labels = torch.tensor([label_id] * req.num_images, device=self.device)
         return with_classifier_guidance(model_fn, classifier, labels, req.guidance.classifier_scale, record)
 
-    def _reporter(self, pipe, req: Request, callback, preview_steps, previews):
-        if callback is None and not preview_steps:
+    def _reporter(self, pipe, req: Request, watch: "_Watch", previews):
+        if watch.callback is None and not watch.preview_steps and watch.cancel is None:
             return None
+        last_live = [-math.inf]
 
         def report(info: dict[str, Any]) -> None:
-            if preview_steps and info["i"] in preview_steps:
-                images = self.decode(pipe, info["denoised"], None, req.task == "class")
-                previews.append((info["i"], images))
-                info = {**info, "preview": images}
-            if callback is not None:
-                callback(info)
+            if watch.cancel is not None and watch.cancel.is_set():
+                raise Stopped(f"The run was stopped after {info['i'] + 1} of {info['num_steps']} steps.")
+            extra: dict[str, Any] = {}
+            if info["i"] in watch.preview_steps:
+                extra["preview"] = self.decode(pipe, info["denoised"], None, req.task == "class")
+                previews.append((info["i"], extra["preview"]))
+            now = time.perf_counter()
+            if watch.live_every_s is not None and now - last_live[0] >= watch.live_every_s:
+                last_live[0] = now
+                extra["live"] = extra.get("preview") or self.decode(pipe, info["denoised"], None, req.task == "class")
+            if watch.callback is not None:
+                watch.callback({**info, **extra})
 
         return report
 

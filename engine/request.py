@@ -179,3 +179,10 @@ def output_paths(out: Path, seeds: list[int]) -> list[Path]:
     if len(seeds) == 1:
         return [out]
     return [out.with_name(f"{out.stem}-{seed}{out.suffix}") for seed in seeds]
+
+
+def evals_per_step(req: Request) -> int:
+    """UNet sample-evaluations of one step: images x branches (the unconditional one when guided), each ControlNet's
+    encoder counted as one more."""
+    branches = 2 if req.guidance.guided else 1
+    return req.num_images * branches * (1 + len(req.controls))

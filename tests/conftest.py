@@ -20,8 +20,12 @@ def tiny_root(tiny_folders):
 @pytest.fixture(scope="session")
 def lab_app(tiny_root):
     """(url, engine) of the app serving every tab from the tiny model folders; closed after the session."""
+    import os
+
     import app
     from ui.models import folder_choices
+
+    os.environ.setdefault("LAB_MAX_WORK_S", "600")  # the tests' long runs are long on purpose; budget tests set it
 
     engine = Engine()
     demo = app.create_app(engine, folder_choices(tiny_root, steps=2))

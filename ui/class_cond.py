@@ -12,8 +12,9 @@ from engine.request import Request
 from engine.registry import resolve
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, SEED_MAX, gallery, gallery_items, guarded, number, progress_adapter, reproduce,
-                     reproduce_box, sampling_controls, seed_row, whole)
+from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, both, check_budget, gallery, gallery_items, guarded,
+                     in_background, live_gallery, number, progress_adapter, reproduce, reproduce_box,
+                     sampling_controls, seed_row, whole)
 
 NO_CLASSIFIER = "none"
 
@@ -60,8 +61,17 @@ def make_handler(engine: Engine, models: ModelChoices):
                       classifier=None if classifier in (None, "", NO_CLASSIFIER) else models.pick(classifier, "classifier"),
                       steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
                       seed=whole("seed", seed, 0, SEED_MAX), num_images=whole("number of images", num_images, 1, 16))
-        result = engine.generate(req, callback=progress_adapter(progress))
-        return gallery_items(result), probability_frame(result), reproduce(result)
+        check_budget(engine.estimate_seconds(req))
+
+        def work(report, cancel):
+            return engine.generate(req, callback=both(progress_adapter(progress), report), live_every_s=LIVE_EVERY_S,
+                                   cancel=cancel)
+
+        for kind, value in in_background(work):
+            if kind == "done":
+                yield gallery_items(value), probability_frame(value), reproduce(value)
+            else:
+                yield live_gallery(value), gr.skip(), gr.skip()
 
     return class_cond
 

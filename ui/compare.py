@@ -7,7 +7,7 @@ import functools
 import gradio as gr
 import pandas as pd
 
-from engine.compare import DEFAULT_ROWS, DEFAULT_SCALES, compare, parse_scales
+from engine.compare import DEFAULT_ROWS, DEFAULT_SCALES, compare, estimate_seconds, parse_scales
 from engine.generate import Engine
 from engine.guiders.settings import compare_rows
 from engine.registry import is_project_model
@@ -15,8 +15,8 @@ from engine.request import Request
 from world.measures import cell_measures
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, prompt_controls, SEED_MAX, guarded, progress_adapter, sampling_controls, save_output, seed_row,
-                     text, whole)
+from .shared import (MODEL_EVENT, SEED_MAX, check_budget, guarded, in_background, progress_adapter, prompt_controls,
+                     sampling_controls, save_output, seed_row, text, whole)
 
 MEASURES = {"saturation": "Mean saturation", "clipped": "Fraction of clipped pixels",
             "diversity": "Diversity across seeds", "adherence": "Adherence (project's models only)"}
@@ -34,9 +34,21 @@ def make_handler(engine: Engine, models: ModelChoices):
         rows = tuple(methods or ())
         report = progress_adapter(progress, rows=max(1, len(rows)), label="grid")
         judge = base.prompt if is_project_model(base.model) else None  # the world judges only the lab's models
-        result = compare(engine, base, rows, parse_scales(text("scales", scales)),
-                         seeds=whole("number of seeds per cell", seeds, 1, 8),
-                         measure=functools.partial(cell_measures, prompt=judge), callback=lambda r, i: report(i, r))
+        scale_list, seeds = parse_scales(text("scales", scales)), whole("number of seeds per cell", seeds, 1, 8)
+        check_budget(estimate_seconds(engine, base, rows, scale_list, seeds))
+
+        def work(_report, cancel):
+            return compare(engine, base, rows, scale_list, seeds=seeds, cancel=cancel,
+                           measure=functools.partial(cell_measures, prompt=judge),
+                           callback=(lambda r, i: report(i, r)) if report else None)
+
+        for kind, result in in_background(work):
+            if kind == "done":
+                yield outputs(result)
+            else:
+                yield (gr.skip(),) * 6
+
+    def outputs(result):
         frame = pd.DataFrame(result.measures)
         judged = frame.dropna(subset=["adherence"])  # the evaluator judges only the project's own models
         return save_output(result.grid, result.parameters), frame, frame, frame, judged, frame.round(4)

@@ -15,9 +15,9 @@ from world.figure import POSES, preset_json
 
 from .models import ModelChoices
 from .inputs import ImageInput, SketchInput
-from .shared import (MODEL_EVENT, SEED_MAX, api_function, gallery, gallery_items, guarded,
-                     guidance_api, guidance_controls, guidance_settings, number, progress_adapter, reproduce,
-                     reproduce_box, sampling_controls, seed_row, text, whole)
+from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery, gallery_items,
+                     guarded, guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
+                     number, progress_adapter, reproduce, reproduce_box, sampling_controls, seed_row, text, whole)
 
 AUTO = "auto"
 MAX_POSE_JSON = 100_000  # characters: ten people with every joint take under 3,000
@@ -80,8 +80,17 @@ def make_handler(engine: Engine, models: ModelChoices):
                       steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
                       seed=whole("seed", v["seed"], 0, SEED_MAX),
                       num_images=whole("number of images", v["num_images"], 1, 16))
-        result = engine.generate(req, callback=progress_adapter(v["progress"]))
-        return gallery_items(result), image, reproduce(result)
+        check_budget(engine.estimate_seconds(req))
+
+        def work(report, cancel):
+            return engine.generate(req, callback=both(progress_adapter(v["progress"]), report),
+                                   live_every_s=LIVE_EVERY_S, cancel=cancel)
+
+        for kind, value in in_background(work):
+            if kind == "done":
+                yield gallery_items(value), image, reproduce(value)
+            else:
+                yield live_gallery(value), image, gr.skip()
 
     return api_function("controlnet", "Generate images that follow a control map (sketch, edges or pose) and a "
                         "prompt.", params, controlnet)

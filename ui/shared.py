@@ -7,7 +7,10 @@ import functools
 import inspect
 import logging
 import math
+import os
+import queue
 import random
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,24 +33,37 @@ SEED_MAX = MAX_SEED - MAX_IMAGES
 POSITIONAL_GUIDANCE = ("eta", "momentum", "norm_threshold", "rescale", "interval_start", "interval_end")
 
 
+def _as_error(exc: Exception, where: str) -> gr.Error:
+    """One gr.Error sentence for any failure: EngineError as written (at most 300 characters), anything else by its
+    type only (its message may hold server paths), with the traceback kept in the log."""
+    if isinstance(exc, gr.Error):
+        return gr.Error(sentence(exc.message))
+    if isinstance(exc, EngineError):
+        return gr.Error(sentence(str(exc)))
+    if isinstance(exc, RecursionError):
+        return gr.Error("The input is nested too deeply to read.")
+    log.error("unexpected failure in %s", where, exc_info=exc)
+    return gr.Error(f"The request failed unexpectedly ({type(exc).__name__}); the server's log has the details.")
+
+
 def guarded(fn):
-    """Map every failure to one gr.Error sentence: EngineError as written (at most 300 characters), anything else
-    by its type only (its message may hold server paths), with the traceback kept in the log."""
+    """Map every failure of a handler (or of a generator handler, at any yield) to one gr.Error sentence."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                raise _as_error(exc, fn.__name__) from None
+
+        return stream
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error as exc:
-            raise gr.Error(sentence(exc.message)) from None
-        except EngineError as exc:
-            raise gr.Error(sentence(str(exc))) from None
-        except RecursionError:
-            raise gr.Error("The input is nested too deeply to read.") from None
-        except Exception as exc:  # the page gets a sentence, the log keeps the traceback
-            log.exception("unexpected failure in %s", fn.__name__)
-            raise gr.Error(f"The request failed unexpectedly ({type(exc).__name__}); the server's log has the "
-                           f"details.") from None
+        except Exception as exc:
+            raise _as_error(exc, fn.__name__) from None
 
     return wrapper
 
@@ -148,13 +164,20 @@ def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Calla
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for n, d in params]
         + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
 
-    def endpoint(*args, **kwargs):
+    def values(args, kwargs) -> dict:
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise EngineError(f"The call does not match this endpoint's parameters ({exc}).") from None
         bound.apply_defaults()
-        return body(dict(bound.arguments))
+        return dict(bound.arguments)
+
+    if inspect.isgeneratorfunction(body):
+        def endpoint(*args, **kwargs):
+            yield from body(values(args, kwargs))
+    else:
+        def endpoint(*args, **kwargs):
+            return body(values(args, kwargs))
 
     endpoint.__signature__ = signature
     endpoint.__name__ = endpoint.__qualname__ = name
@@ -162,10 +185,66 @@ def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Calla
     return guarded(endpoint)
 
 
-def run(engine: Engine, req: Request, progress: gr.Progress | None = None, **kwargs) -> Result:
-    """The one generation path of every tab: generate with the progress bar fed from the step callback."""
-    callback = progress_adapter(progress) if progress is not None else None
-    return engine.generate(req, callback=callback, **kwargs)
+MAX_WORK_S = 30.0  # seconds of work per request on the machine serving it; LAB_MAX_WORK_S overrides
+LIVE_EVERY_S = 0.5  # how often a run shows its x0 estimate (and lets a departed client's run be stopped)
+
+
+def check_budget(seconds: float, limit: float | None = None) -> None:
+    """Refuse a request whose estimated work is over the per-request budget, saying what to reduce."""
+    limit = float(os.environ.get("LAB_MAX_WORK_S", MAX_WORK_S)) if limit is None else limit
+    if seconds > limit:
+        raise EngineError(f"This request is about {seconds:.0f} s of work here; the limit is {limit:g} s per "
+                          f"request: use fewer images, steps, seeds, scales or methods.")
+
+
+def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any], poll_s: float = LIVE_EVERY_S):
+    """Run `work(report, cancel)` on a thread of its own (the engine's model thread does the model work) and yield
+    ("live", images) for each live preview it reports, ("tick", None) every `poll_s` otherwise, then ("done",
+    result). When the consumer stops (Gradio closes the generator of a departed or stopped client), `cancel` is
+    set and the engine stops between denoising steps."""
+    events: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def report(info: dict) -> None:
+        if "live" in info:
+            events.put(("live", (info["i"], info["num_steps"], info["live"])))
+
+    def target() -> None:
+        try:
+            events.put(("done", work(report, cancel)))
+        except BaseException as exc:  # handed to the consumer, which maps it to a sentence
+            events.put(("error", exc))
+
+    threading.Thread(target=target, name="request", daemon=True).start()
+    try:
+        while True:
+            try:
+                kind, value = events.get(timeout=poll_s)
+            except queue.Empty:
+                yield "tick", None
+                continue
+            if kind == "error":
+                raise value
+            yield kind, value
+            if kind == "done":
+                return
+    finally:
+        cancel.set()
+
+
+def live_gallery(live):
+    """Gallery items of a live preview (each image's current x0 estimate, captioned with the step); no change for a
+    tick without one."""
+    if live is None:
+        return gr.skip()
+    step, total, images = live
+    return [(image, f"x0 estimate, step {step + 1}/{total}") for image in images]
+
+
+def both(*callbacks):
+    """One step callback calling each of `callbacks` that is not None."""
+    live = [c for c in callbacks if c is not None]
+    return lambda info: [c(info) for c in live] and None
 
 
 @dataclass

@@ -12,8 +12,9 @@ from engine.generate import Engine, Result
 from engine.request import Request
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, prompt_controls, SEED_MAX, api_function, gallery, gallery_items, guidance_api, guidance_controls,
-                     guidance_settings, progress_adapter, reproduce, reproduce_box, sampling_controls, save_output,
+from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery, gallery_items,
+                     guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
+                     progress_adapter, prompt_controls, reproduce, reproduce_box, sampling_controls, save_output,
                      seed_row, text, whole)
 
 TRAJECTORY_POINTS = 5
@@ -53,13 +54,21 @@ def make_handler(engine: Engine, models: ModelChoices):
                       steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
                       seed=whole("seed", v["seed"], 0, SEED_MAX),
                       num_images=whole("number of images", v["num_images"], 1, 16))
-        kwargs = dict(callback=progress_adapter(v["progress"]),
-                      preview_steps=preview_steps(req.steps) if v["trajectory"] else None)
-        if v["attention"]:
-            result, maps = generate_with_attention(engine, req, **kwargs)
-        else:
-            result, maps = engine.generate(req, **kwargs), []
-        return gallery_items(result), reproduce(result), trajectory_strip(result), attention_items(result, maps)
+        check_budget(engine.estimate_seconds(req))
+
+        def work(report, cancel):
+            kwargs = dict(callback=both(progress_adapter(v["progress"]), report), live_every_s=LIVE_EVERY_S,
+                          preview_steps=preview_steps(req.steps) if v["trajectory"] else None, cancel=cancel)
+            if v["attention"]:
+                return generate_with_attention(engine, req, **kwargs)
+            return engine.generate(req, **kwargs), []
+
+        for kind, value in in_background(work):
+            if kind == "done":
+                result, maps = value
+                yield gallery_items(result), reproduce(result), trajectory_strip(result), attention_items(result, maps)
+            else:
+                yield live_gallery(value), gr.skip(), gr.skip(), gr.skip()
 
     return api_function("text2img", "Generate images from a text prompt with the picked guidance method.",
                         params, text2img)

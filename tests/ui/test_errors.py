@@ -38,9 +38,9 @@ def test_nan_reaches_the_handler_as_a_sentence(lab_app, tiny_root):
 
     handler = make_handler(lab_app[1], folder_choices(tiny_root, steps=2))
     with pytest.raises(gr.Error, match="finite"):
-        handler("a circle", scale=math.nan, steps=2, progress=None)
+        next(handler("a circle", scale=math.nan, steps=2, progress=None))  # the handler streams: a generator
     with pytest.raises(gr.Error, match="whole number"):
-        handler("a circle", steps=math.nan, progress=None)
+        next(handler("a circle", steps=math.nan, progress=None))
 
 
 def test_unknown_class(client):
