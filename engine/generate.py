@@ -197,7 +197,8 @@ class Engine:
         labels = getattr(pipe, "labels", None) or {}
         if label not in labels:
             known = ", ".join(self.class_names(pipe)[:20])
-            raise EngineError(f"Unknown class '{label}'; this model knows: {known or 'class ids only'}.")
+            shown = label if len(label) <= 40 else label[:37] + "..."
+            raise EngineError(f"Unknown class '{shown}'; this model knows: {known or 'class ids only'}.")
         return labels[label]
 
     def _class_denoiser(self, pipe, req: Request, guidance: GuidanceSettings):

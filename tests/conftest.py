@@ -19,7 +19,7 @@ def tiny_root(tiny_folders):
 
 @pytest.fixture(scope="session")
 def lab_app(tiny_root):
-    """(url, engine) of the app serving every tab from the tiny model folders; closed after the session."""
+    """(url, engine, demo) of the app serving every tab from the tiny model folders; closed after the session."""
     import os
 
     import app
@@ -30,7 +30,7 @@ def lab_app(tiny_root):
     engine = Engine()
     demo = app.create_app(engine, folder_choices(tiny_root, steps=2))
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.launch_options())
-    yield url, engine
+    yield url, engine, demo
     demo.close()
 
 

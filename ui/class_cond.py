@@ -14,7 +14,7 @@ from engine.registry import resolve
 from .models import ModelChoices
 from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, both, check_budget, gallery, gallery_items, guarded,
                      in_background, live_gallery, number, progress_adapter, reproduce, reproduce_box,
-                     sampling_controls, seed_row, whole)
+                     sampling_controls, seed_row, text, whole)
 
 NO_CLASSIFIER = "none"
 
@@ -29,11 +29,11 @@ def class_names(engine: Engine, model: str | None) -> list[str]:
         return []
 
 
-def usable_classifier(names: list[str]) -> str:
-    """The first classifier that resolves here, else 'none'."""
-    for name in names:
+def usable_classifier(models: ModelChoices) -> str:
+    """The first offered classifier that resolves here, else 'none'."""
+    for name in models.classifier:
         try:
-            resolve(name, "classifier")
+            resolve(models.path(name), "classifier")
             return name
         except EngineError:
             continue
@@ -52,10 +52,13 @@ def make_handler(engine: Engine, models: ModelChoices):
     def class_cond(class_label: str, model: str | None = None, scale: float = 4.0, classifier_scale: float = 0.0,
                    classifier: str = NO_CLASSIFIER, steps: int = 25, scheduler: str = "ddim", seed: int = 0,
                    num_images: int = 1, progress=gr.Progress()):
-        if class_label is None or not str(class_label).strip():
+        if isinstance(class_label, int) and not isinstance(class_label, bool):
+            class_label = str(class_label)  # a class id
+        class_label = text("class", class_label)
+        if not class_label.strip():
             raise EngineError("Pick a class to generate.")
         model = models.pick(model, "class")
-        req = Request(model=model, class_label=str(class_label).strip(),
+        req = Request(model=model, class_label=class_label.strip(),
                       guidance=GuidanceSettings("cfg", number("CFG scale", scale),
                                                 classifier_scale=number("classifier scale", classifier_scale)),
                       classifier=None if classifier in (None, "", NO_CLASSIFIER) else models.pick(classifier, "classifier"),
@@ -77,7 +80,7 @@ def make_handler(engine: Engine, models: ModelChoices):
 
 
 def build(engine: Engine, models: ModelChoices) -> None:
-    names = class_names(engine, models.default("class"))
+    names = class_names(engine, models.pick(None, "class"))
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(models.classes, value=models.default("class"), label="Model",
@@ -86,7 +89,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
                                 info="the class the image should show")
             scale = gr.Slider(0, 20, value=4.0, step=0.5, label="CFG scale", info="1 = off (class-conditional only)")
             classifiers = [*models.classifier, NO_CLASSIFIER]
-            classifier = gr.Dropdown(classifiers, value=usable_classifier(models.classifier),
+            classifier = gr.Dropdown(classifiers, value=usable_classifier(models),
                                      label="Noise-aware classifier", info="also plots p(y | x_t) along the steps",
                                      allow_custom_value=True)
             classifier_scale = gr.Slider(0, 50, value=0, step=0.5, label="Classifier-guidance scale",

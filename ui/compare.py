@@ -31,7 +31,7 @@ def make_handler(engine: Engine, models: ModelChoices):
                        negative_prompt=text("negative prompt", negative_prompt),
                        steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
                        seed=whole("seed", seed, 0, SEED_MAX))
-        rows = tuple(methods or ())
+        rows = tuple(text("method name", m) for m in (methods or ()))
         report = progress_adapter(progress, rows=max(1, len(rows)), label="grid")
         judge = base.prompt if is_project_model(base.model) else None  # the world judges only the lab's models
         scale_list, seeds = parse_scales(text("scales", scales)), whole("number of seeds per cell", seeds, 1, 8)

@@ -52,7 +52,7 @@ def control_map(engine: Engine, models: ModelChoices, source, control_type: str,
     image = source
     if not preprocess:
         return Image.fromarray(to_rgb_array(image))
-    size = native_size(engine, model, models.default("text"))
+    size = native_size(engine, model, models.pick(None, "text"))
     return prepare_control(image, control_type, size=size, low=whole("Canny low threshold", low, 0, 1000),
                            high=whole("Canny high threshold", high, 0, 1000))
 

@@ -121,7 +121,7 @@ class LabBlocks(gr.Blocks):
         try:
             return await super().preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error as exc:
-            raise gr.Error(sentence(exc.message)) from None
+            raise gr.Error(sentence(_choice_message(exc.message))) from None
         except Exception as exc:  # validation before the components run: counts, file payloads
             expected = len(block_fn.inputs)
             if not isinstance(inputs, list) or len(inputs) != expected:
@@ -129,6 +129,14 @@ class LabBlocks(gr.Blocks):
                                f"{len(inputs) if isinstance(inputs, list) else 'something else'}.") from None
             raise gr.Error(sentence(f"An input could not be read ({type(exc).__name__}); files must be uploaded "
                                     f"through the client, and every other value must match the API page.")) from None
+
+
+def _choice_message(message: str) -> str:
+    """Gradio's "Value: X is not in the list of choices: [...]" with the value quoted, as every other message."""
+    found = re.fullmatch(r"Value: (.*) is not in the list of choices: \[(.*)\]", message, re.S)
+    if not found:
+        return message
+    return f"{shown(found.group(1))} is not one of the choices: {found.group(2)}."
 
 
 def _expected(block) -> str:

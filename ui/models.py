@@ -35,19 +35,29 @@ class ModelChoices:
         default), a folder under LAB_MODEL_DIR, or anything when the operator allows any model. Anything else gets
         one sentence listing what is offered; nothing is looked up on disk or on the hub before that."""
         if name is None or name == "":
-            return default if default is not None else (self.default(kind) if kind != "controlnet" else None)
+            return self.path(default if default is not None else (self.default(kind) if kind != "controlnet" else None))
         offered = self.offered(kind)
-        if isinstance(name, str) and (name in offered or self.allow_any or self._under_root(name)):
-            return name
+        valid = isinstance(name, str) and len(name) <= 4096 and name.isprintable() and _encodable(name)
+        if valid and (name in offered or self.allow_any or self._under_root(name)):
+            return self.path(name)
         label = {"text": "text-to-image model", "class": "class-conditional model", "classifier": "classifier",
                  "controlnet": "ControlNet"}[kind]
         raise EngineError(f"Unknown {label} {shown_name(name)}; this app offers: {', '.join(offered) or 'none'}.")
 
+    def path(self, name: str | None) -> str | None:
+        """What the engine loads for an offered name: the folder under LAB_MODEL_DIR, or the registry name."""
+        if name is None or self.root is None or not self._under_root(name):
+            return name
+        return str(self.root / name)
+
     def _under_root(self, name: str) -> bool:
-        if self.root is None or len(name) > 4096 or "\0" in name:
+        """A model folder under LAB_MODEL_DIR (never a path that leaves it)."""
+        if self.root is None:
             return False
         root = self.root.resolve()
-        return (root / name).resolve().is_relative_to(root) and (root / name).resolve() != root
+        target = (root / name).resolve()
+        inside = target.is_relative_to(root) and target != root
+        return inside and any((target / f).is_file() for f in ("model_index.json", "config.json"))
 
     def default(self, kind: str) -> str | None:
         names = {"text": self.text, "class": self.classes, "classifier": self.classifier}[kind]
@@ -63,10 +73,18 @@ class ModelChoices:
         reasons = []
         for name in dict.fromkeys(n for n in names if n):
             try:
-                resolve(name)
+                resolve(self.path(name))
             except EngineError as exc:
                 reasons.append(str(exc))
         return reasons
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def shown_name(name) -> str:
@@ -97,7 +115,7 @@ def folder_choices(root: Path, steps: int = 25) -> ModelChoices:
     found: dict[str, list[str]] = {"text": [], "class": [], "classifier": [], "controlnet": []}
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
         try:
-            found[resolve(str(folder)).kind].append(str(folder))
+            found[resolve(str(folder)).kind].append(folder.name)  # offered by name; pick() gives the path
         except EngineError:
             continue
     if not found["text"]:

@@ -186,7 +186,8 @@ def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Calla
 
 
 MAX_WORK_S = 30.0  # seconds of work per request on the machine serving it; LAB_MAX_WORK_S overrides
-LIVE_EVERY_S = 0.5  # how often a run shows its x0 estimate (and lets a departed client's run be stopped)
+LIVE_EVERY_S = 0.5  # how often a run shows its x0 estimate
+POLL_S = 0.1  # how often a stream yields, so that Gradio can end the run of a client that left or pressed Stop
 
 
 def check_budget(seconds: float, limit: float | None = None) -> None:
@@ -197,7 +198,7 @@ def check_budget(seconds: float, limit: float | None = None) -> None:
                           f"request: use fewer images, steps, seeds, scales or methods.")
 
 
-def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any], poll_s: float = LIVE_EVERY_S):
+def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any], poll_s: float = POLL_S):
     """Run `work(report, cancel)` on a thread of its own (the engine's model thread does the model work) and yield
     ("live", images) for each live preview it reports, ("tick", None) every `poll_s` otherwise, then ("done",
     result). When the consumer stops (Gradio closes the generator of a departed or stopped client), `cancel` is
@@ -317,7 +318,7 @@ def prompt_controls(models, prompt: str = DEFAULT_PROMPT, negative_label: str = 
 def sampling_controls(default_steps: int = 25):
     """Steps and scheduler, inside their own accordion."""
     with gr.Accordion("Sampling", open=False):
-        steps = gr.Slider(1, 150, value=default_steps, step=1, label="Steps")
+        steps = gr.Slider(1, 500, value=default_steps, step=1, label="Steps")
         scheduler = gr.Dropdown(list(SCHEDULERS), value="ddim", label="Scheduler")
     return steps, scheduler
 
