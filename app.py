@@ -8,7 +8,6 @@ tests' tiny models, or freshly trained ones) instead of the registry's names.
 from __future__ import annotations
 
 import argparse
-import os
 
 import gradio as gr
 
@@ -16,7 +15,7 @@ from engine.generate import Engine
 from ui import class_cond, compare, controlnet, text2img
 from ui.inputs import LabBlocks
 from ui.models import ModelChoices, choices_from_env
-from ui.storage import Storage
+from ui.storage import process_storage
 
 QUEUE_SIZE = 16  # waiting events beyond this are refused with "queue is full"
 SESSIONS = 200  # client sessions whose state is kept; older ones are dropped (Gradio's default is 10,000)
@@ -39,8 +38,7 @@ def create_app(engine: Engine | None = None, models: ModelChoices | None = None,
     one folder of its own."""
     engine = engine or Engine()
     models = models or choices_from_env(engine.device.type == "cuda", allow_any_model)
-    storage = Storage().start()
-    os.environ["GRADIO_TEMP_DIR"] = str(storage.folder)  # read by the Blocks below: uploads and outputs go there
+    storage = process_storage()  # uploads and outputs of the Blocks below go there
     with LabBlocks(title=TITLE, delete_cache=(SWEEP_S, int(storage.max_age_s))) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         missing = models.missing()

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=_whole("seed"), default=0)
     gen.add_argument("--height", type=_whole("height"))
     gen.add_argument("--width", type=_whole("width"))
-    gen.add_argument("--num-images", type=_whole("number of images"), default=1)
+    gen.add_argument("--num-images", type=_whole("number of images"), default=1,
+                     help="images of seeds SEED, SEED+1, ...; each equals its single run within one level out of 255 "
+                          "(the CPU's kernels sum a batch in a batch-dependent order)")
     gen.add_argument("--out", required=True, help="output PNG path")
 
     bench = sub.add_parser("bench", help="seconds per image, engine against the diffusers pipeline; --grid: the "

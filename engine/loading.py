@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline
 
+from .cpu_attention import SmallHeadKernel, use_small_head_attention
 from .errors import EngineError
 from .registry import ModelSpec, available_offline
 
@@ -59,6 +62,7 @@ class ModelStore:
         self._locks: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
         self.loads = 0  # how many loads actually ran; the tests hold the cache to it
+        self.attention_kernel = SmallHeadKernel() if self.device.type == "cpu" else None
 
     def get(self, spec: ModelSpec) -> Loaded:
         key = (spec.source, spec.kind, str(self.device), self.dtype)
@@ -66,7 +70,7 @@ class ModelStore:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._cache:
-                self._cache[key] = Loaded(spec, self._load_or_explain(spec))
+                self._cache[key] = Loaded(spec, self._speed_up(self._load_or_explain(spec)))
                 self.loads += 1
             return self._cache[key]
 
@@ -78,7 +82,16 @@ class ModelStore:
         except Exception as exc:  # from_pretrained raises many types; people need one sentence
             offline = ", ".join(available_offline()) or "none are present"
             if spec.is_local:
-                raise EngineError(f"The model folder '{spec.source}' could not be loaded "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}).") from exc
+                logging.getLogger("guidance_lab").warning("loading %s failed", spec.source, exc_info=exc)
+                raise EngineError(f"The model folder '{Path(spec.source).name}' could not be loaded "
+                                  f"({type(exc).__name__}); the server's log has the details.") from exc
             raise EngineError(f"The model '{spec.name}' could not be fetched from the Hugging Face hub (no network "
                               f"or an unknown id); the offline models that work here are: {offline}.") from exc
+
+    def _speed_up(self, obj: Any) -> Any:
+        """On the CPU, the UNet and ControlNets attend through the small-head kernel (engine/cpu_attention.py)."""
+        if self.attention_kernel is not None:
+            for model in (getattr(obj, "unet", None), obj if isinstance(obj, ControlNetModel) else None):
+                if model is not None:
+                    use_small_head_attention(model, self.attention_kernel)
+        return obj

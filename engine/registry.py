@@ -81,7 +81,7 @@ def resolve(name: str, kind: str | None = None) -> ModelSpec:
     if name in REGISTRY:
         spec = REGISTRY[name]
         if spec.offline and not spec.is_local:
-            raise EngineError(f"The project's model '{name}' is not in {ASSETS}; train it with the recipes in "
+            raise EngineError(f"The project's model '{name}' is not in assets/models/; train it with the recipes in "
                               f"training/ or pick another model ({', '.join(available_offline()) or 'none shipped'}).")
     elif Path(name).is_dir():
         folder_kind = _folder_kind(Path(name))

@@ -91,3 +91,18 @@ class Storage:
     def close(self) -> None:
         self._stop.set()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_process_storage: Storage | None = None
+_process_lock = threading.Lock()
+
+
+def process_storage() -> Storage:
+    """This process's Storage, made (and its sweeper started) on first use. Gradio reads its upload folder from
+    GRADIO_TEMP_DIR per request, so every app this process serves shares the one folder."""
+    global _process_storage
+    with _process_lock:
+        if _process_storage is None:
+            _process_storage = Storage().start()
+            os.environ["GRADIO_TEMP_DIR"] = str(_process_storage.folder)
+        return _process_storage

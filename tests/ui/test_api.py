@@ -107,3 +107,13 @@ def test_a_second_user_waits_and_is_served(client):
         done.set()
         watcher.join()
     assert any(s.code.name == "IN_QUEUE" for s in statuses)
+
+
+def test_every_whole_seed_up_to_the_maximum_is_exact(client):
+    for seed in (2**53 + 1, 2**63 - 17, str(2**63 - 17)):
+        images = client.predict("a red circle", seed=seed, api_name="/text2img", **FAST)[0]
+        assert png_parameters(images[0]["image"])["Seed"] == str(seed)
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="from 0 to 9223372036854775791"):
+        client.predict("a red circle", seed=2**63 - 16, api_name="/text2img", **FAST)

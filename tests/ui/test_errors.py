@@ -21,7 +21,7 @@ def error_of(client, *args, **kwargs) -> str:
     (dict(prompt=""), "prompt is empty"),
     (dict(prompt="a" * 1001), "1001 characters"),
     (dict(prompt="a circle", scale=31), "31"),
-    (dict(prompt="a circle", model="no-such-model"), "Unknown model"),
+    (dict(prompt="a circle", model="no-such-model"), "Unknown text-to-image model"),
     (dict(prompt="a circle", guidance="magic"), "magic"),
     (dict(prompt="a circle", scheduler="warp"), "warp"),
     (dict(prompt="a circle", interval_start=0.8, interval_end=0.2), "start before it ends"),
