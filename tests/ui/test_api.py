@@ -83,9 +83,10 @@ def test_compare_grid_and_measures(client):
     assert all(d > 0 for d in diversity)  # two seeds differ
 
 
-def test_a_second_user_waits_and_is_served(client):
+def test_a_second_user_waits_and_is_served(client, monkeypatch):
+    monkeypatch.setenv("LAB_MAX_WORK_S", "100000")
     # The first job is long enough (hundreds of steps) that the second is certainly queued behind it.
-    first = client.submit("a red circle", steps=150, num_images=8, api_name="/text2img")
+    first = client.submit("a red circle", steps=300, num_images=8, api_name="/text2img")
     # submit() is asynchronous: wait until the first job holds the worker, so the second must queue behind it.
     deadline = time.monotonic() + 60
     while first.status().code.name not in ("PROCESSING", "PROGRESS") and time.monotonic() < deadline:
