@@ -61,7 +61,8 @@ def make_handler(engine: Engine, models: ModelChoices):
         req = Request(model=model, class_label=class_label.strip(),
                       guidance=GuidanceSettings("cfg", number("CFG scale", scale),
                                                 classifier_scale=number("classifier scale", classifier_scale)),
-                      classifier=None if classifier in (None, "", NO_CLASSIFIER) else models.pick(classifier, "classifier"),
+                      classifier=None if classifier in (None, "", NO_CLASSIFIER) else models.pick(classifier,
+                                                                                                 "classifier"),
                       steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
                       seed=whole("seed", seed, 0, SEED_MAX), num_images=whole("number of images", num_images, 1, 16))
         check_budget(engine.estimate_seconds(req))
@@ -104,5 +105,5 @@ def build(engine: Engine, models: ModelChoices) -> None:
             command = reproduce_box()
     model.change(guarded(lambda m: gr.update(choices=class_names(engine, models.pick(m, "class")))), model, label,
                  api_name="class_names")
-    button.click(make_handler(engine, models), [label, model, scale, classifier_scale, classifier, steps, scheduler, seed,
-                                        count], [images, plot, command], api_name="class_cond", **MODEL_EVENT)
+    inputs = [label, model, scale, classifier_scale, classifier, steps, scheduler, seed, count]
+    button.click(make_handler(engine, models), inputs, [images, plot, command], api_name="class_cond", **MODEL_EVENT)

@@ -78,5 +78,5 @@ def build(engine: Engine, models: ModelChoices) -> None:
                 plots += [gr.LinePlot(x="scale", y=key, color="method", title=title, height=220)
                           for key, title in list(MEASURES.items())[2:]]
             table = gr.Dataframe(label="Measures per cell", interactive=False)
-    button.click(make_handler(engine, models), [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler],
-                 [grid, *plots, table], api_name="compare", **MODEL_EVENT)
+    inputs = [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler]
+    button.click(make_handler(engine, models), inputs, [grid, *plots, table], api_name="compare", **MODEL_EVENT)

@@ -26,7 +26,8 @@ from engine.schedulers import SCHEDULERS
 from .inputs import SeedInput, sentence, shown
 
 log = logging.getLogger("guidance_lab")
-MODEL_EVENT = dict(concurrency_id="model", concurrency_limit=1)  # every model-bound event shares one worker
+MODEL_EVENT = dict(concurrency_id="model", concurrency_limit=1,  # every model-bound event shares one worker
+                   trigger_mode="once")  # a page cannot queue a second run of an event while one is pending
 SEED_MAX = MAX_SEED - MAX_IMAGES
 # The guidance parameters the API published before they were generated from the guiders, in their positional
 # order; parameters of later guiders follow each endpoint's other parameters, so positional calls keep working.

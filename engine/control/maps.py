@@ -28,7 +28,8 @@ def _to_grey(canvas: np.ndarray) -> np.ndarray:
 
 
 def sketch_to_scribble(canvas: np.ndarray, size: int = SCRIBBLE_SIZE) -> np.ndarray:
-    """Dark strokes on a light canvas of any size -> size x size x 3 uint8 white strokes on black (ControlNet scribble)."""
+    """Dark strokes on a light canvas of any size -> size x size x 3 uint8 white strokes on black (ControlNet's
+    scribble convention)."""
     ink = (255 - _to_grey(canvas)) > INK_THRESHOLD  # invert: strokes become foreground
     h, w = ink.shape
     side = max(h, w)  # pad to a square with paper so the drawing keeps its aspect ratio

@@ -70,8 +70,8 @@ def test_ui_method_list_and_endpoint_parameters(throwaway, tiny_root):
 def test_it_runs_through_the_engine(throwaway, tiny_folders):
     engine = Engine()
     base = dict(model=str(tiny_folders["sd"]), prompt="a red circle", steps=2, seed=3)
-    images = {mix: engine.generate(Request(**base, guidance=GuidanceSettings("halfway", 6.0, halfway_mix=mix))).images[0]
-              for mix in (0.0, 1.0)}
+    halfway = lambda mix: GuidanceSettings("halfway", 6.0, halfway_mix=mix)  # noqa: E731
+    images = {mix: engine.generate(Request(**base, guidance=halfway(mix))).images[0] for mix in (0.0, 1.0)}
     cfg = engine.generate(Request(**base, guidance=GuidanceSettings("cfg", 6.0))).images[0]
     cond = engine.generate(Request(**base, guidance=GuidanceSettings("cfg", 1.0))).images[0]
     assert images[1.0].tobytes() == cfg.tobytes() and images[0.0].tobytes() == cond.tobytes()
