@@ -1,0 +1,117 @@
+"""Softmax attention for small heads on the CPU, in a page of C: torch's SDPA kernel is four times slower there.
+
+The lab's UNet attends with 8 heads of 4 channels over the 256 tokens of its 16x16 level (8 channels at 8x8). For
+heads that small the CPU flash kernel spends its time in two tiny matrix products per block of queries rather
+than in the softmax: 14.5 ms against 3.6 ms for one self-attention of a 15-image batch on one core, and attention
+was half of the UNet's time (`python -m engine bench --grid` shows the Compare grid before and after).
+engine/cpu_attention.c takes one query row at a time with keys and values laid out token-last, so that each of its
+loops runs along the tokens in vector registers. It is built with the system's C compiler for this machine the
+first time a model needs it (a fraction of a second). Everything else - other head sizes, masks, autograd, GPUs,
+half precision, no compiler - keeps diffusers' SDPA processor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+SOURCE = Path(__file__).with_suffix(".c")
+HEAD_DIMS = (4, 8)  # the head sizes the C kernel has loops for
+# The float licences the kernel's reductions need to vectorise (finite math: a NaN input need not come out NaN);
+# not -ffast-math, which would also switch the CPU to flush-to-zero for the whole process when the library loads.
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+         "-ffinite-math-only", "-shared", "-fPIC")
+
+log = logging.getLogger(__name__)
+
+
+class SmallHeadKernel:
+    """The compiled kernel, built on first use; `available` is False where it cannot be built."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._function = None
+        self._failed = False
+
+    @property
+    def available(self) -> bool:
+        return self._load() is not None
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        """softmax(q k^T / sqrt(D)) v per head, for q (B, L, H*D) and k, v (B, S, H*D); returns (B, L, H*D)."""
+        batch, queries, inner = q.shape
+        tokens, dim = k.shape[1], inner // heads
+        q = q.contiguous()
+        k_t = k.transpose(1, 2).contiguous()  # (B, H*D, S)
+        v_t = v.transpose(1, 2).contiguous()  # (B, H*D, S)
+        out = torch.empty_like(q)  # (B, L, H*D)
+        scratch = torch.empty(tokens)  # (S,)
+        status = self._load()(q.data_ptr(), k_t.data_ptr(), v_t.data_ptr(), out.data_ptr(), batch, queries, tokens,
+                              heads, dim, dim**-0.5, scratch.data_ptr())
+        if status != 0:
+            raise ValueError(f"The attention kernel has no loop for heads of {dim} channels.")
+        return out
+
+    def _load(self):
+        with self._lock:
+            if self._function is None and not self._failed:
+                try:
+                    self._function = _build()
+                except (OSError, subprocess.SubprocessError) as exc:  # no compiler, or one that refuses the flags
+                    self._failed = True
+                    log.warning("Attention stays torch's SDPA: the C kernel could not be built (%s).", exc)
+            return self._function
+
+
+def _build():
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise OSError("no C compiler found")
+    with tempfile.TemporaryDirectory(prefix="guidance-lab-") as folder:  # the loaded library outlives its file
+        library = Path(folder) / "cpu_attention.so"
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(library)], check=True, capture_output=True,
+                       timeout=60)
+        function = ctypes.CDLL(str(library)).attention  # ctypes lets go of the GIL while it runs: splits overlap
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 5 + [ctypes.c_float, ctypes.c_void_p]
+    return function
+
+
+class SmallHeadAttnProcessor(AttnProcessor2_0):
+    """diffusers' SDPA processor, with the C kernel where it applies: plain float32 CPU attention, no grad."""
+
+    def __init__(self, kernel: SmallHeadKernel):
+        super().__init__()
+        self.kernel = kernel
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
+        if not self._fits(attn, hidden_states, attention_mask):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states  # (B, S, C)
+        query = attn.to_q(hidden_states)  # (B, L, H*D)
+        out = self.kernel(query, attn.to_k(context), attn.to_v(context), attn.heads)  # (B, L, H*D)
+        out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
+        return out / attn.rescale_output_factor
+
+    def _fits(self, attn: Attention, hidden_states: torch.Tensor, attention_mask) -> bool:
+        plain = (attention_mask is None and attn.spatial_norm is None and attn.group_norm is None
+                 and attn.norm_cross is None and attn.norm_q is None and attn.norm_k is None
+                 and not attn.residual_connection)
+        tensor = (hidden_states.ndim == 3 and hidden_states.device.type == "cpu"
+                  and hidden_states.dtype == torch.float32 and not torch.is_grad_enabled())
+        return plain and tensor and attn.inner_dim // attn.heads in HEAD_DIMS and self.kernel.available
+
+
+def use_small_head_attention(model: torch.nn.Module, kernel: SmallHeadKernel) -> None:
+    """Give every attention layer of a diffusers model (UNet, ControlNet) the small-head processor."""
+    model.set_attn_processor(SmallHeadAttnProcessor(kernel))

@@ -1,0 +1,100 @@
+"""The small-head attention kernel: SDPA's numbers for the head sizes it serves, SDPA itself for everything else."""
+
+import shutil
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from engine.cpu_attention import SmallHeadAttnProcessor, SmallHeadKernel
+from engine.loading import ModelStore
+from engine.registry import resolve
+
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernel")
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return SmallHeadKernel()
+
+
+def _sdpa(q, k, v, heads):
+    (b, length, inner), dim = q.shape, q.shape[-1] // heads
+    split = lambda x: x.view(b, -1, heads, dim).transpose(1, 2)  # noqa: E731  (B, H, L, D)
+    out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).reshape(b, length, inner)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dim, queries, tokens", [(4, 256, 256), (4, 256, 7), (8, 64, 64), (8, 16, 33)])
+def test_kernel_is_as_accurate_as_sdpa(kernel, dim, queries, tokens):
+    gen = torch.Generator().manual_seed(dim + tokens)
+    heads = 8
+    q = torch.randn(3, queries, heads * dim, generator=gen) * 3  # scores well beyond +-1, as trained layers give
+    k = torch.randn(3, tokens, heads * dim, generator=gen) * 3
+    v = torch.randn(3, tokens, heads * dim, generator=gen)
+    exact = _sdpa(q.double(), k.double(), v.double(), heads)
+    ours = (kernel(q, k, v, heads) - exact).abs().max().item()
+    theirs = (_sdpa(q, k, v, heads) - exact).abs().max().item()  # float32 SDPA's own rounding, about 3e-6
+    assert ours < 2 * theirs + 1e-6
+
+
+def _attention(dim_head: int, cross: bool) -> Attention:
+    torch.manual_seed(0)
+    return Attention(32, cross_attention_dim=16 if cross else None, heads=32 // dim_head, dim_head=dim_head).eval()
+
+
+@needs_compiler
+@pytest.mark.parametrize("cross", [False, True])
+def test_processor_matches_diffusers_sdpa_processor(kernel, cross):
+    attn = _attention(4, cross)
+    x = torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(1))
+    context = torch.randn(2, 10, 16, generator=torch.Generator().manual_seed(2)) if cross else None
+    with torch.no_grad():
+        ours = SmallHeadAttnProcessor(kernel)(attn, x, context)
+        theirs = AttnProcessor2_0()(attn, x, context)
+    torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5)
+
+
+class _CountingKernel(SmallHeadKernel):
+    calls = 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return super().__call__(*args)
+
+
+@needs_compiler
+def test_everything_else_goes_to_sdpa_unchanged():
+    kernel = _CountingKernel()
+    processor = SmallHeadAttnProcessor(kernel)
+    x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(3))
+    attn = _attention(4, False)
+    with torch.no_grad():
+        wide = _attention(16, False)  # a head size without a loop
+        assert torch.equal(processor(wide, x), AttnProcessor2_0()(wide, x))
+        mask = torch.zeros(2, 1, 16)
+        assert torch.equal(processor(attn, x, attention_mask=mask), AttnProcessor2_0()(attn, x, attention_mask=mask))
+    assert torch.equal(processor(attn, x), AttnProcessor2_0()(attn, x))  # autograd on: SDPA's backward
+    assert kernel.calls == 0
+    with torch.no_grad():
+        processor(attn, x)
+    assert kernel.calls == 1  # the guard above counts
+
+
+def test_without_a_compiler_attention_stays_sdpa(monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler")
+    kernel = SmallHeadKernel()
+    assert not kernel.available
+    attn = _attention(4, False)
+    x = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(SmallHeadAttnProcessor(kernel)(attn, x), AttnProcessor2_0()(attn, x))
+
+
+def test_the_store_gives_unets_and_controlnets_the_processor(tiny_folders):
+    store = ModelStore(torch.device("cpu"))
+    unet = store.get(resolve(str(tiny_folders["sd"]), "text")).obj.unet
+    controlnet = store.get(resolve(str(tiny_folders["controlnet"]), "controlnet")).obj
+    for model in (unet, controlnet):
+        assert {type(p) for p in model.attn_processors.values()} == {SmallHeadAttnProcessor}
