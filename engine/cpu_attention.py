@@ -46,6 +46,9 @@ class SmallHeadKernel:
     def available(self) -> bool:
         return self._load() is not None
 
+    def __deepcopy__(self, memo) -> SmallHeadKernel:
+        return self  # a copied model shares the built kernel (and the lock that guards the build)
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
         """softmax(q k^T / sqrt(D)) v per head, for q (B, L, H*D) and k, v (B, S, H*D); returns (B, L, H*D)."""
         batch, queries, inner = q.shape

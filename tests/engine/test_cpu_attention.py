@@ -98,3 +98,11 @@ def test_the_store_gives_unets_and_controlnets_the_processor(tiny_folders):
     controlnet = store.get(resolve(str(tiny_folders["controlnet"]), "controlnet")).obj
     for model in (unet, controlnet):
         assert {type(p) for p in model.attn_processors.values()} == {SmallHeadAttnProcessor}
+
+
+def test_a_copied_model_shares_the_kernel(kernel):
+    import copy
+
+    attn = _attention(4, False)
+    attn.set_processor(SmallHeadAttnProcessor(kernel))
+    assert copy.deepcopy(attn).processor.kernel is kernel
