@@ -7,7 +7,7 @@ was half of the UNet's time (`python -m engine bench --grid` shows the Compare g
 engine/cpu_attention.c takes one query row at a time with keys and values laid out token-last, so that each of its
 loops runs along the tokens in vector registers. It is built with the system's C compiler for this machine the
 first time a model needs it (a fraction of a second). Everything else - other head sizes, masks, autograd, GPUs,
-half precision, no compiler - keeps diffusers' SDPA processor.
+half precision, no compiler, torch dispatch modes such as FLOP counting - keeps diffusers' SDPA processor.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 SOURCE = Path(__file__).with_suffix(".c")
 HEAD_DIMS = (4, 8)  # the head sizes the C kernel has loops for
@@ -112,6 +113,8 @@ class SmallHeadAttnProcessor(AttnProcessor2_0):
                  and not attn.residual_connection)
         tensor = (hidden_states.ndim == 3 and hidden_states.device.type == "cpu"
                   and hidden_states.dtype == torch.float32 and not torch.is_grad_enabled())
+        # The kernel is invisible to torch's dispatcher, so under a dispatch mode (FLOP counting) SDPA stands in.
+        tensor = tensor and _get_current_dispatch_mode() is None
         return plain and tensor and attn.inner_dim // attn.heads in HEAD_DIMS and self.kernel.available
 
 
