@@ -7,11 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiTPipeline, DiTTransformer2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
@@ -19,19 +18,33 @@ from torch import nn
 from engine.registry import write_id2label
 from world import SHAPES
 
-from . import pool as latent_pool
-from .classifier import shape_labels
-from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint
-from .text2img import SCHEDULE, min_snr_weights, start_stage
+from . import latents
+from .checkpoint import load_averaged, start_stage
+from .common import MODELS, RUNS, add_schedule_arguments, config_from, device
+from .diffusion import SCHEDULE, weighted_eps_loss
+from .loop import Loop, Schedule, train as train_loop
 
 P_UNCOND = 0.1
 NULL_ID = len(SHAPES)  # LabelEmbedding's extra row: the id DiTTransformer2DModel reserves for "no class"
 DIT = dict(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=6, num_attention_heads=4,
            attention_head_dim=32, num_embeds_ada_norm=len(SHAPES), norm_type="ada_norm_zero",
            norm_elementwise_affine=False, activation_fn="gelu-approximate")
-
-
 CLASS_STD = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DitConfig(latents.PoolRecipeConfig):
+    schedule: Schedule = Schedule(steps=6000, batch_size=64, lr=1e-3, warmup=200)
+    run: Path = RUNS / "dit"  # checkpoint folder (resumes)
+    out: Path = MODELS / "lab-dit"  # export folder
+    layers: int = DIT["num_layers"]  # more than the init has appends blocks that start as the identity
+    heads: int = DIT["num_attention_heads"]  # of 32 channels each
+    patch_size: int = DIT["patch_size"]
+    class_std: float = CLASS_STD  # scale the class embeddings start at
+
+    def transformer(self, dev: torch.device) -> DiTTransformer2DModel:
+        return build_transformer(dev, self.class_std, num_layers=self.layers, num_attention_heads=self.heads,
+                                 patch_size=self.patch_size)
 
 
 def adaln_zero_init(transformer: DiTTransformer2DModel, class_std: float = CLASS_STD) -> None:
@@ -81,52 +94,44 @@ def drop_labels(labels: torch.Tensor, gen: torch.Generator, p: float = P_UNCOND)
     return torch.where(drop.to(labels.device), torch.full_like(labels, NULL_ID), labels)
 
 
-def train(steps: int, pool: Path = latent_pool.POOL, vae_folder: Path = RUNS / "vae-final", batch_size: int = 64,
-          lr: float = 1e-3, run: Path | None = None, out: Path | None = None, warmup: int = 200,
-          pool_size: int = 30_000, init: Path | None = None, **arch) -> list[float]:
-    """Train (or resume) the DiT with min-SNR-weighted eps MSE, export the EMA weights as a DiTPipeline; returns
-    the loss of every step run. `arch` overrides DIT (num_layers, num_attention_heads, patch_size). `init` starts a
-    new stage, with its own warmup and cosine, from another run's EMA weights (the architecture must match)."""
-    torch.manual_seed(0)
+def batches(pool: latents.Pool, batch_size: int, start: int):
+    """From step `start` on: latents of single-object scenes, their shape ids (dropped to the null id at P_UNCOND),
+    noise and timesteps."""
     dev = device()
-    vae = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
-    data = latent_pool.ensure(pool, pool_size, vae_folder)
-    if abs(data.scaling - vae.config.scaling_factor) > 1e-6:
-        raise ValueError(f"The pool at {pool} was encoded by another VAE than {vae_folder}; rebuild one of them.")
-    index, labels = shape_labels(data)
-    transformer = build_transformer(dev, **arch)
+    for x0, y, gen in latents.labelled_batches(pool, batch_size, start):
+        y = drop_labels(y, gen).to(dev)  # (B,)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)  # (B, 4, 16, 16)
+        t = torch.randint(0, SCHEDULE["num_train_timesteps"], (batch_size,), generator=gen).to(dev)  # (B,)
+        yield x0.to(dev), y, noise, t
+
+
+def train(config: DitConfig) -> list[float]:
+    """Train (or resume) the DiT with min-SNR-weighted eps MSE, export the EMA weights as a DiTPipeline; returns
+    the loss of every step run."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_pretrained(config.vae).eval().requires_grad_(False)
+    pool = config.load()
+    if abs(pool.scaling - vae.config.scaling_factor) > 1e-6:
+        raise ValueError(f"The pool at {config.pool} was encoded by another VAE than {config.vae}; "
+                         "rebuild one of them.")
+    transformer = config.transformer(device())
     schedule = DDPMScheduler(**SCHEDULE)
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.0)
-    run = run or RUNS / "dit"
-    start_stage(init, run, {"transformer": transformer})
-    emas = {"transformer": EMA(transformer, 0.999)}
-    start = load_checkpoint(run, {"transformer": transformer}, optimizer, emas)
-    log = Log("dit", steps, start)
-    gen = torch.Generator().manual_seed(start)
-    rng = np.random.default_rng(start)
-    losses = []
-    for step in range(start, steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup)
-        pick = rng.integers(len(index), size=batch_size)
-        latents = data.latents(torch.from_numpy(index[pick]), gen).to(dev)  # (B, 4, 16, 16)
-        y = drop_labels(torch.from_numpy(labels[pick]), gen).to(dev)  # (B,)
-        noise = torch.randn(latents.shape, generator=gen).to(dev)  # (B, 4, 16, 16)
-        t = torch.randint(0, schedule.config.num_train_timesteps, (batch_size,), generator=gen).to(dev)  # (B,)
-        pred = transformer(schedule.add_noise(latents, noise, t), timestep=t, class_labels=y).sample  # (B, 4, 16, 16)
-        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * min_snr_weights(schedule, t)).mean()
-        losses.append(optimise(loss, optimizer, {"transformer": transformer}, emas, step))
-        if (step + 1) % 50 == 0:
-            log(step, loss=float(np.mean(losses[-50:])))
-        if (step + 1) % 250 == 0 or step + 1 == steps:
-            save_checkpoint(run, step + 1, {"transformer": transformer}, optimizer, emas)
-    export(vae, transformer, emas, out or MODELS / "lab-dit")
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.schedule.lr, weight_decay=0.0)
+    start_stage(config.init, config.run, {"transformer": transformer})
+
+    def loss(batch) -> torch.Tensor:
+        x0, y, noise, t = batch
+        pred = transformer(schedule.add_noise(x0, noise, t), timestep=t, class_labels=y).sample  # (B, 4, 16, 16)
+        return weighted_eps_loss(pred, noise, schedule, t).mean()
+
+    losses = train_loop(Loop("dit", config.schedule, config.run), {"transformer": transformer}, optimizer,
+                        lambda start: batches(pool, config.schedule.batch_size, start), loss)
+    export(vae, transformer, config.out)
     return losses
 
 
-def export(vae: AutoencoderKL, transformer: DiTTransformer2DModel, emas: dict, folder: Path) -> None:
-    """Write the EMA weights as a DiTPipeline folder (safetensors) whose labels are the shape names."""
-    emas["transformer"].copy_to(transformer)
+def export(vae: AutoencoderKL, transformer: DiTTransformer2DModel, folder: Path) -> None:
+    """Write a DiTPipeline folder (safetensors) whose labels are the shape names."""
     scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     DiTPipeline(transformer=transformer.eval(), vae=vae, scheduler=scheduler).save_pretrained(
         folder, safe_serialization=True)
@@ -134,44 +139,35 @@ def export(vae: AutoencoderKL, transformer: DiTTransformer2DModel, emas: dict, f
     print(f"saved {folder}", flush=True)
 
 
-def export_from_checkpoint(vae_folder: Path, run: Path, out: Path, **arch) -> int:
-    """Export the latest checkpoint's EMA weights without training further; returns its step."""
-    vae = AutoencoderKL.from_pretrained(vae_folder).eval()
-    transformer = build_transformer(torch.device("cpu"), **arch)
-    emas = {"transformer": EMA(transformer, 0.999)}
-    step = load_checkpoint(run, {"transformer": transformer}, torch.optim.AdamW(transformer.parameters()), emas)
-    if step == 0:
-        raise FileNotFoundError(f"No checkpoint in {run}.")
-    export(vae, transformer, emas, out)
+def export_from_checkpoint(config: DitConfig) -> int:
+    """Export the run's latest EMA weights without training further; returns its step."""
+    vae = AutoencoderKL.from_pretrained(config.vae).eval()
+    transformer = config.transformer(torch.device("cpu"))
+    step = load_averaged(config.run, {"transformer": transformer})
+    export(vae, transformer, config.out)
     return step
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--layers", type=int, default=DIT["num_layers"],
+    add_schedule_arguments(parser, DitConfig.schedule)
+    parser.add_argument("--layers", type=int, default=DitConfig.layers,
                         help="blocks; more than the --init run has appends blocks that start as the identity")
-    parser.add_argument("--heads", type=int, default=DIT["num_attention_heads"], help="heads of 32 channels")
-    parser.add_argument("--patch-size", type=int, default=DIT["patch_size"])
-    parser.add_argument("--class-std", type=float, default=CLASS_STD, help="scale the class embeddings start at")
-    parser.add_argument("--pool", type=Path, default=latent_pool.POOL)
-    parser.add_argument("--vae", type=Path, default=RUNS / "vae-final", help="the VAE the pool was encoded with")
-    parser.add_argument("--run", type=Path, default=RUNS / "dit", help="checkpoint folder (resumes)")
-    parser.add_argument("--out", type=Path, default=MODELS / "lab-dit", help="export folder")
-    parser.add_argument("--init", type=Path, help="start a new stage from this run's EMA weights")
+    parser.add_argument("--heads", type=int, default=DitConfig.heads, help="heads of 32 channels")
+    parser.add_argument("--patch-size", type=int, default=DitConfig.patch_size)
+    parser.add_argument("--class-std", type=float, default=DitConfig.class_std,
+                        help="scale the class embeddings start at")
+    latents.add_pool_arguments(parser)
+    parser.add_argument("--run", type=Path, default=DitConfig.run, help="checkpoint folder (resumes)")
+    parser.add_argument("--out", type=Path, default=DitConfig.out, help="export folder")
     parser.add_argument("--export-only", action="store_true", help="export the latest checkpoint and stop")
     args = parser.parse_args(argv)
     started = time.time()
-    arch = dict(num_layers=args.layers, num_attention_heads=args.heads, patch_size=args.patch_size,
-                class_std=args.class_std)
+    config = config_from(DitConfig, args)
     if args.export_only:
-        export_from_checkpoint(args.vae, args.run, args.out, **arch)
+        export_from_checkpoint(config)
         return
-    train(args.steps, args.pool, args.vae, args.batch_size, args.lr, args.run, args.out, args.warmup,
-          init=args.init, **arch)
+    train(config)
     print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
 
 

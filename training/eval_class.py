@@ -20,7 +20,7 @@ from engine.registry import resolve
 from world import SHAPES
 from world.detect import detect
 
-from .classifier import accuracy_by_noise, held_out_latents, print_accuracy
+from .noise_accuracy import accuracy_by_noise, held_out_latents, print_accuracy
 
 PER_BATCH = 8  # images per request, all of one class
 CFG_SCALES = (1.0, 2.0, 4.0, 8.0)

@@ -26,7 +26,7 @@ from engine.control.maps import canny
 from world import canonical_caption, evaluate
 from world.control_metrics import edge_f1, pose_hit_rate
 
-from .controlnet import TYPES, control_batch
+from .control_data import TYPES, control_batch
 
 SEED = 80_000_000  # scene seeds no training step uses (training/controlnet.py SEEDS and VALIDATION_SEED)
 DEFAULT_CONTROL_SCALE = next(f.default for f in fields(ControlSpec) if f.name == "scale")

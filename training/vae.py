@@ -1,9 +1,12 @@
-"""Recipe: the AutoencoderKL that maps the world's 64x64x3 scenes to 16x16x4 latents (Rombach et al., 2022)."""
+"""Recipe: the AutoencoderKL that maps the world's 64x64x3 scenes to 16x16x4 latents (Rombach et al., 2022), and the
+fine-tune of its decoder alone. `python -m training.vae --steps 3000`."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,25 +16,47 @@ from diffusers import AutoencoderKL
 from world import SHAPES, render_batch
 from world.detect import detect
 
-from .common import EMA, MODELS, RUNS, Log, cosine_lr, device, load_checkpoint, optimise, save_checkpoint
+from .common import RUNS, add_schedule_arguments, config_from, device, to_tensor
+from .loop import Loop, Schedule, train as train_loop
 
 CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
               up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=(16, 32, 64), layers_per_block=1,
               latent_channels=4, norm_num_groups=8, sample_size=64)
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) to float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+@dataclass(frozen=True)
+class VaeConfig:
+    schedule: Schedule = Schedule(steps=3000, batch_size=32, lr=2e-3, warmup=200)
+    full_res_steps: int = 400  # the last steps see whole 64 px scenes at half the batch; the ones before, 32 px crops
+    measure_n: int = 256  # scenes for the PSNR of the export
+    run: Path = RUNS / "vae"  # checkpoint folder (resumes)
+    out: Path = RUNS / "vae-final"  # export folder
 
 
-def batch(step: int, size: int, crop: int | None, rng: np.random.Generator) -> torch.Tensor:
-    images, _, _ = render_batch(1_000_000 + step * size, size, n_objects=(1, 2), paraphrase=False)
-    x = to_tensor(images)
-    if crop:
-        i, j = rng.integers(0, 64 - crop + 1, size=2)
-        x = x[:, :, i:i + crop, j:j + crop]
-    return x
+@dataclass(frozen=True)
+class DecoderConfig:
+    decoder_from: Path  # the trained VAE whose encoder stays frozen
+    schedule: Schedule = Schedule(steps=3000, batch_size=16, lr=5e-4, warmup=100)
+    edge_weight: float = 1.0  # of decoder_loss's difference term
+    measure_n: int = 480  # scenes for the shape fidelity of the export
+    run: Path = RUNS / "vae-decoder"
+    out: Path = RUNS / "vae-decoder-final"
+
+
+def batches(config: VaeConfig, start: int):
+    """From step `start` on: scenes from step-derived seeds, as 32 px crops (4x cheaper) until the last
+    `full_res_steps` steps, which see whole images at half the batch."""
+    rng = np.random.default_rng(start)
+    steps, batch_size = config.schedule.steps, config.schedule.batch_size
+    for step in itertools.count(start):
+        crop = None if step >= steps - config.full_res_steps else 32
+        size = batch_size if crop else batch_size // 2
+        images, _, _ = render_batch(1_000_000 + step * size, size, n_objects=(1, 2), paraphrase=False)
+        x = to_tensor(images)
+        if crop:
+            i, j = rng.integers(0, 64 - crop + 1, size=2)
+            x = x[:, :, i:i + crop, j:j + crop]
+        yield x.to(device())
 
 
 @torch.no_grad()
@@ -52,45 +77,33 @@ def scaling_factor(vae: AutoencoderKL, n: int = 512) -> float:
     return float(1 / z.std())
 
 
-def train(steps: int, batch_size: int = 32, lr: float = 2e-3, full_res_steps: int = 400, out=None, run=None,
-          warmup: int = 200) -> tuple[AutoencoderKL, list[float]]:
-    """Train (or resume) the VAE; returns the EMA model and the loss of every step run."""
+def train(config: VaeConfig) -> tuple[AutoencoderKL, list[float]]:
+    """Train (or resume) the VAE on L1 + L2 + a light KL, export the EMA model with its scaling factor and PSNR;
+    returns the model and the loss of every step run."""
     torch.manual_seed(0)
-    dev = device()
-    vae = AutoencoderKL(**CONFIG).to(dev)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    ema = EMA(vae, 0.995)
-    run = run or RUNS / "vae"
-    losses = []
-    start = load_checkpoint(run, {"vae": vae}, optimizer, {"vae": ema})
-    rng = np.random.default_rng(start)
-    log = Log("vae", steps, start)
-    for step in range(start, steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup)
-        crop = None if step >= steps - full_res_steps else 32  # crops are 4x cheaper; finish at full size
-        x = batch(step, batch_size if crop else batch_size // 2, crop, rng).to(dev)
+    vae = AutoencoderKL(**CONFIG).to(device())
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.schedule.lr, weight_decay=0.0)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample()).sample
-        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-6 * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ema.update(vae)
-        losses.append(loss.item())
-        if (step + 1) % 50 == 0:
-            log(step, loss=loss.item())
-        if (step + 1) % 500 == 0 or step + 1 == steps:
-            save_checkpoint(run, step + 1, {"vae": vae}, optimizer, {"vae": ema})
-    ema.copy_to(vae)
+        return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-6 * posterior.kl().mean()
+
+    loop = Loop("vae", config.schedule, config.run, ema_decay=0.995, ema_warmup=False, clip=None, save_every=500)
+    losses = train_loop(loop, {"vae": vae}, optimizer, lambda start: batches(config, start), loss)
     vae.eval()
     vae.register_to_config(scaling_factor=scaling_factor(vae))
-    result = {"psnr_db": psnr(vae), "steps": steps, "scaling_factor": vae.config.scaling_factor}
-    print(json.dumps(result), flush=True)
-    folder = out or (RUNS / "vae-final")
-    vae.save_pretrained(folder)
-    (folder / "metrics.json").write_text(json.dumps(result, indent=2))
+    metrics = {"psnr_db": psnr(vae, config.measure_n), "steps": config.schedule.steps,
+               "scaling_factor": vae.config.scaling_factor}
+    export(vae, metrics, config.out)
     return vae, losses
+
+
+def export(vae: AutoencoderKL, metrics: dict, folder: Path) -> None:
+    """Write the VAE folder (safetensors) with its metrics beside it."""
+    print(json.dumps(metrics), flush=True)
+    vae.save_pretrained(folder)
+    (Path(folder) / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 @torch.no_grad()
@@ -125,65 +138,60 @@ def decoder_loss(rec: torch.Tensor, x: torch.Tensor, edge_weight: float = 1.0) -
     return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + edge_weight * edges
 
 
-def finetune_decoder(steps: int, vae_folder: Path, out: Path, run: Path, batch_size: int = 16, lr: float = 5e-4,
-                     warmup: int = 100, edge_weight: float = 1.0,
-                     measure_n: int = 480) -> tuple[AutoencoderKL, list[float]]:
+def posterior_batches(vae: AutoencoderKL, batch_size: int, start: int):
+    """From step `start` on: scenes from step-derived seeds and posterior samples of the frozen encoder."""
+    gen = torch.Generator().manual_seed(start)
+    for step in itertools.count(start):
+        images, _, _ = render_batch(50_000_000 + step * batch_size, batch_size, n_objects=(1, 2), paraphrase=False)
+        x = to_tensor(images).to(vae.device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(gen)
+        yield z, x
+
+
+def finetune_decoder(config: DecoderConfig) -> tuple[AutoencoderKL, list[float]]:
     """Train (or resume) only the decoder of a trained VAE at full size, on posterior samples of its frozen encoder,
     as Stability's ft-MSE decoder was: the encoder, and with it every latent the other models were trained on,
     stays bit-identical, so the fine-tuned VAE is a drop-in replacement. Returns the VAE and each step's loss."""
     torch.manual_seed(0)
-    dev = device()
-    vae = AutoencoderKL.from_pretrained(vae_folder).to(dev)
+    vae = AutoencoderKL.from_pretrained(config.decoder_from).to(device())
     vae.requires_grad_(False)
     head = torch.nn.ModuleDict({"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv})
     head.requires_grad_(True)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
-    emas = {"head": EMA(head, 0.999)}
-    start = load_checkpoint(run, {"head": head}, optimizer, emas)
-    gen = torch.Generator().manual_seed(start)
-    log = Log("decoder", steps, start)
-    losses = []
-    for step in range(start, steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup)
-        images, _, _ = render_batch(50_000_000 + step * batch_size, batch_size, n_objects=(1, 2), paraphrase=False)
-        x = to_tensor(images).to(dev)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(gen)
-        loss = decoder_loss(vae.decode(z).sample, x, edge_weight)
-        losses.append(optimise(loss, optimizer, {"head": head}, emas, step))
-        if (step + 1) % 50 == 0:
-            log(step, loss=float(np.mean(losses[-50:])))
-        if (step + 1) % 250 == 0 or step + 1 == steps:
-            save_checkpoint(run, step + 1, {"head": head}, optimizer, emas)
-    emas["head"].copy_to(head)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.schedule.lr, weight_decay=0.0)
+
+    def loss(batch) -> torch.Tensor:
+        z, x = batch
+        return decoder_loss(vae.decode(z).sample, x, config.edge_weight)
+
+    losses = train_loop(Loop("decoder", config.schedule, config.run), {"head": head}, optimizer,
+                        lambda start: posterior_batches(vae, config.schedule.batch_size, start), loss)
     vae.eval()
-    result = {"psnr_db": psnr(vae, min(256, measure_n)), "shape_fidelity": shape_fidelity(vae, measure_n),
-              "decoder_steps": steps, "scaling_factor": vae.config.scaling_factor, "encoder_from": str(vae_folder)}
-    print(json.dumps(result), flush=True)
-    vae.save_pretrained(out)
-    (Path(out) / "metrics.json").write_text(json.dumps(result, indent=2))
+    metrics = {"psnr_db": psnr(vae, min(256, config.measure_n)), "shape_fidelity": shape_fidelity(
+        vae, config.measure_n), "decoder_steps": config.schedule.steps, "scaling_factor": vae.config.scaling_factor,
+        "encoder_from": str(config.decoder_from)}
+    export(vae, metrics, config.out)
     return vae, losses
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=3000)
+    add_schedule_arguments(parser, VaeConfig.schedule, ("steps",))
     parser.add_argument("--decoder-from", type=Path,
                         help="fine-tune only the decoder of this VAE folder (its encoder stays frozen)")
-    parser.add_argument("--run", type=Path, default=RUNS / "vae-decoder", help="checkpoint folder (resumes)")
-    parser.add_argument("--out", type=Path, default=RUNS / "vae-decoder-final", help="export folder")
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--edge-weight", type=float, default=1.0)
+    parser.add_argument("--run", type=Path, default=DecoderConfig.run, help="checkpoint folder (resumes)")
+    parser.add_argument("--out", type=Path, default=DecoderConfig.out, help="export folder")
+    parser.add_argument("--lr", type=float, default=DecoderConfig.schedule.lr)
+    parser.add_argument("--edge-weight", type=float, default=DecoderConfig.edge_weight)
     parser.add_argument("--measure", type=Path, help="only print this VAE folder's PSNR and shape fidelity")
     args = parser.parse_args(argv)
     if args.measure:
         vae = AutoencoderKL.from_pretrained(args.measure).eval()
         print(json.dumps({"psnr_db": psnr(vae), "shape_fidelity": shape_fidelity(vae)}), flush=True)
     elif args.decoder_from:
-        finetune_decoder(args.steps, args.decoder_from, args.out, args.run, lr=args.lr, edge_weight=args.edge_weight)
+        finetune_decoder(config_from(DecoderConfig, args))
     else:
-        train(args.steps)
+        train(VaeConfig(schedule=replace(VaeConfig.schedule, steps=args.steps)))  # the other flags are the decoder's
 
 
 if __name__ == "__main__":

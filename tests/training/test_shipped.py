@@ -5,9 +5,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from engine.cli import main
-from engine.generate import Engine, Request
-from engine.guidance import GuidanceSettings
+from engine.generate import Engine
+from engine.guiders import GuidanceSettings
 from engine.registry import REGISTRY
+from engine.request import Request
 
 
 def test_lab_sd_loads_with_diffusers_and_matches_the_engine():

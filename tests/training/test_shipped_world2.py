@@ -8,11 +8,12 @@ from PIL import Image
 
 from engine.classifier import NoiseAwareClassifier
 from engine.cli import main
-from engine.generate import ControlSpec, Engine, Request
-from engine.guidance import GuidanceSettings
+from engine.control.maps import canny
+from engine.generate import Engine
+from engine.guiders import GuidanceSettings
 from engine.pnginfo import parse_parameters
 from engine.registry import REGISTRY
-from engine.control.maps import canny
+from engine.request import ControlSpec, Request
 from world import SHAPES, render_seed
 
 
