@@ -1,8 +1,8 @@
 """Measure the lab's ControlNets (Zhang, Rao and Agrawala, 2023) with the world's yardsticks: do the outputs follow
 the control map while the prompt still sets the colour? Each row compares a control scale with scale 0 (the base
-model). `python -m training.eval_control --n 200 --types canny scribble pose`.
+model). `python -m evaluation.evaluate control --n 200 --types canny scribble pose`.
 
-Edge F1 (engine/world/control_metrics.py, 2 px tolerance) compares the output's Canny edges with the Canny edges of
+Edge F1 (world/control_metrics.py, 2 px tolerance) compares the output's Canny edges with the Canny edges of
 the rendered scene the control came from. For canny that is the control map itself; for scribble it is the scene
 the sketch outlines, so a net that copies the wobbly strokes is not rewarded over one that draws the object (on
 rendered scenes the two references agree to 0.01 F1). Pose hit rate: share of the figures' keypoints on the
@@ -18,15 +18,14 @@ from dataclasses import fields
 import numpy as np
 from PIL import Image
 
+from engine.control.maps import canny
 from engine.generate import Engine
-from engine.request import ControlSpec, Request
 from engine.guiders import GuidanceSettings
 from engine.registry import resolve
-from engine.control.maps import canny
+from engine.request import ControlSpec, Request
+from training.control_data import TYPES, control_batch
 from world import canonical_caption, evaluate
 from world.control_metrics import edge_f1, pose_hit_rate
-
-from .control_data import TYPES, control_batch
 
 SEED = 80_000_000  # scene seeds no training step uses (training/controlnet.py SEEDS and VALIDATION_SEED)
 DEFAULT_CONTROL_SCALE = next(f.default for f in fields(ControlSpec) if f.name == "scale")

@@ -1,4 +1,5 @@
-"""A labelled grid of samples for a model card: one row per prompt, one column per seed."""
+"""A labelled grid of samples for a model card: one row per prompt, one column per seed.
+`python -m evaluation.samples --model lab-sd --out grid.png`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from engine.generate import Engine
-from engine.request import Request
 from engine.guiders import GuidanceSettings
+from engine.request import Request
 
 PROMPTS = [
     "a large red circle on the left",

@@ -1,6 +1,6 @@
 """Measure class conditioning with the world's shape detector: DiT shape accuracy under CFG (Ho and Salimans, 2021),
 under classifier guidance (Dhariwal and Nichol, 2021) alone and on top of CFG, lab-sd steered toward a shape by the
-classifier, and the classifier's own accuracy per noise level. `python -m training.eval_class --n 200`."""
+classifier, and the classifier's own accuracy per noise level. `python -m evaluation.evaluate class --n 200`."""
 
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.generate import Engine
-from engine.request import Request
 from engine.guiders import GuidanceSettings
 from engine.registry import resolve
+from engine.request import Request
+from training.noise_accuracy import accuracy_by_noise, held_out_latents, print_accuracy
 from world import SHAPES
 from world.detect import detect
-
-from .noise_accuracy import accuracy_by_noise, held_out_latents, print_accuracy
 
 PER_BATCH = 8  # images per request, all of one class
 CFG_SCALES = (1.0, 2.0, 4.0, 8.0)

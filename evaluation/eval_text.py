@@ -1,20 +1,18 @@
-"""Measure the lab's own models with the world's evaluator: adherence, compositional generalisation, and what the
-guidance scale does to adherence, saturation and clipping. `python -m training.evaluate text --n 200`; the other
-tasks, `class` (DiT, classifier guidance) and `control` (ControlNets), pass their options to their own modules."""
+"""Measure the lab's text-to-image models with the world's evaluator: adherence, compositional generalisation, and
+what the guidance scale does to adherence, saturation and clipping. `python -m evaluation.evaluate text --n 200`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import numpy as np
 
 from engine.generate import Engine
-from engine.request import Request
 from engine.guiders import GuidanceSettings
 from engine.registry import resolve
+from engine.request import Request
 from world import canonical_caption, clipped_fraction, evaluate, is_held_out, sample_scene, saturation
 
 PER_CAPTION = 4  # seeds per caption, generated as one batch
@@ -77,13 +75,7 @@ def text_report(model: str, n: int, steps: int, scales: list[float]) -> list[dic
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("class", "control"):
-        from . import eval_class, eval_control
-
-        return {"class": eval_class, "control": eval_control}[argv[0]].main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("task", choices=["text", "class", "control"])
     parser.add_argument("--model", default="lab-sd")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--steps", type=int, default=25)

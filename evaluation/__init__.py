@@ -1,0 +1,1 @@
+"""Measures of the lab's models with the world's evaluator: `python -m evaluation.evaluate text|class|control`."""
