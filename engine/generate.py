@@ -4,7 +4,6 @@ one denoising loop, decode. Text, class and ControlNet requests differ only in t
 from __future__ import annotations
 
 import inspect
-import math
 import threading
 import time
 import weakref
@@ -101,8 +100,8 @@ class Engine:
                  preview_steps: set[int] | None = None, *, live_every_s: float | None = None,
                  cancel: threading.Event | None = None) -> Result:
         """Run the request on the model thread (engine/runner.py), from any thread. `callback` gets each step's
-        dict, with the decoded x0 estimate as "preview" at `preview_steps` and as "live" at most every
-        `live_every_s` seconds; setting `cancel` stops the run between steps with `Stopped`."""
+        dict, with the decoded x0 estimate as "preview" at `preview_steps` and as "live" every `live_every_s`
+        seconds from twice that into the run; setting `cancel` stops the run between steps with `Stopped`."""
         watch = _Watch(callback, preview_steps or set(), live_every_s, cancel)
         return self.runner.call(self._generate, req, watch)
 
@@ -224,7 +223,9 @@ class Engine:
     def _reporter(self, pipe, req: Request, watch: "_Watch", previews):
         if watch.callback is None and not watch.preview_steps and watch.cancel is None:
             return None
-        last_live = [-math.inf]
+        # The first live preview comes after twice the interval: a run done within a second needs none, and the
+        # first steps' x0 estimates are mostly noise.
+        last_live = [time.perf_counter() + (watch.live_every_s or 0.0)]
 
         def report(info: dict[str, Any]) -> None:
             if watch.cancel is not None and watch.cancel.is_set():
