@@ -64,13 +64,27 @@ def parameter_groups(modules: list[torch.nn.Module], weight_decay: float) -> lis
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def unet_config(attn16: bool, run: Path | None = None) -> dict:
-    """`UNET_ATTN16` or `UNET`; a run that has a checkpoint keeps the one it was trained with."""
+def unet_config(attn16: bool, run: Path | None = None, block_out_channels: tuple[int, ...] | None = None,
+                layers_per_block: int | None = None) -> dict:
+    """`UNET_ATTN16` or `UNET`, with other widths or depths if given (a smaller UNet of the same layout, such as
+    AutoGuidance's weak model); a run that has a checkpoint keeps the one it was trained with."""
     path = None if run is None else run / "checkpoint.safetensors"
     if path is not None and path.is_file():
         with safe_open(str(path), "pt") as f:
-            attn16 = any(key.startswith("unet.down_blocks.0.attentions.") for key in f.keys())
-    return UNET_ATTN16 if attn16 else UNET
+            keys = list(f.keys())
+            attn16 = any(key.startswith("unet.down_blocks.0.attentions.") for key in keys)
+            levels = len(UNET["block_out_channels"])
+            block_out_channels = tuple(f.get_slice(f"unet.down_blocks.{i}.resnets.0.conv1.weight").get_shape()[0]
+                                       for i in range(levels))
+            prefix = "unet.down_blocks.0.resnets."
+            layers_per_block = len({key[len(prefix):].split(".")[0] for key in keys if key.startswith(prefix)})
+    base = UNET_ATTN16 if attn16 else UNET
+    changes = {}
+    if block_out_channels is not None and tuple(block_out_channels) != base["block_out_channels"]:
+        changes["block_out_channels"] = tuple(block_out_channels)
+    if layers_per_block is not None and layers_per_block != base["layers_per_block"]:
+        changes["layers_per_block"] = layers_per_block
+    return {**base, **changes} if changes else base
 
 
 def tokenizer_for(run: Path, init: Path | None) -> CLIPTokenizer:
@@ -105,6 +119,10 @@ class Text2ImgConfig(latents.PoolRecipeConfig):
     freeze_text: bool = False  # keep the text encoder at its initial weights
     two_share: float | None = None  # share of each batch from two-object scenes (None: the pool's own third)
     attn16: bool = False  # build UNET_ATTN16 (an init without it grows it; a resumed run keeps its own layout)
+    block_out_channels: tuple[int, ...] | None = None  # other UNet widths (None: the layout's own)
+    layers_per_block: int | None = None  # other UNet depth (None: the layout's own)
+    text_encoder_from: Path | None = None  # a pipeline folder whose tokenizer and text encoder are used, frozen
+    export_unet_only: bool = False  # export only the UNet, as a UNet2DConditionModel folder
 
 
 def batches(pool: latents.Pool, tokenizer: CLIPTokenizer, config: Text2ImgConfig, start: int):
@@ -128,34 +146,51 @@ def batches(pool: latents.Pool, tokenizer: CLIPTokenizer, config: Text2ImgConfig
         yield x0, ids, noise, t
 
 
+def pretrained_text(folder: Path) -> tuple[CLIPTokenizer, CLIPTextModel]:
+    """A pipeline folder's tokenizer and text encoder, frozen: a UNet trained on them reads that model's prompt
+    embeddings (AutoGuidance's weak model must take the same conditioning as the model it guides)."""
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").to(device()).eval().requires_grad_(False)
+    return tokenizer, text_encoder
+
+
 def train(config: Text2ImgConfig) -> list[float]:
     """Train (or resume) the text encoder and UNet together on the latent pool with min-SNR-weighted eps MSE,
-    export the EMA weights as a StableDiffusionPipeline; returns the loss of every step run."""
+    export the EMA weights as a StableDiffusionPipeline; returns the loss of every step run. With
+    `text_encoder_from`, only the UNet is trained (and checkpointed), on that folder's frozen text encoder."""
     torch.manual_seed(0)
     dev = device()
     vae = AutoencoderKL.from_pretrained(config.vae).to(dev).eval().requires_grad_(False)
     pool = config.load()
-    tokenizer = tokenizer_for(config.run, config.init)
-    text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
-    spread_token_embeddings(text_encoder, config.embed_std)
-    text_encoder.requires_grad_(not config.freeze_text)
-    unet = UNet2DConditionModel(**unet_config(config.attn16, config.run)).to(dev)
+    if config.text_encoder_from is not None:
+        tokenizer, text_encoder = pretrained_text(config.text_encoder_from)
+    else:
+        tokenizer = tokenizer_for(config.run, config.init)
+        text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
+        spread_token_embeddings(text_encoder, config.embed_std)
+        text_encoder.requires_grad_(not config.freeze_text)
+    frozen = config.freeze_text or config.text_encoder_from is not None
+    unet = UNet2DConditionModel(**unet_config(config.attn16, config.run, config.block_out_channels,
+                                              config.layers_per_block)).to(dev)
     schedule = DDPMScheduler(**SCHEDULE)
     optimizer = torch.optim.AdamW(parameter_groups([unet, text_encoder], 0.01), lr=config.schedule.lr)
-    modules = {"unet": unet, "text_encoder": text_encoder}
+    modules = {"unet": unet} if config.text_encoder_from is not None else {"unet": unet, "text_encoder": text_encoder}
     start_stage(config.init, config.run, modules)
     tokenizer.save_pretrained(config.run / "tokenizer")
 
     def loss(batch) -> torch.Tensor:
         x0, ids, noise, t = batch
-        with torch.set_grad_enabled(not config.freeze_text):
+        with torch.set_grad_enabled(not frozen):
             embeds = text_encoder(ids)[0]  # (B, L, D)
         pred = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=embeds).sample  # (B, 4, 16, 16)
         return weighted_eps_loss(pred, noise, schedule, t, floor=config.floor).mean()
 
     losses = train_loop(Loop("text2img", config.schedule, config.run), modules, optimizer,
                         lambda start: batches(pool, tokenizer, config, start), loss)
-    export(vae, tokenizer, text_encoder, unet, config.out)
+    if config.export_unet_only:
+        export_unet(unet, config.out)
+    else:
+        export(vae, tokenizer, text_encoder, unet, config.out)
     return losses
 
 
@@ -169,16 +204,46 @@ def export(vae, tokenizer, text_encoder, unet, folder: Path) -> None:
     print(f"saved {folder}", flush=True)
 
 
-def export_from_checkpoint(vae_folder: Path, run: Path, out: Path) -> None:
-    """Export the latest checkpoint's EMA weights without training further (its UNet layout read from it)."""
+def export_unet(unet, folder: Path) -> None:
+    """Write the UNet alone as a UNet2DConditionModel folder (safetensors)."""
+    unet.eval().save_pretrained(folder, safe_serialization=True)
+    print(f"saved {folder}", flush=True)
+
+
+def export_from_checkpoint(vae_folder: Path, run: Path, out: Path, text_encoder_from: Path | None = None,
+                           unet_only: bool = False) -> None:
+    """Export the latest checkpoint's EMA weights without training further (its UNet layout read from it); a run
+    trained on `text_encoder_from`'s frozen text encoder exports with that one."""
     dev = device()
-    vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval()
-    tokenizer = tokenizer_for(run, None)
-    text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
     unet = UNet2DConditionModel(**unet_config(False, run)).to(dev)
-    step = load_averaged(run, {"unet": unet, "text_encoder": text_encoder})
+    if unet_only:
+        step = load_averaged(run, {"unet": unet})
+        print(f"exporting step {step}", flush=True)
+        export_unet(unet, out)
+        return
+    vae = AutoencoderKL.from_pretrained(vae_folder).to(dev).eval()
+    if text_encoder_from is not None:
+        tokenizer, text_encoder = pretrained_text(text_encoder_from)
+        modules = {"unet": unet}
+    else:
+        tokenizer = tokenizer_for(run, None)
+        text_encoder = CLIPTextModel(text_config(tokenizer)).to(dev)
+        modules = {"unet": unet, "text_encoder": text_encoder}
+    step = load_averaged(run, modules)
     print(f"exporting step {step}", flush=True)
     export(vae, tokenizer, text_encoder, unet, out)
+
+
+def channels(text: str) -> tuple[int, ...]:
+    """`--block-out-channels`: one width per UNet level, comma-separated, each a multiple of the 16 norm groups."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(widths) != len(UNET["block_out_channels"]) or any(w <= 0 or w % UNET["norm_num_groups"] for w in widths):
+        raise argparse.ArgumentTypeError(f"expected {len(UNET['block_out_channels'])} widths, each a multiple of "
+                                         f"{UNET['norm_num_groups']}, got {text!r}")
+    return widths
 
 
 def main(argv=None) -> None:
@@ -196,12 +261,19 @@ def main(argv=None) -> None:
     parser.add_argument("--attn16", action="store_true",
                         help="cross-attention at 16x16 too (grown from an --init that lacks it; a resumed run keeps "
                              "its own)")
+    parser.add_argument("--block-out-channels", type=channels,
+                        help="UNet widths, e.g. 16,32,32 (default: the layout's own; a resumed run keeps its own)")
+    parser.add_argument("--layers-per-block", type=int, help="UNet resnets per level (default: the layout's own)")
+    parser.add_argument("--text-encoder-from", type=Path,
+                        help="train the UNet alone on this pipeline folder's tokenizer and frozen text encoder")
+    parser.add_argument("--export-unet-only", action="store_true",
+                        help="export only the UNet, as a UNet2DConditionModel folder")
     args = parser.parse_args(argv)
     if args.two_share is not None and not 0 <= args.two_share <= 1:
         parser.error(f"--two-share must be between 0 and 1, got {args.two_share}.")
     started = time.time()
     if args.export_only:
-        export_from_checkpoint(args.vae, args.run, args.out)
+        export_from_checkpoint(args.vae, args.run, args.out, args.text_encoder_from, args.export_unet_only)
     else:
         train(config_from(Text2ImgConfig, args))
     print(json.dumps({"seconds": round(time.time() - started)}), flush=True)
