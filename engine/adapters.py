@@ -1,7 +1,7 @@
 """Condition adapters: each turns one kind of model plus its condition into a denoiser for the loop.
 
-A denoiser runs the conditional and unconditional branches as one batch, in the order the matching diffusers
-pipeline uses, so that the engine reproduces the pipelines' numbers. Big batches are cut across the CPU's cores by
+A denoiser runs the conditional, unconditional and perturbed branches as one batch, in the order the matching
+diffusers pipeline uses, so that the engine reproduces the pipelines' numbers. Big batches are cut across the CPU's cores by
 the splitter the engine passes in (engine/parallel.py).
 """
 
@@ -31,11 +31,15 @@ class ControlBranch:
 
 
 class TextDenoiser:
-    """Stable Diffusion family: a UNet with cross-attention to prompt embeddings, plus optional ControlNets."""
+    """Stable Diffusion family: a UNet with cross-attention to prompt embeddings, plus optional ControlNets.
+
+    Branches in batch order [u, c, p], as StableDiffusionPipeline (u, c) and StableDiffusionPAGPipeline (u, c, p)
+    batch them. The perturbed branch p is either rows of the same batch marked for perturbed attention
+    (engine/perturb.py) or, with a `weak_unet`, that model's conditional prediction (AutoGuidance)."""
 
     def __init__(self, unet, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None,
                  controls: list[ControlBranch] = (), guess_mode: bool = False, prediction_type: str = "epsilon",
-                 split=plain_call):
+                 split=plain_call, weak_unet=None):
         self.unet = unet
         self.prompt_embeds = prompt_embeds  # (B, L, D)
         self.negative_embeds = negative_embeds  # (B, L, D)
@@ -43,44 +47,50 @@ class TextDenoiser:
         self.guess_mode = guess_mode
         self.prediction_type = prediction_type
         self.split = split  # split(fn, batch, *args, **kwargs): a BatchSplitter or plain_call
+        self.weak_unet = weak_unet
 
-    def __call__(self, x, t, step: Step, with_uncond: bool):
-        if with_uncond:
-            x_in = torch.cat([x, x])  # (2B, C, h, w): uncond first, as StableDiffusionPipeline batches it
-            embeds = torch.cat([self.negative_embeds, self.prompt_embeds])  # (2B, L, D)
-        else:
-            x_in, embeds = x, self.prompt_embeds
-        down, mid = self._control_residuals(x, x_in, t, step, embeds, with_uncond)
+    def __call__(self, x, t, step: Step, with_uncond: bool, with_perturbed: bool = False):
+        in_batch = with_perturbed and self.weak_unet is None
+        branches = ["u"] * with_uncond + ["c"] + ["p"] * in_batch
+        x_in = torch.cat([x] * len(branches))  # (nB, C, h, w)
+        embeds = torch.cat([self.negative_embeds if b == "u" else self.prompt_embeds for b in branches])
+        extra = {"cross_attention_kwargs": {"perturb": _rows(branches, "p", len(x))}} if in_batch else {}
+        down, mid = self._control_residuals(x, x_in, t, step, embeds, branches)
         out = self.split(self.unet, len(x_in), x_in, t, encoder_hidden_states=embeds,
-                         down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
-        if with_uncond:
-            pred_uncond, pred_cond = out.chunk(2)
-            return pred_cond, pred_uncond
-        return out, None
+                         down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+                         **extra)[0]
+        preds = dict(zip(branches, out.chunk(len(branches))))
+        if with_perturbed and not in_batch:
+            preds["p"] = self.split(self.weak_unet, len(x), x, t, encoder_hidden_states=self.prompt_embeds,
+                                    return_dict=False)[0]
+        return preds["c"], preds.get("u"), preds.get("p")
 
-    def _control_residuals(self, x, x_in, t, step: Step, embeds, with_uncond: bool):
-        """Summed ControlNet residuals, as diffusers' MultiControlNetModel sums them; guess mode feeds c only."""
+    def _control_residuals(self, x, x_in, t, step: Step, embeds, branches: list[str]):
+        """Summed ControlNet residuals, as diffusers' MultiControlNetModel sums them; guess mode feeds the
+        unconditional rows none (their residuals are zeros)."""
         down, mid = None, None
-        cond_only = self.guess_mode and with_uncond
+        fed = [b for b in branches if b != "u"] if self.guess_mode else branches
         for branch in self.controls:
             scale = branch.active_scale(step)
             if scale == 0:
                 continue  # adds exact zeros to the UNet, so the call can be skipped
-            image = branch.image
-            if cond_only:
-                control_in, control_embeds = x, self.prompt_embeds
-            else:
-                control_in, control_embeds = x_in, embeds
-                image = torch.cat([image, image]) if with_uncond else image
+            control_in = torch.cat([x] * len(fed))
+            control_embeds = torch.cat([self.negative_embeds if b == "u" else self.prompt_embeds for b in fed])
+            image = torch.cat([branch.image] * len(fed))
             d, m = self.split(branch.controlnet, len(control_in), control_in, t, encoder_hidden_states=control_embeds,
                               controlnet_cond=image, conditioning_scale=scale, guess_mode=self.guess_mode,
                               return_dict=False)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
-        if cond_only and down is not None:
-            down = [torch.cat([torch.zeros_like(d), d]) for d in down]
-            mid = torch.cat([torch.zeros_like(mid), mid])
+        if len(fed) < len(branches) and down is not None:  # guess mode with the unconditional branch first
+            down = [torch.cat([torch.zeros_like(d[: len(x)]), d]) for d in down]
+            mid = torch.cat([torch.zeros_like(mid[: len(x)]), mid])
         return down, mid
+
+
+def _rows(branches: list[str], name: str, batch: int) -> torch.Tensor:
+    """A boolean (len(branches) * batch,) marking the rows of one branch."""
+    return torch.tensor([b == name for b in branches]).repeat_interleave(batch)
 
 
 class ClassDenoiser:
@@ -95,18 +105,15 @@ class ClassDenoiser:
         self.prediction_type = prediction_type
         self.split = split
 
-    def __call__(self, x, t, step: Step, with_uncond: bool):
-        if with_uncond:
-            x_in = torch.cat([x, x])  # (2B, C, h, w): cond first, as DiTPipeline batches it
-            labels = torch.cat([self.labels, self.null_labels])  # (2B,)
-        else:
-            x_in, labels = x, self.labels
+    def __call__(self, x, t, step: Step, with_uncond: bool, with_perturbed: bool = False):
+        branches = ["c"] + ["u"] * with_uncond + ["p"] * with_perturbed  # cond first, as DiTPipeline batches it
+        x_in = torch.cat([x] * len(branches))
+        labels = torch.cat([self.null_labels if b == "u" else self.labels for b in branches])  # (nB,)
         timesteps = t[None].to(x.device) if t.ndim == 0 else t.to(x.device)
-        timesteps = timesteps.expand(x_in.shape[0])  # (2B,) or (B,)
+        timesteps = timesteps.expand(x_in.shape[0])  # (nB,)
+        extra = {"cross_attention_kwargs": {"perturb": _rows(branches, "p", len(x))}} if with_perturbed else {}
         out = self.split(self.transformer, len(x_in), x_in, timestep=timesteps, class_labels=labels,
-                         return_dict=False)[0]
+                         return_dict=False, **extra)[0]
         eps = out[:, : self.latent_channels]  # drop the learned variance channels, if any
-        if with_uncond:
-            pred_cond, pred_uncond = torch.split(eps, len(eps) // 2, dim=0)
-            return pred_cond, pred_uncond
-        return eps, None
+        preds = dict(zip(branches, eps.chunk(len(branches))))
+        return preds["c"], preds.get("u"), preds.get("p")

@@ -15,7 +15,8 @@ from .compare import compare
 from .generate import Engine
 from .guiders import GuidanceSettings
 from .registry import default_model, resolve
-from .request import Request
+from .meter import units
+from .request import Request, check_request, evals_per_step
 from .roofline import Roofline, counting_samples, matmul_peak, unet_flops_per_sample
 from .schedulers import make_scheduler
 
@@ -79,6 +80,32 @@ def run_bench(*, model: str | None, steps: int, runs: int, scale: float, prompt:
     print(f"engine:    median {e:.4f} s/image  (runs: {', '.join(f'{t:.4f}' for t in engine_times)})")
     print(f"diffusers: median {p:.4f} s/image  (runs: {', '.join(f'{t:.4f}' for t in pipeline_times)})")
     print(f"engine/diffusers time ratio: {e / p:.3f}")
+    return 0
+
+
+def run_guidance(*, model: str | None, steps: int, runs: int, scale: float, methods: list[str],
+                 prompt: str = "a large red circle on the left") -> int:
+    """Each method at its default parameters against CFG, runs alternating: the measured time ratio beside the one
+    its work explains (sample-evaluations per step plus the step's fixed overhead, engine/meter.py)."""
+    engine = Engine()
+    spec = resolve(model or default_model("text"), "text")
+    base = _request(spec.name, prompt, steps, scale)
+    reqs = {m: replace(base, guidance=GuidanceSettings(m, scale)) for m in methods}
+    for req in reqs.values():
+        check_request(req)
+    print(_header(engine, spec, steps, scale, runs).replace("CFG scale", "scale"))
+    cfg_units = units(steps, evals_per_step(base))
+    for method, req in reqs.items():
+        engine.generate(base), engine.generate(req)
+        cfg_times, times = [], []
+        for _ in range(runs):
+            cfg_times.append(_seconds(lambda: engine.generate(base)))
+            times.append(_seconds(lambda: engine.generate(req)))
+        measured = statistics.median(times) / statistics.median(cfg_times)
+        expected = units(steps, evals_per_step(req)) / cfg_units
+        print(f"{method:>14}: median {statistics.median(times):.4f} s/image, CFG {statistics.median(cfg_times):.4f}; "
+              f"{evals_per_step(req)} evaluations a step against CFG's {evals_per_step(base)}: time ratio "
+              f"{measured:.3f}, its work explains {expected:.3f} (excess {measured / expected:.3f})", flush=True)
     return 0
 
 

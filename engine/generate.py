@@ -7,6 +7,7 @@ import inspect
 import threading
 import time
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,7 +21,8 @@ from .errors import EngineError
 from .guiders import GuidanceSettings
 from .loading import ModelStore
 from .parallel import BatchSplitter
-from .registry import ModelSpec, default_model, resolve
+from .perturb import perturbed_attention
+from .registry import REGISTRY, ModelSpec, default_model, resolve
 from .meter import WorkMeter, units
 from .request import ControlSpec, Request, check_request, evals_per_step, png_parameters
 from .runner import Inline, ModelThread
@@ -136,15 +138,17 @@ class Engine:
         latents = latents * scheduler.init_noise_sigma
 
         # 5. Denoise with one loop.
-        model_fn = guided_model(denoiser, guidance.build())
+        guider = guidance.build()
+        model_fn = guided_model(denoiser, guider)
         class_probs: list = []
         if guidance.classifier_scale > 0 or req.classifier:
             model_fn = self._with_classifier(model_fn, req, pipe, class_probs)
         previews: list[tuple[int, list[Image.Image]]] = []
         step_report = self._reporter(pipe, req, watch, previews)
         started = time.perf_counter()  # the denoising loop alone: what the budget scales with
-        latents = sample(model_fn, scheduler, latents, prediction_type=denoiser.prediction_type,
-                         step_kwargs=_step_kwargs(scheduler, generator), callback=step_report)
+        with self._perturbed_attention(pipe, guidance, guider):
+            latents = sample(model_fn, scheduler, latents, prediction_type=denoiser.prediction_type,
+                             step_kwargs=_step_kwargs(scheduler, generator), callback=step_report)
         self.meter.record(spec.name, units(req.steps, evals_per_step(req)), time.perf_counter() - started)
 
         # 6. Decode.
@@ -152,6 +156,27 @@ class Engine:
         params = [self.parameters(req, spec, s, images[0].size, i) for i, s in enumerate(seeds)]
         probs = [p.tolist() for p in class_probs]
         return Result(images, seeds, params, req, previews, probs)
+
+    @staticmethod
+    def _perturbed_attention(pipe, guidance: GuidanceSettings, guider):
+        """For PAG and SEG, the model's attention accepts marked rows for the run (engine/perturb.py)."""
+        if guidance.perturbation != "attention":
+            return nullcontext()
+        model = getattr(pipe, "unet", None) or pipe.transformer
+        return perturbed_attention(model, guider.attention_perturbation())
+
+    def _weak_unet(self, spec: ModelSpec, req: Request):
+        """AutoGuidance's weak model: the registered weaker UNet of the picked model."""
+        if req.guidance.perturbation != "weak":
+            return None
+        if not spec.weak:
+            offered = ", ".join(s.name for s in REGISTRY.values() if s.weak) or "none"
+            raise EngineError(f"AutoGuidance needs a weak version of '{spec.name}', and there is none; models with "
+                              f"one: {offered}.")
+        if req.controls:
+            raise EngineError("AutoGuidance does not combine with ControlNet here: the weak model cannot take the "
+                              "ControlNet's features.")
+        return self.loaded(resolve(spec.weak, "unet"))
 
     def _text_denoiser(self, pipe, req: Request, guidance: GuidanceSettings):
         prompt_embeds, negative_embeds = pipe.encode_prompt(
@@ -163,7 +188,7 @@ class Engine:
                     for c in req.controls]
         prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
         denoiser = TextDenoiser(pipe.unet, prompt_embeds, negative_embeds, controls, req.guess_mode,
-                                prediction_type, split=self.splitter)
+                                prediction_type, split=self.splitter, weak_unet=self._weak_unet(self.model_spec(req), req))
         shape = (req.num_images, pipe.unet.config.in_channels, height // factor, width // factor)
         return denoiser, shape, prompt_embeds.dtype
 
@@ -201,6 +226,9 @@ class Engine:
         return labels[label]
 
     def _class_denoiser(self, pipe, req: Request, guidance: GuidanceSettings):
+        if guidance.perturbation == "weak":
+            raise EngineError("AutoGuidance needs a weak version of the model; the class-conditional models have "
+                              "none here.")
         transformer = pipe.transformer
         label_id = self._label_id(pipe, req.class_label)
         labels = torch.tensor([label_id] * req.num_images, device=self.device)

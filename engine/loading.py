@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import ControlNetModel, DiffusionPipeline
+from diffusers import ControlNetModel, DiffusionPipeline, UNet2DConditionModel
 
 from .cpu_attention import SmallHeadKernel, use_small_head_attention
 from .errors import EngineError
@@ -42,6 +42,8 @@ def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Any:
     common = dict(dtype=dtype, use_safetensors=True)
     if spec.kind == "controlnet":
         return ControlNetModel.from_pretrained(spec.source, **common).to(device).eval()
+    if spec.kind == "unet":  # a bare UNet: the weak model of AutoGuidance
+        return UNet2DConditionModel.from_pretrained(spec.source, **common).to(device).eval()
     if spec.kind == "classifier":
         from .classifier import NoiseAwareClassifier  # the lab's own model class
 
@@ -91,7 +93,8 @@ class ModelStore:
     def _speed_up(self, obj: Any) -> Any:
         """On the CPU, the UNet and ControlNets attend through the small-head kernel (engine/cpu_attention.py)."""
         if self.attention_kernel is not None:
-            for model in (getattr(obj, "unet", None), obj if isinstance(obj, ControlNetModel) else None):
+            bare = obj if isinstance(obj, (ControlNetModel, UNet2DConditionModel)) else None
+            for model in (getattr(obj, "unet", None), bare):
                 if model is not None:
                     use_small_head_attention(model, self.attention_kernel)
         return obj

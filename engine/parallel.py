@@ -25,9 +25,12 @@ def plain_call(fn: Callable[..., Any], batch: int, *args, **kwargs) -> Any:
 
 def _chunk(value: Any, batch: int, bounds: list[tuple[int, int]]) -> list[Any]:
     """The per-worker pieces of one argument: tensors with the batch as dim 0 are cut, lists and tuples of them
-    are cut element-wise, anything else is shared."""
+    are cut element-wise, so are the values of a dict (cross_attention_kwargs' row marks), anything else is shared."""
     if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
         return [value[lo:hi] for lo, hi in bounds]
+    if isinstance(value, dict):
+        pieces = {k: _chunk(v, batch, bounds) for k, v in value.items()}
+        return [{k: p[i] for k, p in pieces.items()} for i in range(len(bounds))]
     if isinstance(value, (list, tuple)) and value and any(isinstance(v, torch.Tensor) for v in value):
         pieces = [_chunk(v, batch, bounds) for v in value]
         return [type(value)(p[k] for p in pieces) for k in range(len(bounds))]

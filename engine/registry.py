@@ -16,7 +16,7 @@ PIPELINE_KINDS = {
     "StableDiffusionControlNetPipeline": "text",
     "DiTPipeline": "class",
 }
-MODEL_KINDS = {"ControlNetModel": "controlnet", "NoiseAwareClassifier": "classifier"}
+MODEL_KINDS = {"ControlNetModel": "controlnet", "NoiseAwareClassifier": "classifier", "UNet2DConditionModel": "unet"}
 
 
 @dataclass(frozen=True)
@@ -29,18 +29,20 @@ class ModelSpec:
     default_scale: float = 7.5
     control_type: str | None = None  # canny | scribble | pose, for ControlNets
     offline: bool = False
+    weak: str | None = None  # a weaker UNet of the same model, reading the same prompt embeddings (AutoGuidance)
 
     @property
     def is_local(self) -> bool:
         return Path(self.source).is_dir()
 
 
-def _lab(name: str, kind: str, scale: float, control_type: str | None = None) -> ModelSpec:
-    return ModelSpec(name, str(ASSETS / name), kind, scale, control_type, offline=True)
+def _lab(name: str, kind: str, scale: float, control_type: str | None = None, weak: str | None = None) -> ModelSpec:
+    return ModelSpec(name, str(ASSETS / name), kind, scale, control_type, offline=True, weak=weak)
 
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    _lab("lab-sd", "text", 5.0),
+    _lab("lab-sd", "text", 5.0, weak="lab-sd-weak"),
+    _lab("lab-sd-weak", "unet", 5.0),
     _lab("lab-dit", "class", 4.0),
     _lab("lab-classifier", "classifier", 0.0),
     _lab("lab-controlnet-canny", "controlnet", 5.0, "canny"),

@@ -182,7 +182,7 @@ def output_paths(out: Path, seeds: list[int]) -> list[Path]:
 
 
 def evals_per_step(req: Request) -> int:
-    """UNet sample-evaluations of one step: images x branches (the unconditional one when guided), each ControlNet's
-    encoder counted as one more."""
-    branches = 2 if req.guidance.guided else 1
+    """UNet sample-evaluations of one step: images x branches (the unconditional one when guided, the perturbed one
+    of PAG, SEG and AutoGuidance), each ControlNet's encoder counted as one more."""
+    branches = 1 + req.guidance.guided + req.guidance.perturbed
     return req.num_images * branches * (1 + len(req.controls))

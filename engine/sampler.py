@@ -1,7 +1,8 @@
 """The one denoising loop every tab uses, and the wrappers that turn a denoiser into a guided model function.
 
-A denoiser (engine/adapters.py) answers `denoiser(x, t, step, with_uncond) -> (pred_cond, pred_uncond | None)` in
-the model's own prediction type. A model function answers `model_fn(x, t, step) -> eps`. Guidance is composed by
+A denoiser (engine/adapters.py) answers `denoiser(x, t, step, with_uncond, with_perturbed) -> (pred_cond,
+pred_uncond | None, pred_perturbed | None)` in the model's own prediction type, all branches in one batch where one
+model serves them. A model function answers `model_fn(x, t, step) -> eps`. Guidance is composed by
 wrapping model functions (k-diffusion's habit), never by flags inside the loop.
 """
 
@@ -29,8 +30,8 @@ class Step:
 class Denoiser(Protocol):
     prediction_type: str
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: Step, with_uncond: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: Step, with_uncond: bool, with_perturbed: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]: ...
 
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Step], torch.Tensor]
@@ -55,11 +56,11 @@ def guided_model(denoiser: Denoiser, guider: Guider) -> ModelFn:
         early = guider.early(x, step)
         if early is not None:
             return early
-        pred_cond, pred_uncond = denoiser(x, t, step, guider.needs_uncond(step))
-        c = to_eps(pred_cond, x, step.alpha_prod, ptype)
-        if pred_uncond is None:
+        preds = denoiser(x, t, step, guider.needs_uncond(step), guider.needs_perturbed(step))
+        c, u, p = (None if v is None else to_eps(v, x, step.alpha_prod, ptype) for v in preds)
+        if u is None and p is None:
             return c
-        return guider.combine(c, to_eps(pred_uncond, x, step.alpha_prod, ptype), x, step)
+        return guider.combine(c, u, x, step, p)
 
     return model_fn
 

@@ -281,6 +281,9 @@ def _visible_for(names: list[str]):
 def _param_controls(param: Param, visible: bool) -> dict[str, gr.components.Component]:
     low, high = param.ui_range or (param.low, param.high)
     step = 1 if param.kind == "int" else param.step
+    if param.kind == "text":
+        return {param.name: gr.Textbox(param.start_value, label=param.label, info=param.help or None, max_lines=1,
+                                       max_length=200, visible=visible)}
     if param.kind != "range":
         return {param.name: gr.Slider(low, high, value=param.start_value, step=step, label=param.label,
                                       info=param.help or None, visible=visible)}

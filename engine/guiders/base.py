@@ -10,6 +10,7 @@ per-step decision lives on the object, the pure math stays a module function bes
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,7 +34,8 @@ class Param:
     high: float
     label: str
     help: str = ""
-    kind: str = "float"  # float | int | range (a (start, end) pair inside [low, high], start <= end)
+    kind: str = "float"  # float | int | range (a (start, end) pair inside [low, high], start <= end) | text
+    pattern: str = ""  # text: the whole value must match this regular expression (low, high: unused)
     step: float = 0.05  # the UI slider's step
     ui_default: Any = None  # where the UI and API start when that differs from the CLI's default
     ui_range: tuple[float, float] | None = None  # a narrower UI slider than the checks allow
@@ -58,6 +60,11 @@ class Param:
 
     def check(self, value: Any) -> Any:
         """The value in its kind, or one sentence saying why not."""
+        if self.kind == "text":
+            if not isinstance(value, str) or len(value) > 200 or not re.fullmatch(self.pattern, value.strip()):
+                shown = repr(value)[:60]
+                raise EngineError(f"The {self.noun} is written like {self.default!r}; {shown} is not.")
+            return value.strip()
         if self.kind == "range":
             if not isinstance(value, (tuple, list)) or len(value) != 2:
                 raise EngineError(f"The {self.noun} must be a (start, end) pair, not {value!r}.")
@@ -80,12 +87,12 @@ class Param:
         """The value as the PNG text and the reproduce command write it."""
         if self.kind == "range":
             return f"{value[0]:g}-{value[1]:g}"
-        return str(value) if self.kind == "int" else f"{value:g}"
+        return str(value) if self.kind in ("int", "text") else f"{value:g}"
 
     def cli_args(self, value: Any) -> list[str]:
         if self.kind == "range":
             return [self.flag, f"{value[0]:g}", f"{value[1]:g}"]
-        return [self.flag, str(value) if self.kind == "int" else f"{value:g}"]
+        return [self.flag, str(value) if self.kind in ("int", "text") else f"{value:g}"]
 
 
 class Guider:
@@ -97,7 +104,9 @@ class Guider:
     paper: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     order: ClassVar[int] = 100  # position in the menus
-    guided: ClassVar[bool] = True  # False: the method never runs the unconditional branch
+    guided: ClassVar[bool] = True  # False: the method never guides (no modifiers, no branch but c)
+    uses_uncond: ClassVar[bool] = True  # False: a guided method that never runs the unconditional branch
+    perturbation: ClassVar[str | None] = None  # a third, worse branch: "attention" (PAG, SEG) | "weak" (a weak model)
     space: ClassVar[str] = "eps"  # eps | x0: where `guide` combines the predictions
     plain_at_one: ClassVar[bool] = True  # at scale 1 every step is the conditional prediction alone
     rows: ClassVar[dict[str, dict] | None] = None  # Compare rows {label: values}; None: one row at the UI defaults
@@ -126,20 +135,43 @@ class Guider:
 
     def needs_uncond(self, step: "Step") -> bool:
         """Whether this step runs the unconditional branch; where guidance cannot change c it is skipped."""
-        return self.guided and not all(s == 1 for s in self.scales)
+        return self.guided and self.uses_uncond and not all(s == 1 for s in self.scales)
+
+    def needs_perturbed(self, step: "Step") -> bool:
+        """Whether this step runs the perturbed branch (methods with a `perturbation`)."""
+        return self.perturbation is not None and type(self).perturbs(self.values, self.scales)
+
+    @classmethod
+    def perturbs(cls, values: dict[str, Any], scales: tuple[float, ...]) -> bool:
+        """Whether a run with these values needs its perturbed branch at all."""
+        return False
+
+    def attention_perturbation(self):
+        """For perturbation "attention": the engine.perturb.AttentionPerturbation of this run."""
+        return None
 
     def early(self, x: torch.Tensor, step: "Step") -> torch.Tensor | None:
         """A prediction that replaces the model call at this step (CFG-Zero*'s zero-init), or None."""
         return None
 
-    def combine(self, c: torch.Tensor, u: torch.Tensor, x: torch.Tensor, step: "Step") -> torch.Tensor:
-        """Guided eps from the conditional and unconditional eps, through `guide` in the method's own space."""
+    def combine(self, c: torch.Tensor, u: torch.Tensor | None, x: torch.Tensor, step: "Step",
+                p: torch.Tensor | None = None) -> torch.Tensor:
+        """Guided eps from the conditional, unconditional (None when not run) and perturbed (None when not run) eps,
+        through `guide` or, with a perturbed branch, `guide_perturbed`, in the method's own space."""
         if self.space == "x0":
             a = step.alpha_prod
-            return eps_from_x0(self.guide(denoised(c, x, a), denoised(u, x, a), step), x, a)
-        return self.guide(c, u, step)
+            c, u, p = (None if v is None else denoised(v, x, a) for v in (c, u, p))
+            return eps_from_x0(self._guide(c, u, p, step), x, a)
+        return self._guide(c, u, p, step)
+
+    def _guide(self, c, u, p, step):
+        return self.guide(c, u, step) if p is None else self.guide_perturbed(c, u, p, step)
 
     def guide(self, c: torch.Tensor, u: torch.Tensor, step: "Step") -> torch.Tensor:
+        raise NotImplementedError
+
+    def guide_perturbed(self, c: torch.Tensor, u: torch.Tensor | None, p: torch.Tensor, step: "Step") -> torch.Tensor:
+        """With the perturbed branch p: u is None on steps (or scales) that skip the unconditional branch."""
         raise NotImplementedError
 
     @classmethod
@@ -154,6 +186,7 @@ class Modifier(Guider):
         super().__init__(inner.scale, **values)
         self.inner = inner
         self.space = inner.space
+        self.perturbation = inner.perturbation
 
     @classmethod
     def active(cls, values: dict[str, Any]) -> bool:
@@ -163,11 +196,23 @@ class Modifier(Guider):
     def needs_uncond(self, step: "Step") -> bool:
         return self.inner.needs_uncond(step)
 
+    def needs_perturbed(self, step: "Step") -> bool:
+        return self.inner.needs_perturbed(step)
+
+    def attention_perturbation(self):
+        return self.inner.attention_perturbation()
+
     def early(self, x: torch.Tensor, step: "Step") -> torch.Tensor | None:
         return self.inner.early(x, step)
 
+    def _guide(self, c, u, p, step):
+        return self.inner._guide(c, u, p, step)
+
     def guide(self, c: torch.Tensor, u: torch.Tensor, step: "Step") -> torch.Tensor:
-        return self.inner.guide(c, u, step)
+        return self._guide(c, u, None, step)
+
+    def guide_perturbed(self, c, u, p, step):
+        return self._guide(c, u, p, step)
 
 
 # Shared by the projected methods (Perp-CFG, APG): the weight kept of the guidance's parallel part.

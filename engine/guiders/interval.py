@@ -23,3 +23,6 @@ class Interval(Modifier, name="interval", label="Interval", order=20, rows={},
 
     def needs_uncond(self, step):
         return self.inner.needs_uncond(step) and in_interval(step.index, step.num_steps, self.values["interval"])
+
+    def needs_perturbed(self, step):
+        return self.inner.needs_perturbed(step) and in_interval(step.index, step.num_steps, self.values["interval"])

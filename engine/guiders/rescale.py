@@ -19,7 +19,7 @@ class Rescale(Modifier, name="rescale", label="Rescale", order=10,
               paper="Lin, Liu, Li and Yang (2023), arXiv 2305.08891"):
     """Rescale the guided prediction toward the conditional one's std, in the method's own space."""
 
-    def guide(self, c, u, step):
-        guided = self.inner.guide(c, u, step)
+    def _guide(self, c, u, p, step):
+        guided = self.inner._guide(c, u, p, step)
         phi = self.values["rescale"]
         return rescale(guided, c, phi) if phi > 0 else guided

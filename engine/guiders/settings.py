@@ -87,7 +87,18 @@ class GuidanceSettings:
     def guided(self) -> bool:
         """Whether any step may run the unconditional branch."""
         cls = GUIDERS.get(self.method)
-        return cls is not None and cls.guided and not all(s == 1 for s in self.scales)
+        return cls is not None and cls.guided and cls.uses_uncond and not all(s == 1 for s in self.scales)
+
+    @property
+    def perturbed(self) -> bool:
+        """Whether any step may run a perturbed branch (PAG, SEG, AutoGuidance)."""
+        cls = GUIDERS.get(self.method)
+        return cls is not None and cls.perturbation is not None and cls.perturbs(self.values, self.scales)
+
+    @property
+    def perturbation(self) -> str | None:
+        """The kind of perturbed branch this run needs, if any: "attention" or "weak"."""
+        return GUIDERS[self.method].perturbation if self.perturbed else None
 
     def check(self) -> None:
         """Unknown method or a value out of its declared range: one sentence."""
