@@ -133,9 +133,14 @@ class Guider:
             return self.scale
         return torch.tensor(self.scale, dtype=like.dtype, device=like.device).view(-1, *[1] * (like.ndim - 1))
 
+    @classmethod
+    def unconditional(cls, values: dict[str, Any], scales: tuple[float, ...]) -> bool:
+        """Whether a run with these values needs the unconditional branch at all (at scale 1 most methods are c)."""
+        return cls.guided and cls.uses_uncond and not all(s == 1 for s in scales)
+
     def needs_uncond(self, step: "Step") -> bool:
         """Whether this step runs the unconditional branch; where guidance cannot change c it is skipped."""
-        return self.guided and self.uses_uncond and not all(s == 1 for s in self.scales)
+        return type(self).unconditional(self.values, self.scales)
 
     def needs_perturbed(self, step: "Step") -> bool:
         """Whether this step runs the perturbed branch (methods with a `perturbation`)."""

@@ -58,19 +58,11 @@ class FDG(Guider, name="fdg", label="FDG", note="Sadat et al. 2025: a scale per 
           paper="Sadat et al. (2025), Guidance in the Frequency Domain Enables High-Fidelity Sampling at Low CFG "
                 "Scales, arXiv 2506.19713"):
     """FDG: --scale guides the low frequencies and fdg_high_scale the high ones, so a scale-1 run still guides
-    unless the high-frequency scale is 1 too. Per-image scales apply the levels' math image by image."""
+    (and runs the unconditional branch) unless the high-frequency scale is 1 too. Per-image scales apply the levels' math image by image."""
 
-    def __init__(self, scale, **values):
-        super().__init__(scale, **values)
-        high = self.values["fdg_high_scale"]
-        if all(s == 1 for s in self.scales) and high != 1:
-            # The request's uncond embeddings are prepared only when some scale differs from 1.
-            raise EngineError(f"FDG at scale 1 still guides the high frequencies (FDG high-frequency scale {high:g}), "
-                              f"which this engine cannot run yet; use a scale other than 1 or a high-frequency "
-                              f"scale of 1.")
-
-    def needs_uncond(self, step):
-        return self.guided and not (all(s == 1 for s in self.scales) and self.values["fdg_high_scale"] == 1)
+    @classmethod
+    def unconditional(cls, values, scales):
+        return cls.guided and not (all(s == 1 for s in scales) and values["fdg_high_scale"] == 1)
 
     def guide(self, c, u, step):
         high, weight = self.values["fdg_high_scale"], self.values["fdg_parallel_weight"]

@@ -87,7 +87,7 @@ class GuidanceSettings:
     def guided(self) -> bool:
         """Whether any step may run the unconditional branch."""
         cls = GUIDERS.get(self.method)
-        return cls is not None and cls.guided and cls.uses_uncond and not all(s == 1 for s in self.scales)
+        return cls is not None and cls.unconditional(self.values, self.scales)
 
     @property
     def perturbed(self) -> bool:

@@ -65,8 +65,9 @@ def test_per_image_scales_equal_per_image_calls():
 
 
 def test_scale_one_still_guides_unless_the_high_scale_is_one_too():
-    with pytest.raises(EngineError, match="FDG at scale 1 still guides the high frequencies"):
-        GuidanceSettings("fdg", 1.0).build()
+    assert GuidanceSettings("fdg", 1.0).guided  # the negative prompt is encoded for the high frequencies' guidance
+    assert GuidanceSettings("fdg", 1.0).build().needs_uncond(STEP)
+    assert not GuidanceSettings("fdg", 1.0, fdg_high_scale=1.0).guided
     assert not GuidanceSettings("fdg", 1.0, fdg_high_scale=1.0).build().needs_uncond(STEP)
     assert GuidanceSettings("fdg", (1.0, 1.0, 4.0)).build().needs_uncond(STEP)
 

@@ -46,7 +46,8 @@ def test_strict_values_refuse_a_parameter_the_method_ignores():
 
 def test_fields_show_method_parameters_always_and_modifiers_when_they_act():
     labels = lambda s: [p.label for p, _ in s.fields()]  # noqa: E731
-    assert labels(GuidanceSettings("apg", 5.0)) == ["Guidance eta", "APG momentum", "APG norm threshold"]
+    assert labels(GuidanceSettings("apg", 5.0)) == ["Guidance eta", "APG momentum", "APG norm threshold",
+                                                    "APG norm threshold (per SDXL-size latent)"]
     assert labels(GuidanceSettings("cfg", 5.0)) == []
     assert labels(GuidanceSettings("cfg", 5.0, rescale=0.7, interval=(0.2, 1.0))) == ["Guidance rescale",
                                                                                      "Guidance interval"]
