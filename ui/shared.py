@@ -296,7 +296,7 @@ def _param_controls(param: Param, visible: bool) -> dict[str, gr.components.Comp
 def guidance_controls(prefix: str, default_scale: float) -> GuidanceControls:
     """Method, scale, and an accordion with every guider's declared parameters."""
     method = gr.Dropdown(method_choices(), value="cfg", label="Guidance method")
-    scale = gr.Slider(0, 30, value=default_scale, step=0.5, label="Guidance scale",
+    scale = gr.Slider(0, 50, value=default_scale, step=0.5, label="Guidance scale",
                       info="1 = conditional only; larger follows the prompt harder")
     shown = {p.name for p in GuidanceSettings.declared_for("cfg")}
     params: dict[str, gr.components.Component] = {}
