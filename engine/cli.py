@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "default Compare grid against the machine's matmul peak")
     bench.add_argument("--grid", action="store_true", help="time the default Compare grid, with its UNet FLOPs, "
                        "GFLOP/s and roofline fraction")
+    sub.add_parser("study", help="guidance methods against scales over many prompts and seeds, with intervals and "
+                   "matched adherence (python -m engine study --help)", add_help=False)
     threads = sub.add_parser("threads", help="seconds per image on the engine's model thread, with a batch split "
                              "across cores and whole, then on the main thread and a worker thread")
     for parser_ in (bench, threads):
@@ -160,6 +162,11 @@ def run_generate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["study"]:  # the lab's research command lives beside the engine, with the world's evaluator
+        from evaluation.study import main as study
+
+        return study(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         if args.command == "bench" and args.grid:
