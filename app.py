@@ -1,7 +1,8 @@
 """Guidance Lab: `python app.py` serves the app (host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT).
 
 The engine is built once and shared by every tab; it runs all model work on a thread of its own, so the app
-launches the ordinary Gradio way. LAB_MODEL_DIR=<folder> points every tab at the model folders under it (the
+launches the ordinary Gradio way. `--mcp` (or GRADIO_MCP_SERVER=True) also serves the generation endpoints to
+agents as MCP tools, each described by its docstring. LAB_MODEL_DIR=<folder> points every tab at the model folders under it (the
 tests' tiny models, or freshly trained ones) instead of the registry's names.
 """
 
@@ -63,8 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-any-model", action="store_true",
                         help="let requests name any local model folder or hub id, not only the offered models "
                              "(never on a public host)")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also serve the generation endpoints as MCP tools at /gradio_api/mcp (the same as "
+                             "GRADIO_MCP_SERVER=True)")
     args = parser.parse_args(argv)
-    create_app(allow_any_model=args.allow_any_model).launch(**launch_options())  # host, port: GRADIO_SERVER_*
+    mcp = {"mcp_server": True} if args.mcp else {}  # without the flag, Gradio reads GRADIO_MCP_SERVER itself
+    create_app(allow_any_model=args.allow_any_model).launch(**launch_options(), **mcp)  # host, port: GRADIO_SERVER_*
 
 
 if __name__ == "__main__":

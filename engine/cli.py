@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "default Compare grid against the machine's matmul peak")
     bench.add_argument("--grid", action="store_true", help="time the default Compare grid, with its UNet FLOPs, "
                        "GFLOP/s and roofline fraction")
+    bench.add_argument("--guidance", action="append", metavar="METHOD", help="time this guidance method (repeat the "
+                       "flag for several) against CFG, and its cost against what its branches explain")
     sub.add_parser("study", help="guidance methods against scales over many prompts and seeds, with intervals and "
                    "matched adherence (python -m engine study --help)", add_help=False)
     threads = sub.add_parser("threads", help="seconds per image on the engine's model thread, with a batch split "
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_guidance_flag(parser: argparse.ArgumentParser, param: Param) -> None:
     """A guider's declared parameter as a flag; None when not given, so a flag the method ignores is refused."""
+    if param.kind == "text":
+        parser.add_argument(param.flag, dest=param.name, help=f"{param.help} (default {param.default})")
+        return
     parse = _whole(param.noun) if param.kind == "int" else _number(param.noun)
     default = param.text(param.default) if param.kind != "range" else f"{param.default[0]:g} {param.default[1]:g}"
     help_text = f"{param.help} (default {default}; {param.low:g} to {param.high:g})"
@@ -169,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         return study(argv[1:])
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "bench" and args.guidance:
+            from .bench import run_guidance
+            return run_guidance(model=args.model, steps=args.steps, runs=args.runs, scale=args.scale,
+                                methods=args.guidance)
         if args.command == "bench" and args.grid:
             from .bench import run_grid
             run_grid(model=args.model, steps=args.steps, runs=args.runs)

@@ -52,6 +52,24 @@ def make_handler(engine: Engine, models: ModelChoices):
     def class_cond(class_label: str, model: str | None = None, scale: float = 4.0, classifier_scale: float = 0.0,
                    classifier: str = NO_CLASSIFIER, steps: int = 25, scheduler: str = "ddim", seed: int = 0,
                    num_images: int = 1, progress=gr.Progress()):
+        """Generate images of one class with a class-conditional model, guided by CFG, a noise-aware classifier, or
+        both.
+
+        Args:
+            class_label: The class, by name (e.g. circle, star, heart) or id.
+            model: A class-conditional model offered by this server (default: the project's lab-dit).
+            scale: CFG scale (1 = off; the page offers 0 to 20).
+            classifier_scale: Classifier-guidance scale, 0 to 50 (0 = off).
+            classifier: A noise-aware classifier offered by this server, or 'none'.
+            steps: Denoising steps, 1 to 500.
+            scheduler: Sampler: ddim, ddpm, euler, euler-a, dpm++2m or unipc.
+            seed: Seed of the first image (an integer); image k uses seed + k.
+            num_images: Number of images, 1 to 16.
+
+        Returns:
+            A gallery of PNGs, p(y | x_t) per step and image (the classifier's belief along the run), and the
+            command that reproduces the images.
+        """
         if isinstance(class_label, int) and not isinstance(class_label, bool):
             class_label = str(class_label)  # a class id
         class_label = text("class", class_label)
@@ -104,6 +122,6 @@ def build(engine: Engine, models: ModelChoices) -> None:
                                label="Classifier p(y | x_t) per step (needs a classifier)", height=260)
             command = reproduce_box()
     model.change(guarded(lambda m: gr.update(choices=class_names(engine, models.pick(m, "class")))), model, label,
-                 api_name="class_names")
+                 api_name="class_names", api_visibility="undocumented")
     inputs = [label, model, scale, classifier_scale, classifier, steps, scheduler, seed, count]
     button.click(make_handler(engine, models), inputs, [images, plot, command], api_name="class_cond", **MODEL_EVENT)

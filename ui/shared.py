@@ -20,6 +20,7 @@ from PIL import Image
 from engine.errors import EngineError
 from engine.generate import Engine, Result
 from engine.guiders import GUIDERS, GuidanceSettings, Param, all_params, method_names
+from engine.guiders.registry import owners
 from engine.request import MAX_IMAGES, MAX_SEED, Request, command_for
 from engine.schedulers import SCHEDULERS
 
@@ -158,9 +159,58 @@ def guidance_api(default_scale: float) -> tuple[list[tuple[str, Any]], list[tupl
             [(n, v) for n, v in defaults.items() if n not in leading])
 
 
-def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Callable[[dict], Any]):
+# What each fixed endpoint parameter means: the "Args:" of the endpoints' docstrings, which Gradio's API page and its
+# MCP server show to people and agents. The guiders' parameters describe themselves (engine/guiders/).
+PARAMETER_DOCS = {
+    "prompt": "What the image should show, in words (at most 1000 characters).",
+    "negative_prompt": "The unconditional branch's text: what to steer away from ('' = the empty prompt).",
+    "model": "A text-to-image model offered by this server (default: the project's lab-sd).",
+    "scale": "Guidance scale, 0 to 50; 1 is the conditional model alone, larger follows the prompt harder.",
+    "steps": "Denoising steps, 1 to 500.",
+    "scheduler": "Sampler: ddim, ddpm, euler, euler-a, dpm++2m or unipc.",
+    "seed": "Seed of the first image (an integer); image k uses seed + k.",
+    "num_images": "Number of images, 1 to 16.",
+    "trajectory": "Also return the x0 estimate at five steps of the run as one strip.",
+    "attention": "Also return cross-attention heat maps per prompt token for the first image.",
+    "control_image": "The control map (scribble, Canny edges or an OpenPose skeleton), or a source picture with "
+                     "preprocess=True.",
+    "control_type": "Control type: scribble, canny or pose; it picks the default ControlNet.",
+    "controlnet": "A ControlNet offered by this server, or 'auto' for the control type's default.",
+    "preprocess": "Turn a source picture into the control map first (Canny edges, scribble, skeleton).",
+    "canny_low": "Canny's low threshold, 0 to 1000 (with preprocess for canny).",
+    "canny_high": "Canny's high threshold, 0 to 1000 (with preprocess for canny).",
+    "control_scale": "ControlNet conditioning scale, 0 to 2.",
+    "control_start": "Fraction of the run where the control starts, 0 to 1.",
+    "control_end": "Fraction of the run where the control ends, 0 to 1.",
+    "guess_mode": "Feed the control to the conditional branch only.",
+}
+
+
+def _describe(name: str) -> str:
+    if name == "guidance":
+        return "Guidance method: " + ", ".join(method_names()) + "."
+    if name in PARAMETER_DOCS:
+        return PARAMETER_DOCS[name]
+    for param in all_params():
+        if name in param.api_names:
+            mine = [GUIDERS[m].label for m in owners(param.name) if m in GUIDERS]
+            owners_ = ", ".join(mine) or "every guided method"
+            span = "" if param.kind == "text" else f" ({param.low:g} to {param.high:g})"
+            return f"{param.label}{span}, for {owners_}: {param.help}."
+    return name.replace("_", " ").capitalize() + "."
+
+
+def docstring(summary: str, names: list[str], returns: str) -> str:
+    """A Google-style docstring (summary, Args, Returns) for an endpoint with these parameter names."""
+    args = "\n".join(f"    {n}: {_describe(n)}" for n in names)
+    return f"{summary}\n\nArgs:\n{args}\n\nReturns:\n    {returns}"
+
+
+def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Callable[[dict], Any],
+                 returns: str = "The generated images and the command that reproduces them."):
     """An endpoint function whose signature (the API's parameter names and defaults) is `params`, generated from
-    the guiders' declarations; `body` gets the values by name. Errors become one sentence (see `guarded`)."""
+    the guiders' declarations; `body` gets the values by name. Errors become one sentence (see `guarded`). Its
+    docstring lists every parameter, for the API page and for agents through MCP."""
     signature = inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for n, d in params]
         + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
@@ -182,7 +232,7 @@ def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Calla
 
     endpoint.__signature__ = signature
     endpoint.__name__ = endpoint.__qualname__ = name
-    endpoint.__doc__ = doc
+    endpoint.__doc__ = docstring(doc, [n for n, _ in params], returns)
     return guarded(endpoint)
 
 
@@ -305,7 +355,7 @@ def guidance_controls(prefix: str, default_scale: float) -> GuidanceControls:
             params.update(_param_controls(param, param.name in shown))
     names = list(params)
     method.change(_visible_for(names), method, [params[n] for n in names], api_name=f"{prefix}_guidance_fields",
-                  queue=False)
+                  queue=False, api_visibility="undocumented")
     return GuidanceControls(method, scale, params)
 
 
@@ -334,7 +384,8 @@ def seed_row(prefix: str, num_images: bool = True):
         seed = SeedInput("0", label="Seed", info=f"a whole number from 0 to {SEED_MAX}", scale=3, max_lines=1)
         dice = gr.Button("Randomize", scale=1, size="sm")
         count = gr.Slider(1, 8, value=1, step=1, label="Images", scale=3) if num_images else None
-    dice.click(lambda: str(random.randint(0, SEED_MAX)), None, seed, api_name=f"{prefix}_random_seed", queue=False)
+    dice.click(lambda: str(random.randint(0, SEED_MAX)), None, seed, api_name=f"{prefix}_random_seed", queue=False,
+               api_visibility="undocumented")
     return seed, count
 
 

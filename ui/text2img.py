@@ -71,7 +71,9 @@ def make_handler(engine: Engine, models: ModelChoices):
                 yield live_gallery(value), gr.skip(), gr.skip(), gr.skip()
 
     return api_function("text2img", "Generate images from a text prompt with the picked guidance method.",
-                        params, text2img)
+                        params, text2img, returns="A gallery of PNGs (each with its parameters text), the command "
+                        "that reproduces them, the x0-trajectory strip (or None) and cross-attention heat maps per "
+                        "prompt token. While the run denoises, the endpoint streams the current x0 estimate.")
 
 
 def build(engine: Engine, models: ModelChoices) -> None:
@@ -99,4 +101,4 @@ def build(engine: Engine, models: ModelChoices) -> None:
               show_attention, *g.inputs(trailing)]
     outputs = [images, command, trajectory, attention]
     button.click(handler, inputs, outputs, api_name="text2img", **MODEL_EVENT)
-    prompt.submit(handler, inputs, outputs, api_name="text2img_submit", **MODEL_EVENT)
+    prompt.submit(handler, inputs, outputs, api_name="text2img_submit", api_visibility="undocumented", **MODEL_EVENT)
