@@ -1,30 +1,47 @@
-"""X/Y comparison of guidance methods against scales: batched runs per row, a labelled grid, per-cell measures."""
+"""X/Y comparison of guidance methods against scales: batched runs per row, a labelled grid, per-cell measures, and
+the methods compared again at the scales where their adherence matches CFG's at one reference scale."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import EngineError
+from .generate import Stopped
 from .guiders import GUIDERS, GuidanceSettings
-from .guiders.settings import compare_rows
-from .request import MAX_IMAGES
+from .guiders.settings import compare_rows, parse_method_spec
+from .request import MAX_IMAGES, Request, check_request
 
 Measure = Callable[[list[Image.Image]], dict[str, Any]]  # one cell's images (its seeds) -> named measures
+Callback = Callable[[int, dict], None]  # (batched run index, the engine's step info)
 DEFAULT_ROWS = ("CFG", "Perp-CFG", "APG", "CFG + rescale")
-DEFAULT_SCALES = (1.0, 3.0, 5.0, 7.5, 10.0, 15.0)
-MAX_CELLS = 64
+DEFAULT_SCALES = (1.0, 3.0, 7.5, 15.0, 30.0, 50.0)
+REFERENCE = "CFG"  # the row whose adherence the others are matched to
+MAX_CELLS = 96  # every Compare row at the default scales; the work budget bounds the rest
 CELL_MIN = 128  # cells are enlarged (nearest) to at least this many pixels so labels stay readable
 
 
 @dataclass
 class Comparison:
     grid: Image.Image
-    cells: list[list[Image.Image]]  # [row][column], the grid seed
+    cells: list[list[Image.Image | None]]  # [row][column], the grid seed; None where the row could not run
     measures: list[dict[str, Any]]  # per cell: method, scale and the measures asked for
     parameters: str
+    rows: list[tuple[str, GuidanceSettings]] = field(default_factory=list)  # (label, settings) in grid order
+    scales: tuple[float, ...] = ()
+    seeds: int = 1
+    failed: dict[str, str] = field(default_factory=dict)  # label -> the sentence saying why that row did not run
+
+
+@dataclass
+class Matching:
+    """The rows at the scales where their mean adherence reaches CFG's at `at`."""
+
+    at: float
+    target: float  # CFG's mean adherence at `at`
+    rows: list[dict[str, Any]]  # method, matched scale (None: not reached), the measures there, note
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -39,11 +56,26 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def row_settings(label: str, scales: tuple[float, ...]) -> GuidanceSettings:
+def row_settings(row: str) -> tuple[str, GuidanceSettings]:
+    """(label, settings at scale 1) of one row: a Compare row label ('APG') or a method spec
+    ('apg:eta=0:momentum=-0.5', labelled as written canonically)."""
     rows = compare_rows()
-    if label not in rows:
-        raise EngineError(f"Unknown comparison row '{label}'; choose from {', '.join(rows)}.")
-    return rows[label].replace(scale=scales)
+    if row in rows:
+        return row, rows[row]
+    name = row.split(":")[0].strip().lower().replace("_", "-")
+    if name not in GUIDERS:
+        raise EngineError(f"Unknown comparison row '{row[:60]}'; pick one of {', '.join(rows)} or write a method "
+                          f"like 'apg:eta=0:momentum=-0.5'.")
+    return parse_method_spec(row)
+
+
+def resolve_rows(rows: tuple[str, ...]) -> list[tuple[str, GuidanceSettings]]:
+    resolved = [row_settings(row) for row in rows]
+    labels = [label for label, _ in resolved]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise EngineError(f"The row '{label}' is asked for twice; list each method once.")
+    return resolved
 
 
 def _font(size: int):
@@ -53,10 +85,10 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def grid(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str], *,
+def grid(cells: list[list[Image.Image | None]], row_labels: list[str], col_labels: list[str], *,
          x_title: str = "", y_title: str = "") -> Image.Image:
-    """Cells in rows and columns with labels on the left and top, like an X/Y plot."""
-    side = max(CELL_MIN, max(c.width for row in cells for c in row))
+    """Cells in rows and columns with labels on the left and top, like an X/Y plot; a None cell stays grey."""
+    side = max([CELL_MIN, *(c.width for row in cells for c in row if c is not None)])
     font, title_font = _font(max(12, side // 9)), _font(max(13, side // 8))
     left = max(24 + int(font.getlength(label)) for label in row_labels) + (30 if y_title else 0)
     top = side // 4 + (side // 5 if x_title else 0)
@@ -69,7 +101,12 @@ def grid(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list
     for i, (label, row) in enumerate(zip(row_labels, cells)):
         draw.text((left - 8, top + side * i + side / 2), label, fill="black", font=font, anchor="rm")
         for j, cell in enumerate(row):
-            canvas.paste(cell.convert("RGB").resize((side, side), Image.NEAREST), (left + side * j, top + side * i))
+            x, y = left + side * j, top + side * i
+            if cell is None:
+                draw.rectangle((x, y, x + side - 1, y + side - 1), fill=(225, 225, 225), outline="white")
+                draw.text((x + side / 2, y + side / 2), "not run", fill="grey", font=font, anchor="mm")
+            else:
+                canvas.paste(cell.convert("RGB").resize((side, side), Image.NEAREST), (x, y))
     if y_title:
         label = Image.new("RGB", (int(title_font.getlength(y_title)) + 8, 24), "white")
         ImageDraw.Draw(label).text((4, 2), y_title, fill="black", font=title_font)
@@ -80,7 +117,8 @@ def grid(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list
 
 def shares_conditional(settings: GuidanceSettings, scale: float) -> bool:
     """Whether this cell is the plain conditional run: at scale 1 most methods return c at every step (not
-    CFG-Zero*, whose zero-init steps still act), so one conditional batch serves all such rows."""
+    CFG-Zero*, whose zero-init steps still act, nor FDG, PAG and SEG, whose own scales still guide), so one
+    conditional batch serves all such rows."""
     return scale == 1 and GUIDERS[settings.method].plain_at_one
 
 
@@ -89,39 +127,52 @@ def _todo(settings: GuidanceSettings, scales: tuple[float, ...], seeds: int) -> 
     return [(k, s) for k in range(seeds) for s in scales if not shares_conditional(settings, s)]
 
 
-def estimate_seconds(engine, base, rows: tuple[str, ...], scales: tuple[float, ...], seeds: int) -> float:
-    """Seconds the comparison should take here, from the same batches `compare` runs."""
-    cells = [len(_todo(row_settings(label, scales), scales, seeds)) for label in rows]
-    shared = seeds if any(n < seeds * len(scales) for n in cells) else 0
-    batches = [(n, 2) for n in cells if n] + ([(shared, 1)] if shared else [])  # own cells: c and u; shared: c
-    total = 0.0
-    for images, branches in batches:
-        for first in range(0, images, MAX_IMAGES):
-            group = min(MAX_IMAGES, images - first)
-            settings = GuidanceSettings("cfg", 7.5 if branches == 2 else 1.0)
-            total += engine.estimate_seconds(replace(base, guidance=settings, num_images=group))
-    return total
+def _requests(base: Request, settings: GuidanceSettings, cells: list[tuple[int, float]]) -> list[Request]:
+    """The batched Requests for (seed offset, scale) cells: as few as the engine's batch limit allows."""
+    return [replace(base, guidance=settings.replace(scale=tuple(s for _, s in group)), num_images=len(group),
+                    image_seeds=tuple(base.seed + k for k, _ in group))
+            for group in (cells[i:i + MAX_IMAGES] for i in range(0, len(cells), MAX_IMAGES))]
 
 
 def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]], callback, cancel=None):
     """Images for (seed offset, scale) cells, in as few batched Requests as the engine's batch limit allows."""
-    images = {}
-    parameters = ""
-    for first in range(0, len(cells), MAX_IMAGES):
-        group = cells[first:first + MAX_IMAGES]
-        req = replace(base, guidance=settings.replace(scale=tuple(s for _, s in group)), num_images=len(group),
-                      image_seeds=tuple(base.seed + k for k, _ in group))
+    images, parameters = {}, ""
+    for req, first in zip(_requests(base, settings, cells), range(0, len(cells), MAX_IMAGES)):
         result = engine.generate(req, callback=callback, cancel=cancel)
-        images.update(zip(group, result.images))
+        images.update(zip(cells[first:first + MAX_IMAGES], result.images))
         parameters = parameters or result.parameters[0]
     return images, parameters
 
 
-def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[float, ...] = DEFAULT_SCALES, *,
-            seeds: int = 3, measure: Measure | None = None,
-            callback: Callable[[int, dict], None] | None = None, cancel=None) -> Comparison:
-    """Batched Requests per row (every scale times every seed), the grid showing `base.seed` in each cell; the
-    scale-1 cells that are plain conditional runs are computed once for all rows."""
+def _planned(base, rows, scales, seeds, match_at: float | None) -> list[Request]:
+    """Every Request `compare` (and `match`, when `match_at` is given) may run, in the shapes they run in."""
+    _check(rows, scales, seeds)
+    resolved = resolve_rows(rows)
+    planned, sharing = [], None
+    for _, settings in resolved:
+        todo = _todo(settings, scales, seeds)
+        planned += _requests(base, settings, todo)
+        if len(todo) < seeds * len(scales):
+            sharing = sharing or settings
+    if sharing is not None:
+        planned += _requests(base, sharing, [(k, 1.0) for k in range(seeds)])
+    if match_at is not None:  # at most: CFG at the reference scale, then each other row once at a guided scale
+        reference = compare_rows()[REFERENCE]
+        planned += _requests(base, reference, [(k, match_at) for k in range(seeds)])
+        upper = max(scales)
+        planned += [req for label, settings in resolved if label != REFERENCE
+                    for req in _requests(base, settings, [(k, upper) for k in range(seeds)])]
+    return planned
+
+
+def estimate_seconds(engine, base, rows: tuple[str, ...], scales: tuple[float, ...], seeds: int,
+                     match_at: float | None = None) -> float:
+    """Seconds the comparison (and the matched-adherence runs, with `match_at`) should take here, from the same
+    batches they run, each with its row's real settings (a perturbed branch counts as one more evaluation)."""
+    return sum(engine.estimate_seconds(req) for req in _planned(base, rows, scales, seeds, match_at))
+
+
+def _check(rows, scales, seeds) -> None:
     if not rows:
         raise EngineError("Pick at least one guidance method to compare.")
     if not 1 <= seeds <= 8:
@@ -130,25 +181,118 @@ def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[fl
         raise EngineError(f"Compare at most {MAX_IMAGES} scales at once, not {len(scales)}.")
     if len(rows) * len(scales) > MAX_CELLS:
         raise EngineError(f"The grid would have {len(rows) * len(scales)} cells; the limit is {MAX_CELLS}.")
-    cells, measures, parameters = [], [], ""
+
+
+def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[float, ...] = DEFAULT_SCALES, *,
+            seeds: int = 3, measure: Measure | None = None, callback: Callback | None = None,
+            cancel=None) -> Comparison:
+    """Batched Requests per row (every scale times every seed), the grid showing `base.seed` in each cell; the
+    scale-1 cells that are plain conditional runs are computed once for all rows. A row that cannot run here (e.g.
+    AutoGuidance without a weak model) leaves grey cells and one sentence in `failed`; the others still run."""
+    for req in _planned(base, rows, scales, seeds, None):
+        check_request(req)  # every input error before any model work
+    resolved = resolve_rows(rows)
+    cells, measures, parameters, failed = [], [], "", {}
     shared, shared_params = {}, ""  # the scale-1 conditional images, computed once for every row sharing them
-    for r, label in enumerate(rows):
-        settings = row_settings(label, scales)
+    for r, (label, settings) in enumerate(resolved):
         report = (lambda info, r=r: callback(r, info)) if callback else None
         todo = _todo(settings, scales, seeds)
-        images, params = _run(engine, base, settings, todo, report, cancel)
-        if len(todo) < seeds * len(scales):
-            if not shared:
-                shared, shared_params = _run(engine, base, settings, [(k, 1.0) for k in range(seeds)], report,
-                                             cancel)
-            images.update(shared)
-            params = params or shared_params
+        try:
+            images, params = _run(engine, base, settings, todo, report, cancel)
+            if len(todo) < seeds * len(scales):
+                if not shared:
+                    shared, shared_params = _run(engine, base, settings, [(k, 1.0) for k in range(seeds)], report,
+                                                 cancel)
+                images.update(shared)
+                params = params or shared_params
+        except Stopped:
+            raise
+        except EngineError as exc:
+            failed[label] = str(exc)
+            cells.append([None] * len(scales))
+            measures += [{"method": label, "scale": scale, "note": str(exc)} for scale in scales]
+            continue
         cells.append([images[0, s] for s in scales])
         parameters = parameters or params
         for scale in scales:
             values = measure([images[k, scale] for k in range(seeds)]) if measure else {}
             measures.append({"method": label, "scale": scale, **values})
-    picture = grid(cells, list(rows), [f"{s:g}" for s in scales], x_title="guidance scale", y_title="method")
+    if len(failed) == len(resolved):
+        raise EngineError(next(iter(failed.values())))
+    labels = [label for label, _ in resolved]
+    picture = grid(cells, labels, [f"{s:g}" for s in scales], x_title="guidance scale", y_title="method")
     values = ", ".join(f"{s:g}" for s in scales)
-    parameters += f', X Type: Guidance scale, X Values: "{values}", Y Type: Method, Y Values: "{", ".join(rows)}"'
-    return Comparison(picture, cells, measures, parameters)
+    parameters += f', X Type: Guidance scale, X Values: "{values}", Y Type: Method, Y Values: "{", ".join(labels)}"'
+    return Comparison(picture, cells, measures, parameters, resolved, tuple(scales), seeds, failed)
+
+
+def matched_scale(scales, adherence, target: float) -> float | None:
+    """The scale where a row's adherence curve first reaches `target`: linear between the two neighbouring columns
+    of the first rising step that crosses it (the lowest column when that already reaches it); None when the
+    curve never does. Columns without an adherence value are left out."""
+    points = sorted((s, a) for s, a in zip(scales, adherence) if a is not None)
+    if not points:
+        return None
+    if points[0][1] >= target:
+        return points[0][0]
+    for (s0, a0), (s1, a1) in zip(points, points[1:]):
+        if a0 < target <= a1:
+            return s0 + (target - a0) / (a1 - a0) * (s1 - s0)
+    return None
+
+
+def _cell(comparison: Comparison, label: str, scale: float) -> dict[str, Any] | None:
+    return next((m for m in comparison.measures if m["method"] == label and m["scale"] == scale
+                 and "note" not in m), None)
+
+
+def _measured(engine, base, settings, scale, seeds, measure, callback, cancel) -> dict[str, Any]:
+    images, _ = _run(engine, base, settings, [(k, scale) for k in range(seeds)], callback, cancel)
+    return measure([images[k, scale] for k in range(seeds)])
+
+
+def match(engine, base, comparison: Comparison, at: float, *, measure: Measure, callback: Callback | None = None,
+          cancel=None) -> Matching:
+    """CFG's mean adherence at scale `at` (from the grid when it has that cell, else one batched run), then for
+    each other row the scale where its adherence reaches it (`matched_scale` on the grid's columns) and the
+    measures there (one batched run on the grid's seeds, or the grid's cell when the scale is a column)."""
+    seeds, index = comparison.seeds, len(comparison.rows)
+    report = lambda i: (lambda info: callback(i, info)) if callback else None  # noqa: E731
+    reference = _cell(comparison, REFERENCE, at)
+    if reference is None:
+        reference = _measured(engine, base, compare_rows()[REFERENCE], at, seeds, measure, report(index), cancel)
+        index += 1
+    if reference.get("adherence") is None:
+        raise EngineError("Matching adherence needs an adherence measure, and these images have none: the world's "
+                          "evaluator judges only the project's own models.")
+    target = reference["adherence"]
+    rows = [{"method": REFERENCE, "matched scale": at, **_plain(reference), "note": "reference"}]
+    for label, settings in comparison.rows:
+        if label == REFERENCE:
+            continue
+        if label in comparison.failed:
+            rows.append({"method": label, "matched scale": None, "note": comparison.failed[label]})
+            continue
+        curve = [(_cell(comparison, label, s) or {}).get("adherence") for s in comparison.scales]
+        scale = matched_scale(comparison.scales, curve, target)
+        if scale is None:
+            rows.append({"method": label, "matched scale": None, "note": "not reached"})
+            continue
+        values = _cell(comparison, label, scale)
+        if values is None:
+            try:
+                values = _measured(engine, base, settings, scale, seeds, measure, report(index), cancel)
+            except Stopped:
+                raise
+            except EngineError as exc:
+                rows.append({"method": label, "matched scale": scale, "note": str(exc)})
+                continue
+            finally:
+                index += 1
+        rows.append({"method": label, "matched scale": scale, **_plain(values), "note": ""})
+    return Matching(at, target, rows)
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """A cell's measures without the per-seed lists."""
+    return {k: v for k, v in values.items() if k != "per_seed"}

@@ -1,82 +1,216 @@
-"""Compare tab: an X/Y grid of guidance methods against scales at one seed, and measures per cell against scale."""
+"""Compare tab: an X/Y grid of guidance methods against scales at one seed, the measures per cell against scale with
+95% intervals, and the methods compared again at the scales where their adherence matches CFG's."""
 
 from __future__ import annotations
 
 import functools
+import math
+import re
 
 import gradio as gr
 import pandas as pd
+from matplotlib.figure import Figure
 
-from engine.compare import DEFAULT_ROWS, DEFAULT_SCALES, compare, estimate_seconds, parse_scales
-from engine.generate import Engine
+from engine.compare import (DEFAULT_ROWS, DEFAULT_SCALES, REFERENCE, compare, estimate_seconds, match,
+                            parse_scales)
+from engine.errors import EngineError
+from engine.generate import Engine, Stopped
 from engine.guiders.settings import compare_rows
 from engine.registry import is_project_model
 from engine.request import Request
 from world.measures import cell_measures
 
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, SEED_MAX, check_budget, guarded, in_background, progress_adapter, prompt_controls,
-                     sampling_controls, save_output, seed_row, text, whole)
+from .shared import (MODEL_EVENT, SEED_MAX, check_budget, guarded, in_background, number, progress_adapter,
+                     prompt_controls, sampling_controls, save_output, seed_row, text, whole)
 
 MEASURES = {"saturation": "Mean saturation", "clipped": "Fraction of clipped pixels",
             "diversity": "Diversity across seeds", "adherence": "Adherence (project's models only)"}
+PRESETS = {"Classic: CFG / Perp-CFG / APG": ("CFG", "Perp-CFG", "APG"),
+           "Perturbation: PAG / SEG / AutoGuidance": ("PAG", "SEG", "AutoGuidance"),
+           "Reshaping: TCFG / MAMBO-G / FDG": ("TCFG", "MAMBO-G", "FDG"),
+           "All": None}  # None: every row
+MAX_MORE_ROWS_CHARS = 2000
+DEFAULT_MATCH = 7.5
+NO_JUDGE = ("Matching adherence needs an adherence measure, and the world's evaluator judges only the project's "
+            "own models; pick one of them (lab-sd) to match.")
+
+
+def preset_rows(preset) -> list[str]:
+    """The rows of a method preset, or one sentence for an unknown one."""
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise EngineError(f"Unknown method preset; choose one of: {'; '.join(PRESETS)}.")
+    rows = PRESETS[preset]
+    return list(compare_rows()) if rows is None else list(rows)
+
+
+def split_rows(value) -> tuple[str, ...]:
+    """Method specs from the "More rows" box, separated by ';' or new lines."""
+    value = text("more rows", value)
+    if len(value) > MAX_MORE_ROWS_CHARS:
+        raise EngineError(f"The extra rows are {len(value)} characters long; the limit is {MAX_MORE_ROWS_CHARS}.")
+    return tuple(part.strip() for part in re.split(r"[;\n]", value) if part.strip())
+
+
+def switch(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise EngineError(f"The {name} must be true or false, not {type(value).__name__}.")
+    return value
 
 
 def make_handler(engine: Engine, models: ModelChoices):
     @guarded
     def compare_grid(prompt: str, negative_prompt: str = "", model: str | None = None,
                      methods: list[str] = list(DEFAULT_ROWS), scales: str = ", ".join(f"{s:g}" for s in DEFAULT_SCALES),
-                     seed: int = 0, seeds: int = 3, steps: int = 25, scheduler: str = "ddim", progress=gr.Progress()):
+                     seed: int = 0, seeds: int = 3, steps: int = 25, scheduler: str = "ddim", more_rows: str = "",
+                     match_adherence: bool = False, match_scale: float = DEFAULT_MATCH, progress=gr.Progress()):
         base = Request(model=models.pick(model, "text"), prompt=text("prompt", prompt),
                        negative_prompt=text("negative prompt", negative_prompt),
                        steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
                        seed=whole("seed", seed, 0, SEED_MAX))
-        rows = tuple(text("method name", m) for m in (methods or ()))
-        report = progress_adapter(progress, rows=max(1, len(rows)), label="grid")
+        if not isinstance(methods, (list, tuple, type(None))):
+            raise EngineError("The methods must be a list of row names.")
+        rows = tuple(text("method name", m) for m in (methods or ())) + split_rows(more_rows)
         judge = base.prompt if is_project_model(base.model) else None  # the world judges only the lab's models
+        matching = switch("matched-adherence switch", match_adherence)
+        at = number("matching scale", match_scale) if matching else None
         scale_list, seeds = parse_scales(text("scales", scales)), whole("number of seeds per cell", seeds, 1, 8)
-        check_budget(estimate_seconds(engine, base, rows, scale_list, seeds))
+        at = at if judge is not None else None  # nothing to match without adherence
+        check_budget(estimate_seconds(engine, base, rows, scale_list, seeds, match_at=at))
+        report = progress_adapter(progress, rows=max(1, len(rows) + (len(rows) + 1 if at is not None else 0)),
+                                  label="grid")
+        measure = functools.partial(cell_measures, prompt=judge)
+        callback = (lambda r, i: report(i, r)) if report else None
 
         def work(_report, cancel):
-            return compare(engine, base, rows, scale_list, seeds=seeds, cancel=cancel,
-                           measure=functools.partial(cell_measures, prompt=judge),
-                           callback=(lambda r, i: report(i, r)) if report else None)
+            result = compare(engine, base, rows, scale_list, seeds=seeds, cancel=cancel, measure=measure,
+                             callback=callback)
+            notes = [f"{label} did not run: {why}" for label, why in result.failed.items()]
+            matched = None
+            if matching and judge is None:
+                notes.append(NO_JUDGE)
+            elif matching:
+                try:
+                    matched = match(engine, base, result, at, measure=measure, callback=callback, cancel=cancel)
+                except Stopped:
+                    raise
+                except EngineError as exc:
+                    notes.append(f"Matching adherence failed: {exc}")
+            return result, matched, notes
 
-        for kind, result in in_background(work):
+        for kind, value in in_background(work):
             if kind == "done":
-                yield outputs(result)
+                yield outputs(*value)
             else:
-                yield (gr.skip(),) * 6
+                yield (gr.skip(),) * 5
 
-    def outputs(result):
-        frame = pd.DataFrame(result.measures)
-        judged = frame.dropna(subset=["adherence"])  # the evaluator judges only the project's own models
-        return save_output(result.grid, result.parameters), frame, frame, frame, judged, frame.round(4)
+    def outputs(result, matched, notes):
+        frame = cell_frame(result.measures)
+        if matched is not None:
+            notes = [f"{REFERENCE} at scale {matched.at:g} reaches a mean adherence of {matched.target:.3f}; each "
+                     f"other method is shown at the scale where its adherence first reaches that (linear between "
+                     f"the two columns around it), measured again on the same seeds.", *notes]
+        return (save_output(result.grid, result.parameters),
+                measures_figure(frame, None if matched is None else matched.target),
+                frame.round(4), matched_frame(matched), "\n\n".join(notes))
 
     return compare_grid
+
+
+def cell_frame(measures: list[dict]) -> pd.DataFrame:
+    """The per-cell table: the measures with their intervals, without the per-seed lists; columns no cell has a
+    value for (adherence on a model the world cannot judge) left out."""
+    frame = pd.DataFrame([{k: v for k, v in m.items() if k != "per_seed"} for m in measures])
+    keep = [c for c in frame.columns if c in ("method", "scale") or frame[c].notna().any()]
+    return frame[keep]
+
+
+def _with_interval(row: dict, name: str) -> str:
+    value = row.get(name)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
+    return f"{value:.3f}" if low is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def matched_frame(matched) -> pd.DataFrame:
+    """One row per method at its matched scale: the measures as 'mean [95% interval]'."""
+    columns = ["method", "matched scale", "adherence", "saturation", "clipped", "diversity", "note"]
+    if matched is None:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for row in matched.rows:
+        scale = row["matched scale"]
+        rows.append({"method": row["method"], "matched scale": "not reached" if scale is None else f"{scale:.3g}",
+                     **{name: _with_interval(row, name) for name in ("adherence", "saturation", "clipped")},
+                     "diversity": _with_interval(row, "diversity"), "note": row.get("note", "")})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def measures_figure(frame: pd.DataFrame, target: float | None = None) -> Figure:
+    """One panel per measure against scale: a line per method with its 95% interval shaded (diversity is one
+    number per cell); the matched adherence as a dashed line."""
+    figure = Figure(figsize=(10, 6.8), layout="constrained")
+    figure.suptitle("Measures against guidance scale (shaded: 95% bootstrap interval over the seeds)", fontsize=11)
+    axes = figure.subplots(2, 2, sharex=True).ravel()
+    low, high = (frame["scale"].min(), frame["scale"].max()) if len(frame) else (0, 0)
+    log = low > 0 and high > 4 * low  # scales like 1 ... 50 read better on a log axis
+    for ax, (name, title) in zip(axes, MEASURES.items()):
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if name not in frame or frame[name].isna().all():
+            ax.text(0.5, 0.5, "no values for this model", ha="center", va="center", transform=ax.transAxes,
+                    color="grey")
+            continue
+        for method, rows in frame.dropna(subset=[name]).groupby("method", sort=False):
+            rows = rows.sort_values("scale")
+            line, = ax.plot(rows["scale"], rows[name], marker="o", markersize=3, label=method)
+            if f"{name}_low" in rows:
+                ax.fill_between(rows["scale"], rows[f"{name}_low"], rows[f"{name}_high"], color=line.get_color(),
+                                alpha=0.15, linewidth=0)
+        if name == "adherence" and target is not None:
+            ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"{REFERENCE} reference")
+    ticks = sorted(set(frame["scale"])) if len(frame) else []
+    for ax in axes:
+        if log:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("guidance scale")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=9)
+    return figure
 
 
 def build(engine: Engine, models: ModelChoices) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             prompt, negative, model = prompt_controls(models)
+            preset = gr.Radio(list(PRESETS), value=None, label="Method presets", info="sets the rows in one click")
             methods = gr.CheckboxGroup(list(compare_rows()), value=list(DEFAULT_ROWS), label="Rows: guidance methods")
+            extra = gr.Textbox("", label="More rows", lines=2, max_length=MAX_MORE_ROWS_CHARS,
+                               placeholder="apg:eta=0:momentum=-0.75; pag:pag_scale=5:pag_layers=mid",
+                               info="method specs, method:param=value:..., separated by ';' or new lines")
             scales = gr.Textbox(", ".join(f"{s:g}" for s in DEFAULT_SCALES), label="Columns: guidance scales")
             seed, _ = seed_row("compare", num_images=False)
             seeds = gr.Slider(1, 8, value=3, step=1, label="Seeds per cell for the measures",
                               info="the grid shows the first; diversity needs two or more")
+            with gr.Row():
+                matching = gr.Checkbox(False, label="Match adherence to CFG at scale R",
+                                       info="then compare every method where its adherence equals CFG's")
+                match_at = gr.Number(DEFAULT_MATCH, label="R", minimum=0, maximum=100)
             steps, scheduler = sampling_controls(models.steps)
             button = gr.Button("Compare", variant="primary", elem_id="compare-run")
         with gr.Column(scale=3):
             grid = gr.Image(label="Grid (one seed; downloads as a PNG with its parameters)", type="filepath",
-                            format="png", interactive=False, buttons=["download", "fullscreen"],
+                            format="png", interactive=False, buttons=["download", "fullscreen"], height=560,
                             elem_id="compare-grid")
-            with gr.Row():
-                plots = [gr.LinePlot(x="scale", y=key, color="method", title=title, height=220)
-                         for key, title in list(MEASURES.items())[:2]]
-            with gr.Row():
-                plots += [gr.LinePlot(x="scale", y=key, color="method", title=title, height=220)
-                          for key, title in list(MEASURES.items())[2:]]
+            plot = gr.Plot(label="Measures against scale", show_label=False, format="png")
+            notes = gr.Markdown()
+            matched = gr.Dataframe(label="At matched adherence", interactive=False)
             table = gr.Dataframe(label="Measures per cell", interactive=False)
-    inputs = [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler]
-    button.click(make_handler(engine, models), inputs, [grid, *plots, table], api_name="compare", **MODEL_EVENT)
+    preset.change(guarded(preset_rows), preset, methods, api_name="compare_preset", queue=False)
+    inputs = [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler, extra, matching, match_at]
+    button.click(make_handler(engine, models), inputs, [grid, plot, table, matched, notes], api_name="compare",
+                 **MODEL_EVENT)

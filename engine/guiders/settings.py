@@ -149,3 +149,66 @@ def compare_rows() -> dict[str, GuidanceSettings]:
             start = {p.name: p.start_value for p in GUIDERS[method].params}
             rows[label] = GuidanceSettings(method, 1.0, **{**start, **values})
     return rows
+
+
+MAX_SPEC_CHARS = 300
+
+
+def _canon(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def _spec_value(param: Param, text: str, spec: str) -> Any:
+    """A parameter's value from its text in a spec: a number, a range written 'start-end' or 'start/end', or text;
+    then the parameter's own check."""
+    text = text.strip()
+    if param.kind == "text":
+        return param.check(text)
+    parts = text.replace("/", " ").replace("-", " -").split() if param.kind == "range" else [text]
+    if param.kind == "range" and len(parts) == 2 and parts[1].startswith("-"):
+        parts[1] = parts[1][1:]  # the dash between the two numbers, not a sign
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) != (2 if param.kind == "range" else 1):
+        form = "two numbers like 0.2-0.8" if param.kind == "range" else "a number"
+        raise EngineError(f"The {param.noun} in '{spec}' must be {form}, not '{text}'.")
+    if param.kind == "int" and numbers[0].is_integer():
+        numbers[0] = int(numbers[0])
+    return param.check(tuple(numbers) if param.kind == "range" else numbers[0])
+
+
+def parse_method_spec(text: str) -> tuple[str, GuidanceSettings]:
+    """'apg:eta=0:momentum=-0.5' -> (label, settings at scale 1): a registered method (any case, '-' or '_') and
+    name=value pairs of its declared parameters, the others at their declared (CLI) defaults. The label is the spec
+    written canonically (the method's name, then each given parameter as the PNG text writes it). Unknown method,
+    unknown parameter or a bad value: one sentence."""
+    if not isinstance(text, str) or not text.strip():
+        raise EngineError("Write a guidance method like 'apg:eta=0:momentum=-0.5'; the spec is empty.")
+    if len(text) > MAX_SPEC_CHARS:
+        raise EngineError(f"A method spec may be at most {MAX_SPEC_CHARS} characters long, not {len(text)}.")
+    spec = text.strip()
+    name, *pairs = spec.split(":")
+    method = next((n for n in GUIDERS if _canon(n) == _canon(name)), None)
+    if method is None:
+        raise EngineError(f"Unknown guidance '{name.strip()}'; choose one of {', '.join(method_names())}.")
+    declared = {_canon(p.name): p for p in GuidanceSettings.declared_for(method)}
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise EngineError(f"Write each parameter of '{spec}' as name=value, like 'apg:eta=0'; got '{pair}'.")
+        param = declared.get(_canon(key))
+        if param is None:
+            known = ", ".join(p.name for p in declared.values()) or "none"
+            where = "; the scale is given apart from the method" if _canon(key) == "scale" else f"; it takes: {known}"
+            raise EngineError(f"The guidance '{method}' takes no parameter '{key.strip()}'{where}.")
+        if param.name in values:
+            raise EngineError(f"The parameter '{param.name}' is given twice in '{spec}'.")
+        values[param.name] = _spec_value(param, value, spec)
+    settings = GuidanceSettings(method, 1.0, **values)
+    settings.check()
+    label = ":".join([method, *(f"{n}={p.text(values[n])}" for n, p in
+                                ((p.name, p) for p in GuidanceSettings.declared_for(method)) if n in values)])
+    return label, settings

@@ -1,16 +1,19 @@
 """engine/compare.py and engine/attention.py on the tiny models, with the world's measures the Compare tab passes in."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from engine.attention import generate_with_attention
-from engine.compare import compare, grid, parse_scales
+from engine.compare import (DEFAULT_SCALES, compare, estimate_seconds, grid, match, matched_scale, parse_scales,
+                            resolve_rows)
 from engine.guiders.settings import compare_rows
 from engine.errors import EngineError
-from engine.request import Request
+from engine.request import Request, evals_per_step
 from engine.guiders import GuidanceSettings
 from world import canonical_caption, render_seed
-from world.measures import cell_measures
+from world.measures import bootstrap_interval, cell_measures
 
 
 def test_parse_scales():
@@ -61,3 +64,135 @@ def test_scale_one_cells_are_shared_except_for_cfg_zero_star(lab_app, tiny_folde
                                          guidance=compare_rows()[label].replace(scale=1.0))).images[0]
         assert np.abs(np.asarray(single, np.int16) - np.asarray(cell, np.int16)).max() <= 1, label
     assert not np.array_equal(np.asarray(result.cells[0][0]), np.asarray(result.cells[2][0]))
+
+
+class FakeEngine:
+    """Images that encode their scale (red = 4 x scale) and method (green = its index), no model: enough to test
+    the batching, the estimate and the matching."""
+
+    METHODS = ["cfg", "perp-cfg", "apg", "tcfg", "pag", "autoguidance"]
+
+    def __init__(self):
+        self.requests = []
+
+    def estimate_seconds(self, req):
+        return float(evals_per_step(req) * req.steps)
+
+    def generate(self, req, callback=None, cancel=None):
+        from PIL import Image
+
+        if req.guidance.method == "autoguidance":
+            raise EngineError("AutoGuidance needs a weak version of 'fake', and there is none.")
+        self.requests.append(req)
+        green = self.METHODS.index(req.guidance.method)
+        images = [Image.new("RGB", (8, 8), (round(4 * s), green, 0)) for s in req.guidance.scales]
+        return SimpleNamespace(images=images, parameters=["Steps: 2"] * len(images))
+
+
+CURVES = {"cfg": lambda s: s / 20, "perp-cfg": lambda s: min(0.3, s / 20), "apg": lambda s: s / 40,
+          "tcfg": lambda s: s / 30}
+
+
+def synthetic_measure(images):
+    """Adherence from each method's known curve at the image's scale."""
+    red, green, _ = images[0].getpixel((0, 0))
+    return {"adherence": CURVES[FakeEngine.METHODS[green]](red / 4), "saturation": red / 255}
+
+
+BASE = Request(model="fake", prompt="a red circle", steps=2, seed=5)
+
+
+def test_defaults_reach_the_breakdown():
+    assert DEFAULT_SCALES == (1, 3, 7.5, 15, 30, 50)
+
+
+def test_rows_are_labels_or_method_specs():
+    (label, apg), (spec, custom) = resolve_rows(("APG", "apg:eta=1:momentum=-0.75"))
+    assert label == "APG" and apg == compare_rows()["APG"]
+    assert spec == "apg:eta=1:momentum=-0.75" and custom["eta"] == 1 and custom["momentum"] == -0.75
+    assert resolve_rows(("pag:pag-scale=5:pag_layers=mid",))[0][0] == "pag:pag_scale=5:pag_layers=mid"
+    with pytest.raises(EngineError, match="Unknown comparison row 'Magic'; pick one of CFG"):
+        resolve_rows(("Magic",))
+    with pytest.raises(EngineError, match="APG momentum must lie between -1 and 0"):
+        resolve_rows(("apg:momentum=2",))
+    with pytest.raises(EngineError, match="asked for twice"):
+        resolve_rows(("CFG", "CFG"))
+
+
+def test_spec_rows_run_with_their_values_and_pag_never_shares_scale_one():
+    engine = FakeEngine()
+    result = compare(engine, BASE, ("CFG", "apg:momentum=-0.75", "pag:pag_scale=5"), (1.0, 4.0), seeds=2)
+    runs = [(r.guidance.method, r.guidance.scales) for r in engine.requests]
+    assert runs == [("cfg", (4.0, 4.0)), ("cfg", (1.0, 1.0)), ("apg", (4.0, 4.0)), ("pag", (1.0, 4.0, 1.0, 4.0))]
+    assert engine.requests[2].guidance["momentum"] == -0.75 and engine.requests[3].guidance["pag_scale"] == 5
+    assert engine.requests[3].image_seeds == (5, 5, 6, 6)
+    assert [m["method"] for m in result.measures[::2]] == ["CFG", "apg:momentum=-0.75", "pag:pag_scale=5"]
+
+
+def test_estimate_counts_the_perturbed_branch():
+    engine = FakeEngine()
+    cfg = estimate_seconds(engine, BASE, ("CFG",), (1.0, 3.0), 1)
+    pag = estimate_seconds(engine, BASE, ("PAG",), (1.0, 3.0), 1)
+    assert cfg == 2 * (2 + 1)  # steps x (one guided image: c and u, then the shared scale-1 image: c)
+    assert pag == 2 * 2 * 3  # steps x two images x (c, u and the perturbed branch): PAG acts at scale 1 too
+    matched = estimate_seconds(engine, BASE, ("CFG", "PAG"), (1.0, 3.0), 1, match_at=7.5)
+    assert matched == cfg + pag + 2 * 2 + 2 * 3  # + CFG at R, + one PAG image at a guided scale
+
+
+def test_a_row_that_cannot_run_leaves_one_sentence_and_the_grid():
+    result = compare(FakeEngine(), BASE, ("CFG", "AutoGuidance"), (1.0, 4.0), seeds=1)
+    assert result.cells[1] == [None, None] and result.cells[0][1] is not None
+    assert result.failed == {"AutoGuidance": "AutoGuidance needs a weak version of 'fake', and there is none."}
+    assert result.grid.height > 2 * 128
+    with pytest.raises(EngineError, match="weak version"):
+        compare(FakeEngine(), BASE, ("AutoGuidance",), (1.0, 4.0), seeds=1)
+
+
+def test_matched_scale_interpolates_on_the_rising_part():
+    scales = (1, 3, 7.5, 15)
+    assert matched_scale(scales, [0.1, 0.2, 0.4, 0.8], 0.6) == pytest.approx(11.25)
+    assert matched_scale(scales, [0.1, 0.2, 0.4, 0.8], 0.4) == 7.5
+    assert matched_scale(scales, [0.1, 0.5, 0.3, 0.9], 0.4) == pytest.approx(1 + 2 * 0.75)  # the first crossing
+    assert matched_scale(scales, [0.5, 0.6, 0.7, 0.8], 0.4) == 1  # already there at the lowest column
+    assert matched_scale(scales, [0.1, 0.3, 0.2, 0.3], 0.4) is None  # never reached
+    assert matched_scale((15, 1, 7.5), [0.8, 0.1, 0.4], 0.6) == pytest.approx(11.25)  # columns in any order
+    assert matched_scale(scales, [None] * 4, 0.4) is None
+
+
+def test_matching_runs_each_row_once_at_its_matched_scale():
+    engine = FakeEngine()
+    scales = (1.0, 3.0, 7.5, 15.0, 30.0)
+    rows = ("Perp-CFG", "APG", "TCFG")
+    result = compare(engine, BASE, rows, scales, seeds=2, measure=synthetic_measure)
+    before = len(engine.requests)
+    matched = match(engine, BASE, result, 7.5, measure=synthetic_measure)
+    assert matched.target == pytest.approx(0.375)  # CFG at 7.5, run because CFG is not a row
+    by_method = {row["method"]: row for row in matched.rows}
+    assert by_method["CFG"]["matched scale"] == 7.5 and by_method["CFG"]["note"] == "reference"
+    assert by_method["Perp-CFG"]["matched scale"] is None and by_method["Perp-CFG"]["note"] == "not reached"
+    assert by_method["APG"]["matched scale"] == 15.0  # a column: the grid's cell, no extra run
+    assert by_method["TCFG"]["matched scale"] == pytest.approx(11.25)
+    assert by_method["TCFG"]["adherence"] == pytest.approx(0.375)
+    extra = [(r.guidance.method, r.guidance.scales, r.image_seeds) for r in engine.requests[before:]]
+    assert extra == [("cfg", (7.5, 7.5), (5, 6)), ("tcfg", (11.25, 11.25), (5, 6))]
+
+
+def test_matching_needs_adherence():
+    engine = FakeEngine()
+    result = compare(engine, BASE, ("CFG", "APG"), (1.0, 7.5), seeds=1, measure=lambda images: {"adherence": None})
+    with pytest.raises(EngineError, match="needs an adherence measure"):
+        match(engine, BASE, result, 7.5, measure=lambda images: {"adherence": None})
+
+
+def test_cell_measures_give_intervals_from_the_per_seed_values():
+    from PIL import Image
+
+    images = [Image.new("RGB", (8, 8), colour) for colour in ("red", "white", (128, 128, 128))]
+    values = cell_measures(images)
+    assert values["per_seed"]["saturation"] == [1.0, 0.0, 0.0] and values["per_seed"]["adherence"] is None
+    assert values["saturation"] == pytest.approx(1 / 3)
+    assert values["saturation_low"] == 0.0 and values["saturation_high"] == 1.0
+    assert values["adherence"] is None and values["adherence_low"] is None
+    assert bootstrap_interval([0, 1] * 32) == bootstrap_interval([0, 1] * 32)  # a fixed seed
+    low, high = bootstrap_interval([0, 1] * 32)
+    assert 0.35 < low < 0.4 and 0.6 < high < 0.65  # about +-0.12 around 0.5 with 64 images

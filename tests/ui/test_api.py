@@ -72,15 +72,58 @@ def test_controlnet_from_sketch_and_pose(client, tmp_path):
 
 
 def test_compare_grid_and_measures(client):
-    grid, *frames, table = client.predict("a red circle", methods=["CFG", "APG"], scales="1, 7.5", seeds=2,
-                                          api_name="/compare", **FAST)
+    grid, plot, table, matched, notes = client.predict("a red circle", methods=["CFG", "APG"], scales="1, 7.5",
+                                                       seeds=2, api_name="/compare", **FAST)
     params = png_parameters(grid)
     assert params["X Values"] == "1, 7.5" and params["Y Values"] == "CFG, APG"
     rows = table["data"]
-    assert len(rows) == 4 and len(frames) == 4
+    assert len(rows) == 4
     header = table["headers"]
     diversity = [row[header.index("diversity")] for row in rows]
     assert all(d > 0 for d in diversity)  # two seeds differ
+    for name in ("saturation", "clipped"):
+        for row in rows:
+            low, mean, high = (row[header.index(n)] for n in (f"{name}_low", name, f"{name}_high"))
+            assert low <= mean <= high
+    assert "adherence" not in header  # the world does not judge the tiny test model
+    assert plot is not None and not matched["data"] and notes == ""
+
+
+def test_compare_spec_rows_a_row_that_cannot_run_and_matching_without_a_judge(client):
+    grid, _, table, matched, notes = client.predict(
+        "a red circle", methods=["CFG", "AutoGuidance"], scales="1, 5", seeds=1, more_rows="apg:momentum=-0.75\n"
+        "pag:pag_scale=2 ; ", match_adherence=True, match_scale=5, api_name="/compare", **FAST)
+    assert png_parameters(grid)["Y Values"] == "CFG, AutoGuidance, apg:momentum=-0.75, pag:pag_scale=2"
+    methods = {row[0] for row in table["data"]}
+    assert methods == {"CFG", "AutoGuidance", "apg:momentum=-0.75", "pag:pag_scale=2"}
+    assert "AutoGuidance did not run: AutoGuidance needs a weak version" in notes
+    assert "Matching adherence needs an adherence measure" in notes and not matched["data"]
+
+
+def test_compare_matches_adherence_where_the_world_judges(client, monkeypatch):
+    import ui.compare
+
+    from world.measures import cell_measures
+
+    def enlarged(images, prompt=None):  # the evaluator reads the lab models' 64 x 64 images
+        return cell_measures([im.resize((64, 64), Image.NEAREST) for im in images], prompt)
+
+    monkeypatch.setattr(ui.compare, "is_project_model", lambda name: True)  # the tiny model, judged as the lab's
+    monkeypatch.setattr(ui.compare, "cell_measures", enlarged)
+    _, _, table, matched, notes = client.predict("a large red circle on the left on a white background",
+                                                 methods=["CFG", "APG"], scales="1, 3", seeds=2, match_adherence=True,
+                                                 match_scale=2, api_name="/compare", **FAST)
+    assert "adherence" in table["headers"]
+    assert [row[0] for row in matched["data"]] == ["CFG", "APG"]
+    header = matched["headers"]
+    assert header[:6] == ["method", "matched scale", "adherence", "saturation", "clipped", "diversity"]
+    assert matched["data"][0][1] == "2" and "[" in matched["data"][0][header.index("saturation")]
+    assert "CFG at scale 2 reaches a mean adherence" in notes
+
+
+def test_compare_presets_set_the_rows(client):
+    assert client.predict("Reshaping: TCFG / MAMBO-G / FDG", api_name="/compare_preset") == ["TCFG", "MAMBO-G", "FDG"]
+    assert len(client.predict("All", api_name="/compare_preset")) >= 11
 
 
 def test_a_second_user_waits_and_is_served(client, monkeypatch):

@@ -97,12 +97,13 @@ def test_blank_sketch_and_bad_pose_json(client, tmp_path):
 def test_compare_bad_scales_and_rows(client):
     assert "numbers separated by commas" in error_of(client, "a circle", scales="1, lots", api_name="/compare")
     assert "at least one" in error_of(client, "a circle", methods=[], api_name="/compare")
-    assert "Unknown comparison row 'magic:eta=0'" in error_of(client, "a circle", more_rows="magic:eta=0", api_name="/compare")
+    assert "Unknown comparison row 'magic:eta=0'" in error_of(client, "a circle", more_rows="magic:eta=0",
+                                                              api_name="/compare")
     assert "between 0 and 1" in error_of(client, "a circle", more_rows="apg:eta=3", api_name="/compare")
     assert "not one of the choices" in error_of(client, "a circle", methods=["Magic"], api_name="/compare")
     assert "true or false" in error_of(client, "a circle", match_adherence="yes", api_name="/compare")
-    assert "guidance scale" in error_of(client, "a circle", match_adherence=True, match_scale=500,
-                                        api_name="/compare")
+    assert "maximum value 100" in error_of(client, "a circle", match_adherence=True, match_scale=500,
+                                           api_name="/compare")
     assert "limit is 2000" in error_of(client, "a circle", more_rows="cfg;" * 600, api_name="/compare")
     assert "Everything" in error_of(client, "Everything", api_name="/compare_preset")  # not one of the presets
 

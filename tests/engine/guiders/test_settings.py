@@ -6,7 +6,7 @@ import pytest
 
 from engine.errors import EngineError
 from engine.guiders import GuidanceSettings, all_params, method_names
-from engine.guiders.settings import compare_rows
+from engine.guiders.settings import compare_rows, parse_method_spec
 
 
 def test_methods_and_parameters_keep_their_published_names():
@@ -65,3 +65,35 @@ def test_compare_rows_keep_their_labels():
     rows = compare_rows()
     assert {"CFG", "Perp-CFG", "APG", "CFG + rescale", "CFG-Zero*"} <= set(rows)
     assert rows["APG"]["momentum"] == -0.5 and rows["CFG + rescale"] == GuidanceSettings("cfg", 1.0, rescale=0.7)
+
+
+def test_method_specs_parse_through_the_declared_checks():
+    assert parse_method_spec("apg:eta=0:momentum=-0.5") == ("apg:eta=0:momentum=-0.5",
+                                                            GuidanceSettings("apg", 1.0, eta=0.0, momentum=-0.5))
+    label, pag = parse_method_spec(" PAG:pag-layers=mid,up.0:pag_scale=3 ")
+    assert label == "pag:pag_scale=3:pag_layers=mid,up.0" and pag == GuidanceSettings("pag", 1.0,
+                                                                                        pag_layers="mid,up.0")
+    assert parse_method_spec("perp_cfg")[1] == GuidanceSettings("perp-cfg", 1.0)  # '-' and '_' alike
+    assert parse_method_spec("cfg:interval=0.2-0.8:rescale=0.7")[1]["interval"] == (0.2, 0.8)
+    assert parse_method_spec("cfg-zero-star:zero_init_steps=2")[1]["zero_init_steps"] == 2
+    assert parse_method_spec("apg")[1]["momentum"] == 0.0  # the declared (CLI) default, not the UI's start
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("magic:eta=0", "Unknown guidance 'magic'; choose one of none, cfg"),
+    ("apg:gamma=1", "'apg' takes no parameter 'gamma'; it takes: eta, momentum"),
+    ("cfg:eta=0", "'cfg' takes no parameter 'eta'"),
+    ("apg:eta", "as name=value"),
+    ("apg:eta=lots", "guidance eta in 'apg:eta=lots' must be a number"),
+    ("apg:eta=2", "guidance eta must lie between 0 and 1"),
+    ("apg:eta=nan", "finite number"),
+    ("apg:eta=0:eta=1", "given twice"),
+    ("cfg:interval=0.8-0.2", "start before it ends"),
+    ("cfg-zero-star:zero_init_steps=1.5", "whole number"),
+    ("pag:pag_layers=../etc", "PAG layers is written like 'mid'"),
+    ("", "spec is empty"),
+    ("apg:" + "eta=0:" * 100, "at most 300 characters"),
+])
+def test_method_spec_errors_are_one_sentence(spec, match):
+    with pytest.raises(EngineError, match=match):
+        parse_method_spec(spec)
