@@ -110,8 +110,9 @@ class Engine:
     def estimate_seconds(self, req: Request) -> float:
         """Seconds this request's denoising should take here, at the model's measured rate."""
         check_request(req)
-        rate = self.meter.seconds_per_unit(self.model_spec(req).name, self.device.type)
-        return units(req.steps, evals_per_step(req)) * rate
+        evals = evals_per_step(req)
+        rate = self.meter.seconds_per_unit(self.model_spec(req).name, self.device.type, evals)
+        return units(req.steps, evals) * rate
 
     @torch.no_grad()  # no autograd graph through the models (10% of a step); classifier guidance opens its own
     def _generate(self, req: Request, watch: "_Watch") -> Result:
@@ -149,7 +150,8 @@ class Engine:
         with self._perturbed_attention(pipe, guidance, guider):
             latents = sample(model_fn, scheduler, latents, prediction_type=denoiser.prediction_type,
                              step_kwargs=_step_kwargs(scheduler, generator), callback=step_report)
-        self.meter.record(spec.name, units(req.steps, evals_per_step(req)), time.perf_counter() - started)
+        spent = time.perf_counter() - started - (step_report.seconds if step_report else 0.0)
+        self.meter.record(spec.name, units(req.steps, evals_per_step(req)), spent, evals_per_step(req))
 
         # 6. Decode.
         images = self.decode(pipe, latents, generator, req.task == "class")
@@ -256,6 +258,13 @@ class Engine:
         last_live = [time.perf_counter() + (watch.live_every_s or 0.0)]
 
         def report(info: dict[str, Any]) -> None:
+            entered = time.perf_counter()
+            try:
+                observe(info)
+            finally:
+                report.seconds += time.perf_counter() - entered
+
+        def observe(info: dict[str, Any]) -> None:
             if watch.cancel is not None and watch.cancel.is_set():
                 raise Stopped(f"The run was stopped after {info['i'] + 1} of {info['num_steps']} steps.")
             extra: dict[str, Any] = {}
@@ -269,6 +278,7 @@ class Engine:
             if watch.callback is not None:
                 watch.callback({**info, **extra})
 
+        report.seconds = 0.0  # time spent observing the run (previews, callbacks), which the meter leaves out
         return report
 
     def decode(self, pipe, latents: torch.Tensor, generator, class_model: bool) -> list[Image.Image]:
