@@ -15,6 +15,7 @@ from world.figure import POSES, preset_json
 
 from .models import ModelChoices
 from .inputs import ImageInput, SketchInput
+from .pose_editor import editor_value, keypoints_from_editor, pose_editor
 from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery, gallery_items,
                      guarded, guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
                      number, progress_adapter, reproduce, reproduce_box, sampling_controls, seed_row, text, whole)
@@ -96,15 +97,21 @@ def make_handler(engine: Engine, models: ModelChoices):
                         "prompt.", params, controlnet)
 
 
+def _drawn(source):
+    """The image a source holds: the sketchpad's composite for its layers, anything else as given."""
+    if isinstance(source, dict):  # the sketchpad's layers; its composite is what was drawn
+        source = source.get("composite")
+        if source is not None and not isinstance(source, Image.Image):
+            raise EngineError("The sketch must come from the sketchpad, as a drawing.")
+    return source
+
+
 def _preview(engine: Engine, models: ModelChoices, control_type: str):
     """A live preview: the source through this condition's preprocessing, and the control type it sets."""
 
     @guarded
     def preview(source, model, low=100, high=200):
-        if isinstance(source, dict):  # the sketchpad's layers; its composite is what was drawn
-            source = source.get("composite")
-            if source is not None and not isinstance(source, Image.Image):
-                raise EngineError("The sketch must come from the sketchpad, as a drawing.")
+        source = _drawn(source)
         if source is None:
             return gr.skip(), gr.skip()
         model = models.pick(model, "text")
@@ -113,14 +120,80 @@ def _preview(engine: Engine, models: ModelChoices, control_type: str):
     return preview
 
 
-@guarded
-def pose_preset(name: str | None):
-    """The keypoint JSON of a named preset figure."""
-    if not name:
-        return gr.skip()
-    if name not in POSES:
-        raise EngineError(f"Unknown pose preset '{name}'; choose one of {', '.join(POSES)}.")
-    return preset_json(name)
+def _switch(engine: Engine, models: ModelChoices, control_type: str):
+    """On selecting a sub-tab: its control type, that type's default ControlNet, and the map redrawn from this
+    tab's source (cleared where it has none or the source cannot be drawn, with the reason as a warning), so no map
+    of another tab is ever sent with this type."""
+
+    @guarded
+    def switch(source, model, low=100, high=200):
+        net = models.default_controlnet(control_type) or AUTO
+        source = _drawn(source)
+        if source is None:
+            return None, control_type, net
+        try:
+            image = control_map(engine, models, source, control_type, True, low, high, models.pick(model, "text"))
+        except EngineError as exc:
+            gr.Warning(str(exc))
+            image = None
+        return image, control_type, net
+
+    return switch
+
+
+def _pose_switch(engine: Engine, models: ModelChoices):
+    """The Pose tab's switch, which also fits the editor's canvas to the model."""
+    switch = _switch(engine, models, "pose")
+    resize = editor_handlers(engine, models)[2]
+
+    @guarded
+    def switch_pose(keypoints, editor, model):
+        image, control_type, net = switch(keypoints, model)
+        return image, control_type, net, resize(editor, model)
+
+    return switch_pose
+
+
+def _model_size(engine: Engine, models: ModelChoices, model: str | None) -> tuple[int, int]:
+    """(width, height) of an offered text model (the default where none is named)."""
+    return native_size(engine, models.pick(model, "text"), models.pick(None, "text"))
+
+
+def editor_handlers(engine: Engine, models: ModelChoices):
+    """(to_editor, from_editor, resize): keypoint JSON drawn in the pose editor on the model's canvas, the editor's
+    pose written into the keypoint JSON, and the editor's own pose on a new model's canvas. Nothing the editor wrote
+    is sent back to it, so a reply that arrives after a newer edit cannot undo that edit."""
+
+    @guarded
+    def to_editor(keypoints, model):
+        return editor_value(keypoints, _model_size(engine, models, model))
+
+    @guarded
+    def from_editor(value, keypoints, model):
+        text = keypoints_from_editor(value, keypoints, _model_size(engine, models, model))
+        return gr.skip() if text is None else text
+
+    @guarded
+    def resize(value, model):
+        text = editor_value(value, _model_size(engine, models, model))
+        return gr.skip() if text == value else text
+
+    return to_editor, from_editor, resize
+
+
+def preset_handler(engine: Engine, models: ModelChoices):
+    @guarded
+    def pose_preset(name: str | None, model=None):
+        """The keypoint JSON (OpenPose, on the model's canvas) of a named preset figure, for the box and the
+        editor."""
+        if not name:
+            return gr.skip(), gr.skip()
+        if name not in POSES:
+            raise EngineError(f"Unknown pose preset '{name}'; choose one of {', '.join(POSES)}.")
+        text = editor_value(preset_json(name), _model_size(engine, models, model))
+        return text, text
+
+    return pose_preset
 
 
 def pose_handler(engine: Engine):
@@ -137,26 +210,31 @@ def build(engine: Engine, models: ModelChoices) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Tabs():
-                with gr.Tab("Sketch", id="sketch"):
+                with gr.Tab("Sketch", id="sketch") as sketch_tab:
                     sketch = SketchInput(type="pil", label="Draw dark strokes", canvas_size=(512, 512),
                                           brush=gr.Brush(default_size=8, colors=["#000000"], color_mode="fixed"),
                                           layers=False, height=420, elem_id="sketchpad")
                     brush = gr.Slider(1, 40, value=8, step=1, label="Brush size")
-                with gr.Tab("Edges (Canny)", id="canny"):
-                    picture = ImageInput(type="filepath", image_mode=None, label="Picture", format="png")
+                with gr.Tab("Edges (Canny)", id="canny") as canny_tab:
+                    picture = ImageInput(type="filepath", image_mode=None, label="Picture", format="png",
+                                         elem_id="canny-picture")
                     with gr.Row():
                         low = gr.Slider(0, 1000, value=100, step=1, label="Canny low threshold")
                         high = gr.Slider(0, 1000, value=200, step=1, label="Canny high threshold")
-                with gr.Tab("Pose", id="pose"):
-                    preset = gr.Dropdown(list(POSES), value=None, label="Pose preset")
-                    keypoints = gr.Code(preset_json("standing"), language="json", lines=6,
-                                        label="18 keypoints [x, y] in 0..1 (OpenPose order), or OpenPose JSON")
+                with gr.Tab("Pose", id="pose") as pose_tab:
+                    start_pose = editor_value(preset_json("standing"), FALLBACK_SIZE)
+                    preset = gr.Dropdown(list(POSES), value=None, label="Pose preset", elem_id="pose-preset")
+                    editor = pose_editor(start_pose)
+                    keypoints = gr.Code(start_pose, language="json", lines=4, elem_id="pose-keypoints",
+                                        label="Keypoints: OpenPose JSON (the editor writes it), or 18 [x, y] in "
+                                              "0..1 in OpenPose order")
                     photo = ImageInput(type="filepath", image_mode=None, label="Or a photo (OpenPose detector)")
             prompt = gr.Textbox("a small figure in the center on a white background", label="Prompt", lines=2,
                                 max_length=1000)
             negative = gr.Textbox("", label="Negative prompt")
             with gr.Row():
-                control_type = gr.Radio(list(CONTROL_TYPES), value="scribble", label="Control type")
+                control_type = gr.Radio(list(CONTROL_TYPES), value="scribble", label="Control type",
+                                        info="set by the tab: Sketch, Edges or Pose", interactive=False)
                 controlnet = gr.Dropdown([AUTO, *sorted({n for v in models.controlnet.values() for n in v})],
                                          value=AUTO, label="ControlNet", info="auto = the default for the type",
                                          allow_custom_value=True)
@@ -171,7 +249,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
             seed, count = seed_row("controlnet")
             preprocess = gr.Checkbox(False, visible=False)  # the map below is already preprocessed
             button = gr.Button("Generate", variant="primary", elem_id="controlnet-run")
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, elem_id="controlnet-output"):
             with gr.Row():
                 control_image = ImageInput(type="filepath", image_mode=None, label="Control map (used as is)",
                                            format="png", height=300, elem_id="control-map")
@@ -187,10 +265,19 @@ def build(engine: Engine, models: ModelChoices) -> None:
     for trigger, name in ((picture.change, "preview_canny"), (low.release, "preview_canny_low"),
                           (high.release, "preview_canny_high")):
         trigger(canny, [picture, model, low, high], targets, api_name=name)
-    preset.change(pose_preset, preset, keypoints, api_name="pose_preset")
+    to_editor, from_editor, resize = editor_handlers(engine, models)
+    preset.change(preset_handler(engine, models), [preset, model], [keypoints, editor], api_name="pose_preset")
     keypoints.change(_preview(engine, models, "pose"), [keypoints, model], targets, api_name="preview_pose")
+    keypoints.blur(to_editor, [keypoints, model], editor, api_name="pose_to_editor")  # typed JSON, once done
+    editor.change(from_editor, [editor, keypoints, model], keypoints, api_name="pose_from_editor")
+    model.change(resize, [editor, model], editor, api_name="pose_editor_canvas")
     photo.change(pose_handler(engine), photo, control_image, api_name="pose_from_photo").then(
         lambda: "pose", None, control_type, api_name="pose_from_photo_type")
+    switched = [control_image, control_type, controlnet]
+    sketch_tab.select(_switch(engine, models, "scribble"), [sketch, model], switched, api_name="tab_scribble")
+    canny_tab.select(_switch(engine, models, "canny"), [picture, model, low, high], switched, api_name="tab_canny")
+    pose_tab.select(_pose_switch(engine, models), [keypoints, editor, model], [*switched, editor],
+                    api_name="tab_pose")
     leading, trailing = guidance_api(DEFAULT_SCALE)
     inputs = [control_image, prompt, negative, control_type, controlnet, preprocess, low, high, weight, start, end,
               guess, model, *g.inputs(leading), steps, scheduler, seed, count, *g.inputs(trailing)]
