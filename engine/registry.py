@@ -73,6 +73,13 @@ def _folder_kind(folder: Path) -> str | None:
     return None
 
 
+def _is_dir(name: str) -> bool:
+    try:
+        return Path(name).is_dir()
+    except (OSError, ValueError):  # too long for the file system, or a NUL byte: no folder
+        return False
+
+
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/")) and " " not in name
@@ -85,7 +92,7 @@ def resolve(name: str, kind: str | None = None) -> ModelSpec:
         if spec.offline and not spec.is_local:
             raise EngineError(f"The project's model '{name}' is not in assets/models/; train it with the recipes in "
                               f"training/ or pick another model ({', '.join(available_offline()) or 'none shipped'}).")
-    elif Path(name).is_dir():
+    elif _is_dir(name):
         folder_kind = _folder_kind(Path(name))
         if folder_kind is None:
             raise EngineError(f"The folder '{name}' holds no diffusers model_index.json or config.json the lab "

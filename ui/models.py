@@ -37,7 +37,7 @@ class ModelChoices:
         if name is None or name == "":
             return self.path(default if default is not None else (self.default(kind) if kind != "controlnet" else None))
         offered = self.offered(kind)
-        valid = isinstance(name, str) and len(name) <= 4096 and name.isprintable() and _encodable(name)
+        valid = isinstance(name, str) and len(name) <= 1024 and name.isprintable() and _encodable(name)
         if valid and (name in offered or self.allow_any or self._under_root(name)):
             return self.path(name)
         label = {"text": "text-to-image model", "class": "class-conditional model", "classifier": "classifier",
@@ -55,9 +55,12 @@ class ModelChoices:
         if self.root is None:
             return False
         root = self.root.resolve()
-        target = (root / name).resolve()
-        inside = target.is_relative_to(root) and target != root
-        return inside and any((target / f).is_file() for f in ("model_index.json", "config.json"))
+        try:
+            target = (root / name).resolve()
+            inside = target.is_relative_to(root) and target != root
+            return inside and any((target / f).is_file() for f in ("model_index.json", "config.json"))
+        except OSError:  # a name the file system refuses (too long, ...) names no folder of ours
+            return False
 
     def default(self, kind: str) -> str | None:
         names = {"text": self.text, "class": self.classes, "classifier": self.classifier}[kind]

@@ -112,3 +112,9 @@ def test_server_keeps_serving_after_errors(client):
     error_of(client, "", api_name="/text2img")
     images = client.predict("a circle", api_name="/text2img", steps=2)[0]
     assert images
+
+
+def test_an_overlong_model_name_is_one_sentence(client):
+    with pytest.raises(AppError) as info:
+        client.predict("a circle", model="m" * 3000, api_name="/text2img")
+    assert "Unknown text-to-image model" in str(info.value) and "OSError" not in str(info.value)
