@@ -64,6 +64,30 @@ def make_handler(engine: Engine, models: ModelChoices):
                      methods: list[str] = list(DEFAULT_ROWS), scales: str = ", ".join(f"{s:g}" for s in DEFAULT_SCALES),
                      seed: int = 0, seeds: int = 3, steps: int = 25, scheduler: str = "ddim", more_rows: str = "",
                      match_adherence: bool = False, match_scale: float = DEFAULT_MATCH, progress=gr.Progress()):
+        """Compare guidance methods against guidance scales: a labelled grid (one seed) and measures per cell over
+        several seeds, with 95% bootstrap intervals, optionally at matched adherence.
+
+        Args:
+            prompt: What the images should show, in words (at most 1000 characters).
+            negative_prompt: The unconditional branch's text ('' = the empty prompt).
+            model: A text-to-image model offered by this server (default: the project's lab-sd).
+            methods: Row labels, e.g. CFG, Perp-CFG, APG, CFG + rescale, CFG-Zero*, TCFG, MAMBO-G, FDG, PAG, SEG,
+                AutoGuidance.
+            scales: Guidance scales for the columns, comma-separated, e.g. '1, 3, 7.5, 15, 30, 50'.
+            seed: Seed of the grid's images; the measures use seed, seed + 1, ...
+            seeds: Seeds per cell for the measures, 1 to 8.
+            steps: Denoising steps, 1 to 500.
+            scheduler: Sampler: ddim, ddpm, euler, euler-a, dpm++2m or unipc.
+            more_rows: Extra rows as method specs, 'method:param=value:...', separated by ';' or new lines, e.g.
+                'apg:eta=0:momentum=-0.5; pag:pag_scale=3'.
+            match_adherence: Also compare every method at the scale where its adherence equals CFG's at
+                match_scale (the project's models only, whose images the world can judge).
+            match_scale: CFG's reference scale for matched adherence.
+
+        Returns:
+            The grid as a PNG with its parameters, a plot of each measure against scale with interval bands, the
+            measures per cell, the matched-adherence table and notes on rows that could not run.
+        """
         base = Request(model=models.pick(model, "text"), prompt=text("prompt", prompt),
                        negative_prompt=text("negative prompt", negative_prompt),
                        steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
@@ -210,7 +234,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
             notes = gr.Markdown()
             matched = gr.Dataframe(label="At matched adherence", interactive=False)
             table = gr.Dataframe(label="Measures per cell", interactive=False)
-    preset.change(guarded(preset_rows), preset, methods, api_name="compare_preset", queue=False)
+    preset.change(guarded(preset_rows), preset, methods, api_name="compare_preset", api_visibility="undocumented", queue=False)
     inputs = [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler, extra, matching, match_at]
     button.click(make_handler(engine, models), inputs, [grid, plot, table, matched, notes], api_name="compare",
                  **MODEL_EVENT)

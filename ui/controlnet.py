@@ -258,26 +258,27 @@ def build(engine: Engine, models: ModelChoices) -> None:
             images = gallery(elem_id="controlnet-images")
             command = reproduce_box()
     brush.change(lambda s: gr.update(brush=gr.Brush(default_size=int(s), colors=["#000000"], color_mode="fixed")),
-                 brush, sketch, api_name="sketch_brush", queue=False)
+                 brush, sketch, api_name="sketch_brush", api_visibility="undocumented", queue=False)
     targets = [control_image, control_type]
     sketch.change(_preview(engine, models, "scribble"), [sketch, model], targets, api_name="preview_scribble")
     canny = _preview(engine, models, "canny")
     for trigger, name in ((picture.change, "preview_canny"), (low.release, "preview_canny_low"),
                           (high.release, "preview_canny_high")):
-        trigger(canny, [picture, model, low, high], targets, api_name=name)
+        trigger(canny, [picture, model, low, high], targets, api_name=name,
+                api_visibility="public" if name == "preview_canny" else "undocumented")
     to_editor, from_editor, resize = editor_handlers(engine, models)
     preset.change(preset_handler(engine, models), [preset, model], [keypoints, editor], api_name="pose_preset")
     keypoints.change(_preview(engine, models, "pose"), [keypoints, model], targets, api_name="preview_pose")
-    keypoints.blur(to_editor, [keypoints, model], editor, api_name="pose_to_editor")  # typed JSON, once done
-    editor.change(from_editor, [editor, keypoints, model], keypoints, api_name="pose_from_editor")
-    model.change(resize, [editor, model], editor, api_name="pose_editor_canvas")
+    keypoints.blur(to_editor, [keypoints, model], editor, api_name="pose_to_editor", api_visibility="undocumented")  # typed JSON, once done
+    editor.change(from_editor, [editor, keypoints, model], keypoints, api_name="pose_from_editor", api_visibility="undocumented")
+    model.change(resize, [editor, model], editor, api_name="pose_editor_canvas", api_visibility="undocumented")
     photo.change(pose_handler(engine), photo, control_image, api_name="pose_from_photo").then(
-        lambda: "pose", None, control_type, api_name="pose_from_photo_type")
+        lambda: "pose", None, control_type, api_name="pose_from_photo_type", api_visibility="undocumented")
     switched = [control_image, control_type, controlnet]
-    sketch_tab.select(_switch(engine, models, "scribble"), [sketch, model], switched, api_name="tab_scribble")
-    canny_tab.select(_switch(engine, models, "canny"), [picture, model, low, high], switched, api_name="tab_canny")
+    sketch_tab.select(_switch(engine, models, "scribble"), [sketch, model], switched, api_name="tab_scribble", api_visibility="undocumented")
+    canny_tab.select(_switch(engine, models, "canny"), [picture, model, low, high], switched, api_name="tab_canny", api_visibility="undocumented")
     pose_tab.select(_pose_switch(engine, models), [keypoints, editor, model], [*switched, editor],
-                    api_name="tab_pose")
+                    api_name="tab_pose", api_visibility="undocumented")
     leading, trailing = guidance_api(DEFAULT_SCALE)
     inputs = [control_image, prompt, negative, control_type, controlnet, preprocess, low, high, weight, start, end,
               guess, model, *g.inputs(leading), steps, scheduler, seed, count, *g.inputs(trailing)]
