@@ -454,6 +454,56 @@ def draw_plots(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+TABLE_MEASURES = (("adherence", "Adherence (all attributes right)", 1), ("saturation", "Mean saturation", 1),
+                  ("clipped", "Clipped pixels (%)", 100), ("diversity", "Diversity across seeds", 1))
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _cell(row: dict, key: str, factor: float) -> str:
+    if not row.get(key):
+        return "-"
+    mean, low, high = (float(row[f"{key}{part}"]) * factor for part in ("", "_low", "_high"))
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def write_tables(out: Path) -> Path:
+    """tables.md in `out`, from its summary.csv (and matched.csv): per measure a table of methods x scales, each
+    cell the mean and its 95% interval; then the matched-adherence table. The study document quotes these."""
+    summary = _read_csv(out / "summary.csv")
+    scales = sorted({float(r["scale"]) for r in summary})
+    methods = list(dict.fromkeys((r["method"], r["params"]) for r in summary))
+    name = lambda m: f"{m[0]} ({m[1]})" if m[1] else m[0]  # noqa: E731
+    lines = [f"Images per cell: {summary[0]['n']}. Each cell: mean [95% bootstrap interval].", ""]
+    for key, title, factor in TABLE_MEASURES:
+        if not any(r.get(key) for r in summary):
+            continue
+        lines += [f"### {title}", "", "| method | " + " | ".join(f"s={s:g}" for s in scales) + " |",
+                  "|---|" + "---|" * len(scales)]
+        for m in methods:
+            by_scale = {float(r["scale"]): r for r in summary if (r["method"], r["params"]) == m}
+            lines.append(f"| {name(m)} | " + " | ".join(_cell(by_scale[s], key, factor) if s in by_scale else "-"
+                                                      for s in scales) + " |")
+        lines.append("")
+    if (out / "matched.csv").is_file():
+        lines += ["### At matched adherence", "", "| method | scale | adherence | saturation | clipped (%) | "
+                  "diversity |", "|---|---|---|---|---|---|"]
+        for r in _read_csv(out / "matched.csv"):
+            label = f"{r['method']} ({r['params']})" if r.get("params") else r["method"]
+            if not r.get("scale"):
+                lines.append(f"| {label} | not reached | {r.get('note', '')} | | | |")
+                continue
+            lines.append(f"| {label} | {float(r['scale']):.2f} | {_cell(r, 'adherence', 1)} | "
+                         f"{_cell(r, 'saturation', 1)} | {_cell(r, 'clipped', 100)} | {_cell(r, 'diversity', 1)} |")
+        lines.append("")
+    path = out / "tables.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def print_matched(rows: list[dict]) -> None:
     print(f"{'method':<28} {'scale':>7} {'adherence [95% CI]':>24} {'saturation':>10} {'clipped':>8} "
           f"{'diversity':>9}")
@@ -586,6 +636,8 @@ def run(args) -> int:
         if main:
             write_csv(study.out / "matched.csv", matched, [*stat_columns(), "note"])
             print_matched(matched)
+    if main:
+        write_tables(study.out)
     state.wait_for_everyone()
     return 0
 

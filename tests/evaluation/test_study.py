@@ -175,3 +175,17 @@ def test_matched_adherence_on_the_project_model(tmp_path):
         pytest.fail(f"Perp-CFG never matched CFG's adherence: {perp['note']}")
     one_sample = 1 / (2 * 4)
     assert abs(float(perp["adherence"]) - float(reference["adherence"])) <= one_sample + 1e-9, perp["note"]
+
+
+def test_tables_quote_the_summary(tmp_path):
+    from evaluation.study import write_tables
+
+    (tmp_path / "summary.csv").write_text(
+        "method,params,scale,n,adherence,adherence_low,adherence_high,saturation,saturation_low,saturation_high,"
+        "clipped,clipped_low,clipped_high,diversity,diversity_low,diversity_high\n"
+        "cfg,,1,64,0.5,0.4,0.6,0.1,0.05,0.15,0.001,0.0005,0.002,0.2,0.1,0.3\n"
+        "cfg,,7.5,64,0.9,0.8,1,0.2,0.1,0.3,0.01,0.005,0.02,0.1,0.05,0.15\n")
+    text = write_tables(tmp_path).read_text()
+    assert "| method | s=1 | s=7.5 |" in text
+    assert "| cfg | 0.50 [0.40, 0.60] | 0.90 [0.80, 1.00] |" in text
+    assert "| cfg | 0.10 [0.05, 0.20] | 1.00 [0.50, 2.00] |" in text  # clipped, in percent
