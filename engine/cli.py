@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .errors import EngineError
 from .guiders import GuidanceSettings, Param, all_params, method_names
@@ -166,30 +167,38 @@ def run_generate(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["study"]:  # the lab's research command lives beside the engine, with the world's evaluator
-        from evaluation.study import main as study
-
-        return study(argv[1:])
+def one_sentence(command: Callable[[], int]) -> int:
+    """Run a command; its EngineError is one sentence on stderr and exit status 2, an interrupt status 130."""
     try:
-        args = build_parser().parse_args(argv)
-        if args.command == "bench" and args.guidance:
-            from .bench import run_guidance
-            return run_guidance(model=args.model, steps=args.steps, runs=args.runs, scale=args.scale,
-                                methods=args.guidance)
-        if args.command == "bench" and args.grid:
-            from .bench import run_grid
-            run_grid(model=args.model, steps=args.steps, runs=args.runs)
-            return 0
-        if args.command in ("bench", "threads"):
-            from .bench import run_bench, run_threads
-            run = run_bench if args.command == "bench" else run_threads
-            return run(model=args.model, steps=args.steps, runs=args.runs, scale=args.scale)
-        return run_generate(args)
+        return command()
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["study"]:  # the lab's research command lives beside the engine, with the world's evaluator
+        from evaluation.study import main as study
+
+        return study(argv[1:])
+    return one_sentence(lambda: _run(build_parser().parse_args(argv)))
+
+
+def _run(args) -> int:
+    if args.command == "bench" and args.guidance:
+        from .bench import run_guidance
+        return run_guidance(model=args.model, steps=args.steps, runs=args.runs, scale=args.scale,
+                            methods=args.guidance)
+    if args.command == "bench" and args.grid:
+        from .bench import run_grid
+        run_grid(model=args.model, steps=args.steps, runs=args.runs)
+        return 0
+    if args.command in ("bench", "threads"):
+        from .bench import run_bench, run_threads
+        run = run_bench if args.command == "bench" else run_threads
+        return run(model=args.model, steps=args.steps, runs=args.runs, scale=args.scale)
+    return run_generate(args)

@@ -78,23 +78,33 @@ def self_attention_layers(model: torch.nn.Module, layers: str) -> list[str]:
     return chosen
 
 
-def identity_attention(attn: Attention, hidden_states: torch.Tensor, temb=None) -> torch.Tensor:
-    """The layer with its attention map replaced by the identity: the output projection of each token's value."""
+def _tokens(attn: Attention, hidden_states: torch.Tensor, temb):
+    """The layer's input as (B, N, C) tokens after its norms, with what `_output` needs to undo the layout."""
     residual = hidden_states
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
-    input_ndim = hidden_states.ndim
-    if input_ndim == 4:
-        batch, channel, height, width = hidden_states.shape
-        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    shape = hidden_states.shape
+    if hidden_states.ndim == 4:
+        hidden_states = hidden_states.view(shape[0], shape[1], shape[2] * shape[3]).transpose(1, 2)
     if attn.group_norm is not None:
         hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    hidden_states = attn.to_out[1](attn.to_out[0](attn.to_v(hidden_states)))
-    if input_ndim == 4:
-        hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+    return hidden_states, residual, shape
+
+
+def _output(attn: Attention, attended: torch.Tensor, residual: torch.Tensor, shape) -> torch.Tensor:
+    """The output projection, the input's layout, the residual and the rescale, as diffusers' processors end."""
+    out = attn.to_out[1](attn.to_out[0](attended))
+    if len(shape) == 4:
+        out = out.transpose(-1, -2).reshape(shape)
     if attn.residual_connection:
-        hidden_states = hidden_states + residual
-    return hidden_states / attn.rescale_output_factor
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
+def identity_attention(attn: Attention, hidden_states: torch.Tensor, temb=None) -> torch.Tensor:
+    """The layer with its attention map replaced by the identity: the output projection of each token's value."""
+    tokens, residual, shape = _tokens(attn, hidden_states, temb)
+    return _output(attn, attn.to_v(tokens), residual, shape)
 
 
 def blur_queries(query: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -122,28 +132,14 @@ def blur_queries(query: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def blurred_query_attention(attn: Attention, hidden_states: torch.Tensor, sigma: float, temb=None) -> torch.Tensor:
     """Self-attention with the queries blurred (SEG's smoothed energy), keys and values untouched."""
-    residual = hidden_states
-    if attn.spatial_norm is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    input_ndim = hidden_states.ndim
-    if input_ndim == 4:
-        batch, channel, height, width = hidden_states.shape
-        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    rows = hidden_states.shape[0]
-    query = blur_queries(attn.to_q(hidden_states), sigma)
-    key, value = attn.to_k(hidden_states), attn.to_v(hidden_states)
+    tokens, residual, shape = _tokens(attn, hidden_states, temb)
+    rows = tokens.shape[0]
+    query = blur_queries(attn.to_q(tokens), sigma)
+    key, value = attn.to_k(tokens), attn.to_v(tokens)
     head_dim = key.shape[-1] // attn.heads
     query, key, value = (v.view(rows, -1, attn.heads, head_dim).transpose(1, 2) for v in (query, key, value))
     out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-    out = out.transpose(1, 2).reshape(rows, -1, attn.heads * head_dim).to(query.dtype)
-    out = attn.to_out[1](attn.to_out[0](out))
-    if input_ndim == 4:
-        out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-    if attn.residual_connection:
-        out = out + residual
-    return out / attn.rescale_output_factor
+    return _output(attn, out.transpose(1, 2).reshape(rows, -1, attn.heads * head_dim).to(query.dtype), residual, shape)
 
 
 class PerturbableProcessor:

@@ -643,14 +643,9 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(build_parser().parse_args(argv))
-    except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted.", file=sys.stderr)
-        return 130
+    from engine.cli import one_sentence
+
+    return one_sentence(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@ promises: reproduce command -> CLI flags -> the same settings, and its PNG text 
 
 import shlex
 
+import numpy as np
 import pytest
 
 from engine.cli import build_parser, guidance_from_args
+from engine.generate import Engine
 from engine.guiders import GUIDERS, GuidanceSettings, method_names
 from engine.request import Request, command_for, png_parameters
 
@@ -37,3 +39,16 @@ def test_reproduce_command_parses_back_to_the_same_settings(method):
         value = param.text(own[param.name])
         shown = f'"{value}"' if "," in value else value  # A1111's PNG text quotes a value holding a comma
         assert f"{param.label}: {shown}" in text
+
+
+@pytest.mark.parametrize("method", ["tcfg", "mambo", "pag"])
+def test_per_image_scales_in_one_run_equal_separate_runs(tiny_folders, method):
+    """As a Compare row runs: one batch, one seed, a scale per image."""
+    engine = Engine()
+    base = dict(model=str(tiny_folders["sd"]), prompt="a red circle", steps=3)
+    scales = (1.0, 3.0, 7.5)
+    row = engine.generate(Request(**base, num_images=3, image_seeds=(4, 4, 4),
+                                  guidance=GuidanceSettings(method, scales))).images
+    for scale, image in zip(scales, row):
+        single = engine.generate(Request(**base, seed=4, guidance=GuidanceSettings(method, scale))).images[0]
+        assert np.abs(np.asarray(image).astype(int) - np.asarray(single).astype(int)).max() <= 1

@@ -96,14 +96,3 @@ def test_whole_run_equals_diffusers_guider(patched_diffusers, tiny_folders):
     assert np.abs(levels(got) - levels(expected)).max() <= 1
     assert np.abs(levels(got) - levels(run(GuidanceSettings("cfg", 6.0)))).max() > 1  # it really differs from CFG
 
-
-def test_per_image_scales_in_one_run_equal_separate_runs(tiny_folders):
-    """As a Compare row runs: one batch, one seed, a scale per image."""
-    engine = Engine()
-    base = dict(model=str(tiny_folders["sd"]), prompt="a red circle", steps=3)
-    scales = (1.0, 3.0, 7.5)
-    row = engine.generate(Request(**base, num_images=3, image_seeds=(4, 4, 4),
-                                  guidance=GuidanceSettings("mambo", scales))).images
-    for scale, image in zip(scales, row):
-        single = engine.generate(Request(**base, seed=4, guidance=GuidanceSettings("mambo", scale))).images[0]
-        assert np.abs(levels(image) - levels(single)).max() <= 1
