@@ -10,7 +10,7 @@ from typing import Callable
 
 from .errors import EngineError
 from .guiders import GuidanceSettings, Param, all_params, method_names
-from .request import output_paths
+from .request import MAX_CONTROLS, output_paths
 from .schedulers import SCHEDULERS
 
 
@@ -51,12 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default="")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--class", dest="class_label", help="class name or id (class-conditional models)")
-    gen.add_argument("--control", help="control image (or pose keypoint JSON file)")
-    gen.add_argument("--control-type", choices=["canny", "scribble", "pose"])
-    gen.add_argument("--controlnet", help="ControlNet name, folder or hub id")
-    gen.add_argument("--control-scale", type=_number("control scale"), default=1.0)
-    gen.add_argument("--control-start", type=_number("control start"), default=0.0)
-    gen.add_argument("--control-end", type=_number("control end"), default=1.0)
+    # Each --control* flag repeats, once per stacked control (at most MAX_CONTROLS), matched by position.
+    gen.add_argument("--control", action="append", help="control image (or pose keypoint JSON file); repeat it, "
+                     f"with the other --control flags, to stack up to {MAX_CONTROLS} controls")
+    gen.add_argument("--control-type", action="append", choices=["canny", "scribble", "pose"])
+    gen.add_argument("--controlnet", action="append", help="ControlNet name, folder or hub id ('auto': the type's "
+                     "default)")
+    gen.add_argument("--control-scale", action="append", type=_number("control scale"), help="default 1")
+    gen.add_argument("--control-start", action="append", type=_number("control start"), help="default 0")
+    gen.add_argument("--control-end", action="append", type=_number("control end"), help="default 1")
     gen.add_argument("--guess-mode", action="store_true")
     gen.add_argument("--canny-low", type=_whole("Canny low threshold"), default=100)
     gen.add_argument("--canny-high", type=_whole("Canny high threshold"), default=200)
@@ -116,35 +119,56 @@ def guidance_from_args(args, scale: float) -> GuidanceSettings:
                                         strict=True)
 
 
+# The optional per-control flags: (dest, flag, default), each given once per --control or not at all.
+CONTROL_KNOBS = (("controlnet", "--controlnet", None), ("control_scale", "--control-scale", 1.0),
+                 ("control_start", "--control-start", 0.0), ("control_end", "--control-end", 1.0))
+
+
+def controls_from_args(args, engine) -> "tuple[ControlSpec, ...]":
+    """The ControlSpecs of the repeated --control flags, the i-th of each flag belonging to the i-th control."""
+    from .control.prepare import prepare_control, read_image
+    from .request import ControlSpec
+
+    paths, types = args.control or [], args.control_type or []
+    if len(paths) != len(types):
+        raise EngineError(f"--control and --control-type go together, one --control-type per --control; got "
+                          f"{len(paths)} --control and {len(types)} --control-type.")
+    if len(paths) > MAX_CONTROLS:
+        raise EngineError(f"At most {MAX_CONTROLS} controls can be stacked; the command gives {len(paths)}.")
+    knobs = []
+    for dest, flag, default in CONTROL_KNOBS:
+        given = getattr(args, dest) or []
+        if given and len(given) != len(paths):
+            raise EngineError(f"Give {flag} once per --control or not at all; got {len(given)} for "
+                              f"{len(paths)} --control.")
+        knobs.append(given or [default] * len(paths))
+    sources = []  # every file read before any model is loaded for its size
+    for path, control_type in zip(map(Path, paths), types):
+        if not path.is_file():
+            raise EngineError(f"The control image '{path}' does not exist.")
+        pose_json = control_type == "pose" and path.suffix.lower() == ".json"
+        sources.append(path.read_text() if pose_json else read_image(path))
+    size = (args.width, args.height)
+    if paths and None in size:
+        native = engine.native_size(args.model)
+        size = (args.width or native[0], args.height or native[1])
+    return tuple(ControlSpec(prepare_control(source, control_type, size=size, low=args.canny_low,
+                                             high=args.canny_high),
+                             control_type, None if net == "auto" else net, scale, start, end)
+                 for source, control_type, net, scale, start, end in zip(sources, types, *knobs))
+
+
 def request_from_args(args, engine) -> "Request":
     from dataclasses import replace
 
-    from .control.prepare import prepare_control, read_image
-    from .request import ControlSpec, Request
+    from .request import Request
 
     out = Path(args.out)
     if not out.parent.is_dir():
         raise EngineError(f"The output folder '{out.parent}' does not exist.")
     if out.suffix.lower() != ".png":
         raise EngineError(f"The output must be a .png file, not '{out.name}'.")
-    if (args.control is None) != (args.control_type is None):
-        raise EngineError("--control and --control-type go together; give both or neither.")
-    controls = ()
-    if args.control:
-        path = Path(args.control)
-        if not path.is_file():
-            raise EngineError(f"The control image '{path}' does not exist.")
-        if args.control_type == "pose" and path.suffix.lower() == ".json":
-            source = path.read_text()
-        else:
-            source = read_image(path)
-        size = (args.width, args.height)
-        if None in size:
-            native = engine.native_size(args.model)
-            size = (args.width or native[0], args.height or native[1])
-        image = prepare_control(source, args.control_type, size=size, low=args.canny_low, high=args.canny_high)
-        controls = (ControlSpec(image, args.control_type, args.controlnet, args.control_scale, args.control_start,
-                                args.control_end),)
+    controls = controls_from_args(args, engine)
     guidance = guidance_from_args(args, 1.0)
     req = Request(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
                   class_label=args.class_label, controls=controls, guess_mode=args.guess_mode, guidance=guidance,

@@ -20,6 +20,7 @@ MAX_PROMPT_CHARS = 1000
 MAX_SIDE = 2048
 MAX_IMAGES = 16
 MAX_SEED = 2**63 - 1
+MAX_CONTROLS = 3  # stacked ControlNets of one request; each adds an encoder pass per step
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,15 @@ def check_request(req: Request) -> None:
             raise EngineError(f"The {name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
     if req.task == "text" and not req.prompt.strip():
         raise EngineError("The prompt is empty; describe the image to generate.")
-    for control in req.controls:
-        _finite("control scale", control.scale, 0, 10)
-        _finite("control start", control.start, 0, 1)
-        _finite("control end", control.end, 0, 1)
+    if len(req.controls) > MAX_CONTROLS:
+        raise EngineError(f"At most {MAX_CONTROLS} controls can be stacked; this request has {len(req.controls)}.")
+    for n, control in enumerate(req.controls):
+        which = f"control {n + 1}" if len(req.controls) > 1 else "control"
+        _finite(f"{which} scale", control.scale, 0, 10)
+        _finite(f"{which} start", control.start, 0, 1)
+        _finite(f"{which} end", control.end, 0, 1)
         if control.start > control.end:
-            raise EngineError(f"Control must start before it ends; {control.start:g} > {control.end:g}.")
+            raise EngineError(f"{which.capitalize()} must start before it ends; {control.start:g} > {control.end:g}.")
 
 
 def png_parameters(req: Request, model_name: str, controlnets: list[str], seed: int, size: tuple[int, int],
@@ -157,12 +161,7 @@ def command_for(req: Request, index: int = 0) -> str:
         parts.extend(param.cli_args(value))
     add("--classifier", req.classifier)
     add("--classifier-scale", f"{g.classifier_scale:g}", "0")
-    for control in req.controls:
-        parts.extend(["--control", "control.png", "--control-type", control.control_type])
-        add("--controlnet", control.controlnet)
-        add("--control-scale", f"{control.scale:g}", "1")
-        add("--control-start", f"{control.start:g}", "0")
-        add("--control-end", f"{control.end:g}", "1")
+    parts.extend(_control_args(req.controls))
     if req.guess_mode:
         parts.append("--guess-mode")
     add("--steps", req.steps)
@@ -172,6 +171,24 @@ def command_for(req: Request, index: int = 0) -> str:
     add("--width", req.width)
     parts.extend(["--out", "out.png"])
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def _control_args(controls: tuple[ControlSpec, ...]) -> list[str]:
+    """The --control flags of the controls, in their stacking order. One map is control.png; several are
+    control-1.png, control-2.png, ... in that order. The CLI matches repeated flags by position, so each optional
+    flag is written for every control (a default ControlNet as 'auto') or for none."""
+    columns = [("--controlnet", [c.controlnet or "auto" for c in controls], "auto"),
+               ("--control-scale", [f"{c.scale:g}" for c in controls], "1"),
+               ("--control-start", [f"{c.start:g}" for c in controls], "0"),
+               ("--control-end", [f"{c.end:g}" for c in controls], "1")]
+    used = [(flag, values) for flag, values, default in columns if any(v != default for v in values)]
+    parts = []
+    for n, control in enumerate(controls):
+        name = f"control-{n + 1}.png" if len(controls) > 1 else "control.png"
+        parts.extend(["--control", name, "--control-type", control.control_type])
+        for flag, values in used:
+            parts.extend([flag, values[n]])
+    return parts
 
 
 def output_paths(out: Path, seeds: list[int]) -> list[Path]:

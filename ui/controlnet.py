@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import gradio as gr
 from PIL import Image
@@ -10,7 +11,7 @@ from PIL import Image
 from engine.control.prepare import CONTROL_TYPES, prepare_control, to_rgb_array
 from engine.errors import EngineError
 from engine.generate import Engine
-from engine.request import ControlSpec, Request
+from engine.request import MAX_CONTROLS, ControlSpec, Request
 from world.figure import POSES, preset_json
 
 from .models import ModelChoices
@@ -24,6 +25,10 @@ AUTO = "auto"
 MAX_POSE_JSON = 100_000  # characters: ten people with every joint take under 3,000
 DEFAULT_SCALE = 5.0
 FALLBACK_SIZE = (64, 64)  # the project's models' size, used for previews while no model can be loaded
+STACKED = range(2, MAX_CONTROLS + 1)  # the numbers of the controls stacked on the first one
+# Each stacked control's API parameters, with their defaults; named `<name>_<number>`, after every other parameter.
+STACKED_PARAMS = (("control_image", None), ("control_type", "scribble"), ("controlnet", AUTO), ("control_scale", 1.0),
+                  ("control_start", 0.0), ("control_end", 1.0))
 
 
 def native_size(engine: Engine, model: str | None, default: str | None) -> tuple[int, int]:
@@ -58,25 +63,50 @@ def control_map(engine: Engine, models: ModelChoices, source, control_type: str,
                            high=whole("Canny high threshold", high, 0, 1000))
 
 
+def control_spec(models: ModelChoices, v: dict, image: Image.Image, k: int | None = None) -> ControlSpec:
+    """The ControlSpec of the first control (k None) or of stacked control k, from the endpoint's values."""
+    key = "{}" if k is None else "{}_%d" % k
+    which = "control" if k is None else f"control {k}"
+    control_type = v[key.format("control_type")]
+    chosen = v[key.format("controlnet")]
+    name = models.pick(None if chosen == AUTO else chosen, "controlnet", models.default_controlnet(control_type))
+    return ControlSpec(image, control_type, name, number(f"{which} scale", v[key.format("control_scale")]),
+                       number(f"{which} start", v[key.format("control_start")]),
+                       number(f"{which} end", v[key.format("control_end")]))
+
+
+def stacked_controls(engine: Engine, models: ModelChoices, v: dict, model: str | None) -> list[ControlSpec]:
+    """The stacked controls that have a map, in their order; their maps are used as is."""
+    specs = []
+    for k in STACKED:
+        source = v[f"control_image_{k}"]
+        if source is None:
+            continue
+        if not isinstance(source, Image.Image):
+            raise EngineError(f"Control {k}'s map must be an uploaded image.")
+        image = control_map(engine, models, source, v[f"control_type_{k}"], False, 100, 200, model)
+        specs.append(control_spec(models, v, image, k))
+    return specs
+
+
 def make_handler(engine: Engine, models: ModelChoices):
-    """/controlnet: the fixed parameters below plus every guider's declared parameters."""
+    """/controlnet: the fixed parameters below plus every guider's declared parameters, then the stacked controls'
+    parameters."""
     leading, trailing = guidance_api(DEFAULT_SCALE)
     params = [("control_image", inspect.Parameter.empty), ("prompt", inspect.Parameter.empty),
               ("negative_prompt", ""), ("control_type", "scribble"), ("controlnet", AUTO), ("preprocess", False),
               ("canny_low", 100), ("canny_high", 200), ("control_scale", 1.0), ("control_start", 0.0),
               ("control_end", 1.0), ("guess_mode", False), ("model", None), *leading, ("steps", 25),
-              ("scheduler", "ddim"), ("seed", 0), ("num_images", 1), *trailing]
+              ("scheduler", "ddim"), ("seed", 0), ("num_images", 1), *trailing,
+              *((f"{name}_{k}", default) for k in STACKED for name, default in STACKED_PARAMS)]
 
     def controlnet(v: dict):
         control_type, model = v["control_type"], models.pick(v["model"], "text")
         image = control_map(engine, models, v["control_image"], control_type, v["preprocess"], v["canny_low"],
                             v["canny_high"], model)
-        chosen = None if v["controlnet"] == AUTO else v["controlnet"]
-        name = models.pick(chosen, "controlnet", models.default_controlnet(control_type))
-        spec = ControlSpec(image, control_type, name, number("control scale", v["control_scale"]),
-                           number("control start", v["control_start"]), number("control end", v["control_end"]))
+        controls = (control_spec(models, v, image), *stacked_controls(engine, models, v, model))
         req = Request(model=model, prompt=text("prompt", v["prompt"]),
-                      negative_prompt=text("negative prompt", v["negative_prompt"]), controls=(spec,),
+                      negative_prompt=text("negative prompt", v["negative_prompt"]), controls=controls,
                       guess_mode=bool(v["guess_mode"]), guidance=guidance_settings(v),
                       steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
                       seed=whole("seed", v["seed"], 0, SEED_MAX),
@@ -206,6 +236,48 @@ def pose_handler(engine: Engine):
     return pose_from_photo
 
 
+@dataclass
+class StackedUnit:
+    """One stacked control's inputs, in the API's order (STACKED_PARAMS)."""
+
+    image: ImageInput
+    control_type: gr.Radio
+    controlnet: gr.Dropdown
+    weight: gr.Slider
+    start: gr.Slider
+    end: gr.Slider
+    copy: gr.Button
+
+    def inputs(self) -> list:
+        return [self.image, self.control_type, self.controlnet, self.weight, self.start, self.end]
+
+
+@guarded
+def _copy_map(image, control_type, controlnet):
+    """The first control's map, type and ControlNet, copied into a stacked unit (nothing while there is no map)."""
+    if image is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    return image, control_type, controlnet
+
+
+def stacked_unit(k: int, nets: list[str]) -> StackedUnit:
+    """Stacked control k: its map (used as is, or copied from the first control's by `copy`), type, ControlNet and
+    knobs."""
+    with gr.Group():
+        with gr.Row():
+            image = ImageInput(type="filepath", image_mode=None, label=f"Control map {k} (used as is)", format="png",
+                               height=200, elem_id=f"control-map-{k}")
+            with gr.Column():
+                control_type = gr.Radio(list(CONTROL_TYPES), value="scribble", label=f"Control type {k}")
+                controlnet = gr.Dropdown(nets, value=AUTO, label=f"ControlNet {k}", allow_custom_value=True)
+                copy = gr.Button("Use the current control map", size="sm")
+        with gr.Row():
+            weight = gr.Slider(0, 2, value=1.0, step=0.05, label=f"Control weight {k}")
+            start = gr.Slider(0, 1, value=0, step=0.05, label=f"Control start {k}")
+            end = gr.Slider(0, 1, value=1, step=0.05, label=f"Control end {k}")
+    return StackedUnit(image, control_type, controlnet, weight, start, end, copy)
+
+
 def build(engine: Engine, models: ModelChoices) -> None:
     with gr.Row():
         with gr.Column(scale=2):
@@ -235,13 +307,17 @@ def build(engine: Engine, models: ModelChoices) -> None:
             with gr.Row():
                 control_type = gr.Radio(list(CONTROL_TYPES), value="scribble", label="Control type",
                                         info="set by the tab: Sketch, Edges or Pose", interactive=False)
-                controlnet = gr.Dropdown([AUTO, *sorted({n for v in models.controlnet.values() for n in v})],
-                                         value=AUTO, label="ControlNet", info="auto = the default for the type",
+                nets = [AUTO, *sorted({n for v in models.controlnet.values() for n in v})]
+                controlnet = gr.Dropdown(nets, value=AUTO, label="ControlNet", info="auto = the default for the type",
                                          allow_custom_value=True)
             with gr.Row():
                 weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight")
                 start = gr.Slider(0, 1, value=0, step=0.05, label="Control start")
                 end = gr.Slider(0, 1, value=1, step=0.05, label="Control end")
+            with gr.Accordion("More controls (stacked)", open=False):
+                gr.Markdown("Each control with a map adds its ControlNet's residuals to the first one's. Make a map "
+                            "in the tabs above, then copy it into a unit.")
+                units = [stacked_unit(k, nets) for k in STACKED]
             guess = gr.Checkbox(False, label="Guess mode (control on the conditional branch only)")
             model = gr.Dropdown(models.text, value=models.default("text"), label="Model", allow_custom_value=True)
             g = guidance_controls("controlnet", DEFAULT_SCALE)
@@ -279,7 +355,12 @@ def build(engine: Engine, models: ModelChoices) -> None:
     canny_tab.select(_switch(engine, models, "canny"), [picture, model, low, high], switched, api_name="tab_canny", api_visibility="undocumented")
     pose_tab.select(_pose_switch(engine, models), [keypoints, editor, model], [*switched, editor],
                     api_name="tab_pose", api_visibility="undocumented")
+    for k, unit in zip(STACKED, units):
+        unit.copy.click(_copy_map, [control_image, control_type, controlnet],
+                        [unit.image, unit.control_type, unit.controlnet], api_name=f"copy_control_{k}",
+                        api_visibility="undocumented", queue=False)
     leading, trailing = guidance_api(DEFAULT_SCALE)
     inputs = [control_image, prompt, negative, control_type, controlnet, preprocess, low, high, weight, start, end,
-              guess, model, *g.inputs(leading), steps, scheduler, seed, count, *g.inputs(trailing)]
+              guess, model, *g.inputs(leading), steps, scheduler, seed, count, *g.inputs(trailing),
+              *(c for unit in units for c in unit.inputs())]
     button.click(make_handler(engine, models), inputs, [images, used, command], api_name="controlnet", **MODEL_EVENT)

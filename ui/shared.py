@@ -21,7 +21,7 @@ from engine.errors import EngineError
 from engine.generate import Engine, Result
 from engine.guiders import GUIDERS, GuidanceSettings, Param, all_params, method_names
 from engine.guiders.registry import owners
-from engine.request import MAX_IMAGES, MAX_SEED, Request, command_for
+from engine.request import MAX_CONTROLS, MAX_IMAGES, MAX_SEED, Request, command_for
 from engine.schedulers import SCHEDULERS
 
 from .inputs import SeedInput, sentence, shown
@@ -184,6 +184,14 @@ PARAMETER_DOCS = {
     "control_end": "Fraction of the run where the control ends, 0 to 1.",
     "guess_mode": "Feed the control to the conditional branch only.",
 }
+_STACKED_DOCS = (  # /controlnet's stacked controls 2, 3, ...: their parameters are named <name>_<number>
+    ("control_image", "its control map, used as is (none = no such control)."),
+    ("control_type", "scribble, canny or pose; it picks the default ControlNet."),
+    ("controlnet", "a ControlNet offered by this server, or 'auto' for the control type's default."),
+    ("control_scale", "its conditioning scale, 0 to 2."), ("control_start", "where it starts in the run, 0 to 1."),
+    ("control_end", "where it ends in the run, 0 to 1."))
+PARAMETER_DOCS.update({f"{name}_{k}": f"Stacked control {k}: {doc}" for k in range(2, MAX_CONTROLS + 1)
+                       for name, doc in _STACKED_DOCS})
 
 
 def _describe(name: str) -> str:

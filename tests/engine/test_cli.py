@@ -72,6 +72,10 @@ BAD = [
     (["--guidance", "apg", "--momentum", "2"], "between -1 and 0"),
     (["--guidance", "cfg", "--interval", "0.8", "0.2"], "start before it ends"),
     (["--guidance", "cfg-zero-star", "--zero-init-steps", "x"], "whole number"),
+    (["--control", "a.png", "--control-type", "pose", "--control", "b.png"], "one --control-type per --control"),
+    (["--control", "a.png", "--control-type", "pose", "--control", "b.png", "--control-type", "scribble",
+      "--control-scale", "1"], "Give --control-scale once per --control or not at all; got 1 for 2"),
+    (["--control", "a.png", "--control-type", "pose"] * 4, "At most 3 controls"),
 ]
 
 
@@ -119,3 +123,79 @@ def test_reproduce_command_parses_back_to_the_same_guidance(guidance):
     command = command_for(Request(model="lab-sd", prompt="a red circle", guidance=guidance))
     args = build_parser().parse_args(shlex.split(command)[3:])
     assert guidance_from_args(args, args.scale) == guidance
+
+
+def stacked_maps(folder):
+    """A scribble map and a pose-like map (lines on black), as files in `folder`."""
+    from PIL import ImageDraw
+
+    scribble = Image.new("RGB", (32, 32), "white")
+    ImageDraw.Draw(scribble).line([(4, 16), (28, 16)], fill="black", width=3)
+    pose = Image.new("RGB", (32, 32), "black")
+    ImageDraw.Draw(pose).line([(16, 4), (16, 28)], fill=(255, 0, 0), width=2)
+    scribble.save(folder / "scribble.png")
+    pose.save(folder / "pose.png")
+    return folder / "scribble.png", folder / "pose.png"
+
+
+def test_repeated_control_flags_give_one_spec_each_matched_by_position(tmp_path):
+    from engine.cli import build_parser, controls_from_args
+
+    scribble, pose = stacked_maps(tmp_path)
+    args = build_parser().parse_args(["generate", "--prompt", "x", "--width", "32", "--height", "32",
+                                      "--control", str(scribble), "--control-type", "scribble", "--control", str(pose),
+                                      "--control-type", "pose", "--controlnet", "auto", "--controlnet", "net-b",
+                                      "--control-scale", "1", "--control-scale", "0.6", "--control-end", "0.9",
+                                      "--control-end", "0.5", "--out", str(tmp_path / "x.png")])
+    controls = controls_from_args(args, engine=None)  # both sides given: no model is asked for its size
+    assert [(c.control_type, c.controlnet, c.scale, c.start, c.end) for c in controls] == [
+        ("scribble", None, 1.0, 0.0, 0.9), ("pose", "net-b", 0.6, 0.0, 0.5)]
+    assert all(c.image.size == (32, 32) for c in controls)
+
+
+@pytest.mark.parametrize("knobs", [[(None, 1.0, 0.0, 1.0), (None, 1.0, 0.0, 1.0)],
+                                   [(None, 1.0, 0.0, 1.0), ("net-b", 0.6, 0.2, 0.8), ("net-c", 1.5, 0.0, 0.5)]])
+def test_reproduce_command_writes_every_control_and_parses_back(tmp_path, monkeypatch, knobs):
+    import shlex
+
+    from engine.cli import build_parser, controls_from_args
+    from engine.request import ControlSpec
+
+    image = Image.new("RGB", (32, 32), "white")
+    image.paste((0, 0, 0), (4, 14, 28, 18))  # a stroke, so the CLI's preprocessing of each type finds one
+    types = ["scribble", "pose", "canny"]
+    controls = tuple(ControlSpec(image, types[n], *k) for n, k in enumerate(knobs))
+    command = command_for(Request(model="lab-sd", prompt="a red circle", controls=controls, width=32, height=32))
+    names = [f"control-{n + 1}.png" for n in range(len(controls))]
+    assert [command.index(f"--control {name} ") for name in names] == sorted(command.index(f"--control {name} ")
+                                                                             for name in names)
+    monkeypatch.chdir(tmp_path)  # the maps saved under the names the command gives them
+    for name in names:
+        image.save(name)
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    assert args.control == names
+    parsed = controls_from_args(args, engine=None)
+    assert [(c.control_type, c.controlnet, c.scale, c.start, c.end) for c in parsed] == [
+        (c.control_type, c.controlnet, c.scale, c.start, c.end) for c in controls]
+
+
+def test_one_control_keeps_its_command():
+    from engine.request import ControlSpec
+
+    spec = ControlSpec(Image.new("RGB", (8, 8)), "canny", None, 0.5)
+    command = command_for(Request(prompt="x", controls=(spec,)))
+    assert "--control control.png --control-type canny --control-scale 0.5 --steps" in command
+    assert "--controlnet" not in command
+
+
+def test_stacked_controls_from_the_command_line(tiny_folders, tmp_path):
+    scribble, pose = stacked_maps(tmp_path)
+    assert run_cli("generate", "--model", tiny_folders["sd"], "--prompt", "a red square", "--control", scribble,
+                   "--control-type", "scribble", "--control", pose, "--control-type", "pose", "--controlnet",
+                   tiny_folders["controlnet"], "--controlnet", tiny_folders["controlnet2"], "--control-scale", "1",
+                   "--control-scale", "0.6", "--steps", "2", "--out", tmp_path / "s.png") == 0
+    params = parse_parameters(Image.open(tmp_path / "s.png").info["parameters"])
+    assert params["ControlNet 1"] == f"scribble {tiny_folders['controlnet']}"
+    assert params["ControlNet 2"] == f"pose {tiny_folders['controlnet2']}"
+    assert params["Control weight 1"] == "1" and params["Control weight 2"] == "0.6"
+    assert params["Control range 2"] == "0-1"
