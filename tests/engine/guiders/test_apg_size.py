@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from engine.errors import EngineError
 from engine.guiders import GuidanceSettings
 from engine.guiders.apg import REFERENCE_ELEMENTS, apg
 from engine.sampler import Step
@@ -46,7 +45,10 @@ def test_on_the_reference_size_it_equals_the_plain_threshold():
     torch.testing.assert_close(per, apg(c, u, 5.0, norm_threshold=15.0), rtol=0, atol=0)
 
 
-def test_default_is_off_and_both_thresholds_at_once_are_refused():
-    assert GuidanceSettings("apg", 5.0)["norm_threshold_per"] == 0.0
-    with pytest.raises(EngineError, match="norm threshold or its per-SDXL-size-latent form, not both"):
-        GuidanceSettings("apg", 5.0, norm_threshold=2.0, norm_threshold_per=15.0).build()
+def test_default_is_off_and_a_plain_threshold_takes_the_place_of_the_size_normalised_one():
+    assert GuidanceSettings("apg", 5.0)["norm_threshold_per"] == 0.0  # the CLI's default; the UI starts at 15
+    c, u = torch.randn(2, 1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    step = Step(0, 10, torch.tensor(999), torch.tensor(0.5))
+    both = GuidanceSettings("apg", 5.0, norm_threshold=2.0, norm_threshold_per=15.0).build().guide(c, u, step)
+    plain = GuidanceSettings("apg", 5.0, norm_threshold=2.0).build().guide(c, u, step)
+    torch.testing.assert_close(both, plain, rtol=0, atol=0)

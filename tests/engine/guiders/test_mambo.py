@@ -88,11 +88,11 @@ def levels(image) -> np.ndarray:
 
 def test_whole_run_equals_diffusers_guider(patched_diffusers, tiny_folders):
     folder = str(tiny_folders["sd"])
-    expected = guided_run(folder, "a red circle", 4, 3, MagnitudeAwareGuidance(guidance_scale=6.0, alpha=2.0))
+    expected = guided_run(folder, "a red circle", 4, 3, MagnitudeAwareGuidance(guidance_scale=6.0, alpha=8.0))
     engine = Engine()
     run = lambda settings: engine.generate(Request(model=folder, prompt="a red circle", steps=4, seed=3,  # noqa: E731
                                                    guidance=settings)).images[0]
-    got = run(GuidanceSettings("mambo", 6.0, alpha=2.0))
+    got = run(GuidanceSettings("mambo", 6.0, alpha=8.0))
     assert np.abs(levels(got) - levels(expected)).max() <= 1
     assert np.abs(levels(got) - levels(run(GuidanceSettings("cfg", 6.0)))).max() > 1  # it really differs from CFG
 
