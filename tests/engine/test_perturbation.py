@@ -58,8 +58,8 @@ def test_seg_scale_zero_is_cfg_and_its_update_points_away_from_the_blur(engine, 
     cfg = engine.generate(request(tiny_folders["sd"], GuidanceSettings("cfg", 6.0))).images[0]
     off = engine.generate(request(tiny_folders["sd"], GuidanceSettings("seg", 6.0, seg_scale=0.0))).images[0]
     assert level_diff(off, cfg) == 0
-    on = engine.generate(request(tiny_folders["sd"], GuidanceSettings("seg", 6.0, seg_scale=3.0,
-                                                                      seg_layers="mid,up.0"))).images[0]
+    on = engine.generate(request(tiny_folders["sd"], GuidanceSettings("seg", 6.0, seg_scale=10.0,
+                                                                      seg_layers="mid,up.0,down.1"))).images[0]
     assert level_diff(on, cfg) > 2 * TOLERANCE
     c, u, p = torch.randn(3, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     update = pag(c, u, p, 6.0, 3.0) - (u + 6.0 * (c - u))
