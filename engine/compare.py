@@ -3,6 +3,7 @@ the methods compared again at the scales where their adherence matches CFG's at 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -50,7 +51,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(p) for p in parts)
     except ValueError:
-        raise EngineError(f"Scales must be numbers separated by commas, like '1, 3, 7.5'; got '{text}'.") from None
+        raise EngineError("Scales must be numbers separated by commas, like '1, 3, 7.5'.") from None
     if not scales:
         raise EngineError("Give at least one guidance scale, like '1, 3, 7.5'.")
     return scales
@@ -64,7 +65,8 @@ def row_settings(row: str) -> tuple[str, GuidanceSettings]:
         return row, rows[row]
     name = row.split(":")[0].strip().lower().replace("_", "-")
     if name not in GUIDERS:
-        raise EngineError(f"Unknown comparison row '{row[:60]}'; pick one of {', '.join(rows)} or write a method "
+        shown = f" '{row[:60]}'" if re.fullmatch(r"[\w +*.-]{1,60}", row) else ""  # never echo a path or markup
+        raise EngineError(f"Unknown comparison row{shown}; pick one of {', '.join(rows)} or write a method "
                           f"like 'apg:eta=0:momentum=-0.5'.")
     return parse_method_spec(row)
 

@@ -121,7 +121,18 @@ def build(engine: Engine, models: ModelChoices) -> None:
             plot = gr.LinePlot(x="step", y="p(y | x_t)", color="image", y_lim=[0, 1],
                                label="Classifier p(y | x_t) per step (needs a classifier)", height=260)
             command = reproduce_box()
-    model.change(guarded(lambda m: gr.update(choices=class_names(engine, models.pick(m, "class")))), model, label,
-                 api_name="class_names", api_visibility="undocumented")
+    @guarded
+    def class_names_of(model: str | None = None):
+        """The class names a class-conditional model knows, in id order (the choices of the class box).
+
+        Args:
+            model: A class-conditional model offered by this server (default: the project's lab-dit).
+
+        Returns:
+            The class box updated with the model's class names.
+        """
+        return gr.update(choices=class_names(engine, models.pick(model, "class")))
+
+    model.change(class_names_of, model, label, api_name="class_names")
     inputs = [label, model, scale, classifier_scale, classifier, steps, scheduler, seed, count]
     button.click(make_handler(engine, models), inputs, [images, plot, command], api_name="class_cond", **MODEL_EVENT)

@@ -7,7 +7,7 @@ import pytest
 from engine.generate import Engine
 
 GENERATION = ("text2img", "class_cond", "controlnet", "compare_grid")  # tools are named after the functions
-HELPERS = ("text2img_guidance_fields", "text2img_random_seed", "text2img_submit", "class_names", "sketch_brush",
+HELPERS = ("text2img_guidance_fields", "text2img_random_seed", "text2img_submit", "sketch_brush",
            "pose_from_editor", "pose_to_editor", "pose_editor_canvas", "tab_pose", "compare_preset", "_lambda_")
 
 
