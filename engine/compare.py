@@ -65,7 +65,7 @@ def row_settings(row: str) -> tuple[str, GuidanceSettings]:
         return row, rows[row]
     name = row.split(":")[0].strip().lower().replace("_", "-")
     if name not in GUIDERS:
-        shown = f" '{row[:60]}'" if re.fullmatch(r"[\w +*.-]{1,60}", row) else ""  # never echo a path or markup
+        shown = f" '{row[:60]}'" if re.fullmatch(r"[\w +*.:=,-]{1,60}", row) else ""  # never echo a path or markup
         raise EngineError(f"Unknown comparison row{shown}; pick one of {', '.join(rows)} or write a method "
                           f"like 'apg:eta=0:momentum=-0.5'.")
     return parse_method_spec(row)
