@@ -14,7 +14,7 @@ from engine.registry import resolve
 from .models import ModelChoices
 from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, both, check_budget, gallery, gallery_items, guarded,
                      in_background, live_gallery, number, progress_adapter, reproduce, reproduce_box,
-                     sampling_controls, seed_row, text, whole)
+                     run_buttons, sampling_controls, seed_row, stoppable, text, whole)
 
 NO_CLASSIFIER = "none"
 
@@ -51,7 +51,7 @@ def make_handler(engine: Engine, models: ModelChoices):
     @guarded
     def class_cond(class_label: str, model: str | None = None, scale: float = 4.0, classifier_scale: float = 0.0,
                    classifier: str = NO_CLASSIFIER, steps: int = 25, scheduler: str = "ddim", seed: int = 0,
-                   num_images: int = 1, progress=gr.Progress()):
+                   num_images: int = 1, progress=gr.Progress(), request: gr.Request = None):
         """Generate images of one class with a class-conditional model, guided by CFG, a noise-aware classifier, or
         both.
 
@@ -89,7 +89,7 @@ def make_handler(engine: Engine, models: ModelChoices):
             return engine.generate(req, callback=both(progress_adapter(progress), report), live_every_s=LIVE_EVERY_S,
                                    cancel=cancel)
 
-        for kind, value in in_background(work):
+        for kind, value in in_background(work, request):
             if kind == "done":
                 yield gallery_items(value), probability_frame(value), reproduce(value)
             else:
@@ -113,14 +113,14 @@ def build(engine: Engine, models: ModelChoices) -> None:
                                      allow_custom_value=True)
             classifier_scale = gr.Slider(0, 50, value=0, step=0.5, label="Classifier-guidance scale",
                                          info="0 = off; Dhariwal and Nichol (2021)")
-            steps, scheduler = sampling_controls(models.steps)
+            steps, scheduler = sampling_controls("class", models.steps)
             seed, count = seed_row("class_cond")
-            button = gr.Button("Generate", variant="primary", elem_id="class-run")
+            button, stop = run_buttons("class")
         with gr.Column(scale=3):
             images = gallery(elem_id="class-images")
             plot = gr.LinePlot(x="step", y="p(y | x_t)", color="image", y_lim=[0, 1],
                                label="Classifier p(y | x_t) per step (needs a classifier)", height=260)
-            command = reproduce_box()
+            command = reproduce_box("class")
     @guarded
     def class_names_of(model: str | None = None):
         """The class names a class-conditional model knows, in id order (the choices of the class box).
@@ -136,3 +136,4 @@ def build(engine: Engine, models: ModelChoices) -> None:
     model.change(class_names_of, model, label, api_name="class_names")
     inputs = [label, model, scale, classifier_scale, classifier, steps, scheduler, seed, count]
     button.click(make_handler(engine, models), inputs, [images, plot, command], api_name="class_cond", **MODEL_EVENT)
+    stoppable(stop)

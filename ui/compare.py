@@ -22,7 +22,7 @@ from world.measures import cell_measures
 
 from .models import ModelChoices
 from .shared import (MODEL_EVENT, SEED_MAX, check_budget, guarded, in_background, number, progress_adapter,
-                     prompt_controls, sampling_controls, save_output, seed_row, text, whole)
+                     prompt_controls, run_buttons, sampling_controls, save_output, seed_row, stoppable, text, whole)
 
 MEASURES = {"saturation": "Mean saturation", "clipped": "Fraction of clipped pixels",
             "diversity": "Diversity across seeds", "adherence": "Adherence (project's models only)"}
@@ -63,7 +63,8 @@ def make_handler(engine: Engine, models: ModelChoices):
     def compare_grid(prompt: str, negative_prompt: str = "", model: str | None = None,
                      methods: list[str] = list(DEFAULT_ROWS), scales: str = ", ".join(f"{s:g}" for s in DEFAULT_SCALES),
                      seed: int = 0, seeds: int = 3, steps: int = 25, scheduler: str = "ddim", more_rows: str = "",
-                     match_adherence: bool = False, match_scale: float = DEFAULT_MATCH, progress=gr.Progress()):
+                     match_adherence: bool = False, match_scale: float = DEFAULT_MATCH, progress=gr.Progress(),
+                     request: gr.Request = None):
         """Compare guidance methods against guidance scales: a labelled grid (one seed) and measures per cell over
         several seeds, with 95% bootstrap intervals, optionally at matched adherence.
 
@@ -122,7 +123,7 @@ def make_handler(engine: Engine, models: ModelChoices):
                     notes.append(f"Matching adherence failed: {exc}")
             return result, matched, notes
 
-        for kind, value in in_background(work):
+        for kind, value in in_background(work, request):
             if kind == "done":
                 yield outputs(*value)
             else:
@@ -224,8 +225,8 @@ def build(engine: Engine, models: ModelChoices) -> None:
                 matching = gr.Checkbox(False, label="Match adherence to CFG at scale R",
                                        info="then compare every method where its adherence equals CFG's")
                 match_at = gr.Number(DEFAULT_MATCH, label="R", minimum=0, maximum=100)
-            steps, scheduler = sampling_controls(models.steps)
-            button = gr.Button("Compare", variant="primary", elem_id="compare-run")
+            steps, scheduler = sampling_controls("compare", models.steps)
+            button, stop = run_buttons("compare", "Compare")
         with gr.Column(scale=3):
             grid = gr.Image(label="Grid (one seed; downloads as a PNG with its parameters)", type="filepath",
                             format="png", interactive=False, buttons=["download", "fullscreen"], height=560,
@@ -238,3 +239,4 @@ def build(engine: Engine, models: ModelChoices) -> None:
     inputs = [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler, extra, matching, match_at]
     button.click(make_handler(engine, models), inputs, [grid, plot, table, matched, notes], api_name="compare",
                  **MODEL_EVENT)
+    stoppable(stop)

@@ -19,7 +19,8 @@ from .inputs import ImageInput, SketchInput
 from .pose_editor import editor_value, keypoints_from_editor, pose_editor
 from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery, gallery_items,
                      guarded, guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
-                     number, progress_adapter, reproduce, reproduce_box, sampling_controls, seed_row, text, whole)
+                     number, progress_adapter, reproduce, reproduce_box, run_buttons, sampling_controls, seed_row,
+                     stoppable, text, whole)
 
 AUTO = "auto"
 MAX_POSE_JSON = 100_000  # characters: ten people with every joint take under 3,000
@@ -117,7 +118,7 @@ def make_handler(engine: Engine, models: ModelChoices):
             return engine.generate(req, callback=both(progress_adapter(v["progress"]), report),
                                    live_every_s=LIVE_EVERY_S, cancel=cancel)
 
-        for kind, value in in_background(work):
+        for kind, value in in_background(work, v["request"]):
             if kind == "done":
                 yield gallery_items(value), image, reproduce(value)
             else:
@@ -321,10 +322,10 @@ def build(engine: Engine, models: ModelChoices) -> None:
             guess = gr.Checkbox(False, label="Guess mode (control on the conditional branch only)")
             model = gr.Dropdown(models.text, value=models.default("text"), label="Model", allow_custom_value=True)
             g = guidance_controls("controlnet", DEFAULT_SCALE)
-            steps, scheduler = sampling_controls(models.steps)
+            steps, scheduler = sampling_controls("controlnet", models.steps)
             seed, count = seed_row("controlnet")
             preprocess = gr.Checkbox(False, visible=False)  # the map below is already preprocessed
-            button = gr.Button("Generate", variant="primary", elem_id="controlnet-run")
+            button, stop = run_buttons("controlnet")
         with gr.Column(scale=3, elem_id="controlnet-output"):
             with gr.Row():
                 control_image = ImageInput(type="filepath", image_mode=None, label="Control map (used as is)",
@@ -332,7 +333,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
                 used = gr.Image(label="Control image used", type="pil", format="png", interactive=False, height=300,
                                 elem_id="control-used")
             images = gallery(elem_id="controlnet-images")
-            command = reproduce_box()
+            command = reproduce_box("controlnet")
     brush.change(lambda s: gr.update(brush=gr.Brush(default_size=int(s), colors=["#000000"], color_mode="fixed")),
                  brush, sketch, api_name="sketch_brush", api_visibility="undocumented", queue=False)
     targets = [control_image, control_type]
@@ -364,3 +365,4 @@ def build(engine: Engine, models: ModelChoices) -> None:
               guess, model, *g.inputs(leading), steps, scheduler, seed, count, *g.inputs(trailing),
               *(c for unit in units for c in unit.inputs())]
     button.click(make_handler(engine, models), inputs, [images, used, command], api_name="controlnet", **MODEL_EVENT)
+    stoppable(stop)

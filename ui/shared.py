@@ -18,7 +18,7 @@ import gradio as gr
 from PIL import Image
 
 from engine.errors import EngineError
-from engine.generate import Engine, Result
+from engine.generate import Engine, Result, Stopped
 from engine.guiders import GUIDERS, GuidanceSettings, Param, all_params, method_names
 from engine.guiders.registry import owners
 from engine.request import MAX_CONTROLS, MAX_IMAGES, MAX_SEED, Request, command_for
@@ -221,7 +221,9 @@ def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Calla
     docstring lists every parameter, for the API page and for agents through MCP."""
     signature = inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for n, d in params]
-        + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())])
+        + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
+           inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                             annotation=gr.Request)])
 
     def values(args, kwargs) -> dict:
         try:
@@ -239,6 +241,7 @@ def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Calla
             return body(values(args, kwargs))
 
     endpoint.__signature__ = signature
+    endpoint.__annotations__ = {"request": gr.Request}  # Gradio passes the page's request (its session) there
     endpoint.__name__ = endpoint.__qualname__ = name
     endpoint.__doc__ = docstring(doc, [n for n, _ in params], returns)
     return guarded(endpoint)
@@ -258,15 +261,23 @@ def check_budget(seconds: float, limit: float | None = None) -> None:
                           f"request: use fewer images, steps, seeds, scales or methods.")
 
 
-def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any], poll_s: float = POLL_S):
+_RUNNING: dict[str, set[threading.Event]] = {}  # a page session's running runs, by their cancel flags
+_RUNNING_LOCK = threading.Lock()
+
+
+def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any], request: gr.Request | None = None,
+                  poll_s: float = POLL_S):
     """Run `work(report, cancel)` on a thread of its own (the engine's model thread does the model work) and yield
     ("live", images) for each live preview it reports, ("tick", None) every `poll_s` otherwise, then ("done",
-    result). When the consumer stops (Gradio closes the generator of a departed or stopped client), `cancel` is
-    set and the engine stops between denoising steps."""
+    result). `cancel` is set, and the engine stops between denoising steps, when the consumer stops (Gradio closes
+    the generator of a departed client, or of an API client that cancelled) or when the page session of `request`
+    presses Stop (`stop_runs`); after Stop the stream says so in a notice and ends, leaving the last preview shown."""
     events: queue.Queue = queue.Queue()
     cancel = threading.Event()
+    progress = {"i": -1, "num_steps": 0}
 
     def report(info: dict) -> None:
+        progress.update(i=info.get("i", -1), num_steps=info.get("num_steps", 0))
         if "live" in info:
             events.put(("live", (info["i"], info["num_steps"], info["live"])))
 
@@ -276,6 +287,10 @@ def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any]
         except BaseException as exc:  # handed to the consumer, which maps it to a sentence
             events.put(("error", exc))
 
+    session = getattr(request, "session_hash", None)
+    if session:
+        with _RUNNING_LOCK:
+            _RUNNING.setdefault(session, set()).add(cancel)
     threading.Thread(target=target, name="request", daemon=True).start()
     try:
         while True:
@@ -284,12 +299,30 @@ def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any]
             except queue.Empty:
                 yield "tick", None
                 continue
+            if kind == "error" and isinstance(value, Stopped) and cancel.is_set():
+                done, total = progress["i"] + 1, progress["num_steps"]
+                gr.Info(f"Stopped after step {done} of {total}." if total else "Stopped.")
+                return
             if kind == "error":
                 raise value
             yield kind, value
             if kind == "done":
                 return
     finally:
+        cancel.set()
+        if session:
+            with _RUNNING_LOCK:
+                runs = _RUNNING.get(session, set())
+                runs.discard(cancel)
+                if not runs:
+                    _RUNNING.pop(session, None)
+
+
+def stop_runs(request: gr.Request) -> None:
+    """Stop the runs of the page session that pressed Stop (never another session's)."""
+    with _RUNNING_LOCK:
+        runs = list(_RUNNING.get(getattr(request, "session_hash", None) or "", ()))
+    for cancel in runs:
         cancel.set()
 
 
@@ -378,12 +411,28 @@ def prompt_controls(models, prompt: str = DEFAULT_PROMPT, negative_label: str = 
     return prompt_box, negative, model
 
 
-def sampling_controls(default_steps: int = 25):
-    """Steps and scheduler, inside their own accordion."""
-    with gr.Accordion("Sampling", open=False):
-        steps = gr.Slider(1, 500, value=default_steps, step=1, label="Steps")
+def sampling_controls(prefix: str, default_steps: int = 25):
+    """Steps and scheduler, inside their own accordion (elem_ids `<prefix>-sampling`, `<prefix>-steps`)."""
+    with gr.Accordion("Sampling", open=False, elem_id=f"{prefix}-sampling"):
+        steps = gr.Slider(1, 500, value=default_steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
         scheduler = gr.Dropdown(list(SCHEDULERS), value="ddim", label="Scheduler")
     return steps, scheduler
+
+
+def run_buttons(prefix: str, label: str = "Generate"):
+    """The run button and its Stop button, side by side (elem_ids `<prefix>-run` and `<prefix>-stop`)."""
+    with gr.Row():
+        run = gr.Button(label, variant="primary", elem_id=f"{prefix}-run", scale=3)
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop", scale=1)
+    return run, stop
+
+
+def stoppable(stop: gr.Button) -> None:
+    """Stop ends the running runs of the page that pressed it, within a denoising step: the run's cancel flag is
+    set, the engine stops between steps, and the stream ends with a notice, keeping the last preview. It does not
+    queue (it must not wait behind the run it stops), and other people's runs are untouched. (Gradio's own
+    `cancels=` is not used: in the page it races with the stream's end and can leave every output saying Error.)"""
+    stop.click(stop_runs, None, None, queue=False, api_visibility="private")
 
 
 def seed_row(prefix: str, num_images: bool = True):
@@ -397,8 +446,10 @@ def seed_row(prefix: str, num_images: bool = True):
     return seed, count
 
 
-def reproduce_box():
-    return gr.Textbox(label="Reproduce from the command line", lines=2, interactive=False, buttons=["copy"])
+def reproduce_box(prefix: str):
+    """The command that reproduces the run (elem_id `<prefix>-command`)."""
+    return gr.Textbox(label="Reproduce from the command line", lines=2, interactive=False, buttons=["copy"],
+                      elem_id=f"{prefix}-command")
 
 
 def gallery(label: str = "Images", **kwargs):

@@ -15,7 +15,7 @@ from .models import ModelChoices
 from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery, gallery_items,
                      guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
                      progress_adapter, prompt_controls, reproduce, reproduce_box, sampling_controls, save_output,
-                     seed_row, text, whole)
+                     run_buttons, seed_row, stoppable, text, whole)
 
 TRAJECTORY_POINTS = 5
 DEFAULT_SCALE = 5.0
@@ -63,7 +63,7 @@ def make_handler(engine: Engine, models: ModelChoices):
                 return generate_with_attention(engine, req, **kwargs)
             return engine.generate(req, **kwargs), []
 
-        for kind, value in in_background(work):
+        for kind, value in in_background(work, v["request"]):
             if kind == "done":
                 result, maps = value
                 yield gallery_items(result), reproduce(result), trajectory_strip(result), attention_items(result, maps)
@@ -83,18 +83,18 @@ def build(engine: Engine, models: ModelChoices) -> None:
             prompt, negative, model = prompt_controls(models, negative_label="Negative prompt (the unconditional "
                                                       "branch)")
             g = guidance_controls("text2img", DEFAULT_SCALE)
-            steps, scheduler = sampling_controls(models.steps)
+            steps, scheduler = sampling_controls("text2img", models.steps)
             seed, count = seed_row("text2img")
             with gr.Row():
                 show_trajectory = gr.Checkbox(False, label="Show the denoising trajectory")
                 show_attention = gr.Checkbox(False, label="Show cross-attention maps")
-            button = gr.Button("Generate", variant="primary", elem_id="text2img-run")
+            button, stop = run_buttons("text2img")
         with gr.Column(scale=3):
             images = gallery(elem_id="text2img-images")
             trajectory = gr.Image(label="Denoising trajectory (x0 estimate)", type="filepath", format="png",
                                   interactive=False, elem_id="text2img-trajectory")
             attention = gallery("Cross-attention per prompt token (image 1, last steps)")
-            command = reproduce_box()
+            command = reproduce_box("text2img")
     leading, trailing = guidance_api(DEFAULT_SCALE)
     handler = make_handler(engine, models)
     inputs = [prompt, negative, model, *g.inputs(leading), steps, scheduler, seed, count, show_trajectory,
@@ -102,3 +102,4 @@ def build(engine: Engine, models: ModelChoices) -> None:
     outputs = [images, command, trajectory, attention]
     button.click(handler, inputs, outputs, api_name="text2img", **MODEL_EVENT)
     prompt.submit(handler, inputs, outputs, api_name="text2img_submit", api_visibility="undocumented", **MODEL_EVENT)
+    stoppable(stop)
