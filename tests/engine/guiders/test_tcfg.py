@@ -27,8 +27,20 @@ def pair(shape, seed=0):
 @pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 4, 16, 16), (2, 16, 32)])
 @pytest.mark.parametrize("scale", [0.0, 3.0, 7.5])
 def test_tcfg_equals_diffusers(shape, scale):
+    """The closed-form projection against diffusers' SVD: equal to float32 rounding (a few ulps of the output)."""
     c, u = pair(shape)
-    torch.testing.assert_close(tcfg(c, u, scale), normalized_guidance(c, u, scale), rtol=0, atol=0)
+    expected = normalized_guidance(c, u, scale)
+    torch.testing.assert_close(tcfg(c, u, scale), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("case", ["parallel", "antiparallel", "orthogonal", "uncond larger", "zero uncond"])
+def test_the_projection_holds_where_the_svd_is_degenerate_or_one_sided(case):
+    c, u = pair((2, 4, 8, 8), seed=4)
+    u = {"parallel": 0.5 * c + 1e-4 * u, "antiparallel": -2.0 * c, "orthogonal": u - (u * c).sum() / (c * c).sum() * c,
+         "uncond larger": 10.0 * u, "zero uncond": torch.zeros_like(u)}[case]
+    expected = normalized_guidance(c, u, 5.0)
+    torch.testing.assert_close(tcfg(c, u, 5.0), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert torch.isfinite(tcfg(torch.zeros_like(c), torch.zeros_like(c), 5.0)).all()
 
 
 def test_per_image_scales_equal_per_image_calls():
@@ -36,8 +48,9 @@ def test_per_image_scales_equal_per_image_calls():
     scales = (1.0, 3.0, 7.5)
     ours = GuidanceSettings("tcfg", scales).build().guide(c, u, STEP)
     for i, s in enumerate(scales):
-        torch.testing.assert_close(ours[i:i + 1], normalized_guidance(c[i:i + 1], u[i:i + 1], s), rtol=1e-6,
-                                   atol=1e-6)
+        torch.testing.assert_close(ours[i:i + 1], tcfg(c[i:i + 1], u[i:i + 1], s), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ours[i:i + 1], normalized_guidance(c[i:i + 1], u[i:i + 1], s), rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_scale_one_is_the_conditional_prediction():
