@@ -10,8 +10,8 @@ from typing import Callable
 
 from .errors import EngineError
 from .guiders import GuidanceSettings, Param, all_params, method_names
-from .request import MAX_CONTROLS, output_paths
-from .schedulers import SCHEDULERS
+from .request import MAX_CONTROLS, MICRO_CONDITIONING, output_paths
+from .schedulers import ALL_SCHEDULERS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,10 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--classifier", help="noise-aware classifier name or folder")
     gen.add_argument("--classifier-scale", type=_number("classifier scale"), default=0.0)
     gen.add_argument("--steps", type=_whole("number of steps"), default=25)
-    gen.add_argument("--scheduler", choices=list(SCHEDULERS), default="ddim")
+    gen.add_argument("--scheduler", choices=list(ALL_SCHEDULERS),
+                     help="default: ddim, or flow-euler for a flow-matching model (SD3)")
     gen.add_argument("--seed", type=_whole("seed"), default=0)
     gen.add_argument("--height", type=_whole("height"))
     gen.add_argument("--width", type=_whole("width"))
+    for name, flag, label, unit in MICRO_CONDITIONING:  # SDXL's size and crop conditioning
+        meta = ("W", "H") if unit == "size" else ("X", "Y")
+        gen.add_argument(flag, dest=name, nargs=2, type=_whole(label.lower()), metavar=meta,
+                         help=f"SDXL: {label.lower()} conditioning (default: " +
+                         ("the image size)" if unit == "size" else "0 0)"))
+    gen.add_argument("--t5", action=argparse.BooleanOptionalAction, default=None,
+                     help="SD3: --no-t5 drops the T5 text encoder (CLIP only); --t5 needs the model to have one")
     gen.add_argument("--num-images", type=_whole("number of images"), default=1,
                      help="images of seeds SEED, SEED+1, ...; each equals its single run within one level out of 255 "
                           "(the CPU's kernels sum a batch in a batch-dependent order)")
@@ -172,10 +180,13 @@ def request_from_args(args, engine) -> "Request":
     guidance = guidance_from_args(args, 1.0)
     req = Request(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt,
                   class_label=args.class_label, controls=controls, guess_mode=args.guess_mode, guidance=guidance,
-                  classifier=args.classifier, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
-                  height=args.height, width=args.width, num_images=args.num_images)
+                  classifier=args.classifier, steps=args.steps, scheduler=args.scheduler or "ddim", seed=args.seed,
+                  height=args.height, width=args.width, num_images=args.num_images, t5=args.t5,
+                  **{name: tuple(getattr(args, name)) for name, *_ in MICRO_CONDITIONING
+                     if getattr(args, name) is not None})
     scale = args.scale if args.scale is not None else engine.model_spec(req).default_scale
-    return replace(req, guidance=guidance_from_args(args, scale))
+    scheduler = args.scheduler or engine.default_scheduler(req)
+    return replace(req, guidance=guidance_from_args(args, scale), scheduler=scheduler)
 
 
 def run_generate(args) -> int:

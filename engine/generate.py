@@ -1,14 +1,17 @@
 """One generation call for every task: check inputs, encode the condition, prepare timesteps and latents, run the
-one denoising loop, decode. Text, class and ControlNet requests differ only in the adapter they build."""
+one denoising loop, decode. Text, class and ControlNet requests differ only in the adapter they build, and so do the
+model families (SD 1.x, SDXL, SD3, DiT): each encodes its prompt with its own pipeline's encode_prompt."""
 
 from __future__ import annotations
 
 import inspect
+import json
 import threading
 import time
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -16,7 +19,8 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .adapters import ClassDenoiser, ControlBranch, TextDenoiser
+from .adapters import (ClassDenoiser, ControlBranch, JointDenoiser, MicroConditioning, PromptCondition, TextDenoiser,
+                       model_family)
 from .errors import EngineError
 from .guiders import GuidanceSettings
 from .loading import ModelStore
@@ -24,10 +28,14 @@ from .parallel import BatchSplitter
 from .perturb import perturbed_attention
 from .registry import REGISTRY, ModelSpec, default_model, resolve
 from .meter import WorkMeter, units
-from .request import ControlSpec, Request, check_request, evals_per_step, png_parameters
+from .request import MICRO_CONDITIONING, ControlSpec, Request, check_request, evals_per_step, png_parameters
 from .runner import Inline, ModelThread
 from .sampler import guided_model, sample, with_classifier_guidance
-from .schedulers import make_scheduler
+from .schedulers import check_scheduler, make_scheduler
+
+FAMILY_NAMES = {"sd": "an SD 1.x model", "sdxl": "an SDXL model", "sd3": "an SD3 model", "dit": "a DiT model"}
+# Pipelines of flow-matching models, by the `_class_name` of their folder's model_index.json.
+FLOW_PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3PAGPipeline")
 
 class Stopped(EngineError):
     """The run was cancelled between steps (its client left or pressed Stop)."""
@@ -93,6 +101,15 @@ class Engine:
     def model_spec(self, req: Request) -> ModelSpec:
         return resolve(req.model or default_model(req.model_kind), req.model_kind)
 
+    def default_scheduler(self, req: Request) -> str:
+        """The scheduler a request that names none runs: flow-euler for a flow-matching model's folder, else ddim."""
+        index = Path(self.model_spec(req).source) / "model_index.json"
+        try:
+            class_name = json.loads(index.read_text()).get("_class_name")
+        except (OSError, ValueError):  # a hub id, or no readable index: a diffusion model as before
+            class_name = None
+        return "flow-euler" if class_name in FLOW_PIPELINES else "ddim"
+
     def native_size(self, model: str | None = None, kind: str = "text") -> tuple[int, int]:
         """(width, height) the model generates at by default: its latent size times the VAE's factor."""
         pipe = self.loaded(resolve(model or default_model(kind), kind))
@@ -119,6 +136,8 @@ class Engine:
         check_request(req)
         spec = self.model_spec(req)
         pipe = self.loaded(spec)
+        family = model_family(pipe)
+        _check_family(req, family)
         guidance = req.guidance
         seeds = req.seeds
         generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -132,11 +151,11 @@ class Engine:
 
         # 3. Prepare timesteps.
         scheduler = make_scheduler(req.scheduler, pipe.scheduler.config)
-        scheduler.set_timesteps(req.steps, device=self.device)
+        scheduler.set_timesteps(req.steps, device=self.device, **_flow_shift(scheduler, pipe, latent_shape))
 
         # 4. Prepare latents, drawn per seed on the CPU exactly as diffusers does.
         latents = randn_tensor(latent_shape, generator=generator, device=self.device, dtype=dtype)
-        latents = latents * scheduler.init_noise_sigma
+        latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at pure noise
 
         # 5. Denoise with one loop.
         guider = guidance.build()
@@ -181,18 +200,60 @@ class Engine:
         return self.loaded(resolve(spec.weak, "unet"))
 
     def _text_denoiser(self, pipe, req: Request, guidance: GuidanceSettings):
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            req.prompt, self.device, req.num_images, guidance.guided, req.negative_prompt or None)
+        family = model_family(pipe)
         factor = pipe.vae_scale_factor
         native_width, native_height = _native_size(pipe)
         height, width = req.height or native_height, req.width or native_width
-        controls = [self._control_branch(c, height, width, req.num_images, prompt_embeds.dtype)
-                    for c in req.controls]
+        if family == "sd3":
+            return self._joint_denoiser(pipe, req, guidance, height, width)
+        if family == "sdxl":
+            cond, uncond = self._sdxl_conditions(pipe, req, guidance, height, width)
+        else:
+            embeds, negative = pipe.encode_prompt(req.prompt, self.device, req.num_images, guidance.guided,
+                                                  req.negative_prompt or None)
+            cond, uncond = PromptCondition(embeds), None if negative is None else PromptCondition(negative)
+        dtype = cond.embeds.dtype
+        controls = [self._control_branch(c, height, width, req.num_images, dtype) for c in req.controls]
         prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
-        denoiser = TextDenoiser(pipe.unet, prompt_embeds, negative_embeds, controls, req.guess_mode,
-                                prediction_type, split=self.splitter, weak_unet=self._weak_unet(self.model_spec(req), req))
+        denoiser = TextDenoiser(pipe.unet, cond, uncond, controls, req.guess_mode, prediction_type,
+                                split=self.splitter, weak_unet=self._weak_unet(self.model_spec(req), req))
         shape = (req.num_images, pipe.unet.config.in_channels, height // factor, width // factor)
-        return denoiser, shape, prompt_embeds.dtype
+        return denoiser, shape, dtype
+
+    def _sdxl_conditions(self, pipe, req: Request, guidance: GuidanceSettings, height: int, width: int):
+        """SDXL: both CLIP encoders' tokens, the second's pooled embedding, and the micro-conditioning's size ids per
+        branch, as StableDiffusionXLPipeline prepares them."""
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            req.prompt, device=self.device, num_images_per_prompt=req.num_images,
+            do_classifier_free_guidance=guidance.guided, negative_prompt=req.negative_prompt or None)
+        positive = MicroConditioning.from_request(req, height, width)
+        cond = PromptCondition(embeds, pooled, positive.time_ids(pipe, req.num_images, embeds.dtype))
+        if negative is None:
+            return cond, None
+        negative_ids = MicroConditioning.from_request(req, height, width, negative=True)
+        return cond, PromptCondition(negative, negative_pooled, negative_ids.time_ids(pipe, req.num_images,
+                                                                                      embeds.dtype))
+
+    def _joint_denoiser(self, pipe, req: Request, guidance: GuidanceSettings, height: int, width: int):
+        """SD3: CLIP-L, CLIP-G and (unless dropped or absent) T5 tokens side by side, the CLIPs' pooled embeddings,
+        through StableDiffusion3Pipeline's encode_prompt; the latent as its prepare_latents shapes it."""
+        if req.controls:
+            raise EngineError("ControlNet is not offered for SD3 models here; use an SD 1.5 or SDXL model.")
+        if guidance.perturbation == "weak":
+            raise EngineError("AutoGuidance needs a weak version of the model; SD3 models have none here.")
+        if req.t5 and pipe.text_encoder_3 is None:
+            raise EngineError("This SD3 model has no T5 text encoder; leave T5 unset or drop it (--no-t5) to use "
+                              "CLIP only.")
+        encoder = pipe if req.t5 is not False else _without_t5(pipe)
+        embeds, negative, pooled, negative_pooled = encoder.encode_prompt(
+            req.prompt, None, None, device=self.device, num_images_per_prompt=req.num_images,
+            do_classifier_free_guidance=guidance.guided, negative_prompt=req.negative_prompt or None)
+        cond = PromptCondition(embeds, pooled)
+        uncond = None if negative is None else PromptCondition(negative, negative_pooled)
+        denoiser = JointDenoiser(pipe.transformer, cond, uncond, split=self.splitter)
+        factor = pipe.vae_scale_factor
+        shape = (req.num_images, pipe.transformer.config.in_channels, height // factor, width // factor)
+        return denoiser, shape, embeds.dtype
 
     def _control_branch(self, control: ControlSpec, height: int, width: int, batch: int, dtype) -> ControlBranch:
         name = control.controlnet or default_model("controlnet", control.control_type)
@@ -291,8 +352,14 @@ class Engine:
         vae = pipe.vae
         if class_model:
             samples = vae.decode(1 / vae.config.scaling_factor * latents).sample  # as DiTPipeline writes it
-        else:
+            return self.postprocess.postprocess(samples, output_type="pil")
+        family = model_family(pipe)
+        if family == "sd":
             samples = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        elif family == "sd3":  # StableDiffusion3Pipeline's decode: the VAE's latents are shifted as well as scaled
+            samples = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
+        else:
+            samples = _decode_sdxl(vae, latents)
         return self.postprocess.postprocess(samples, output_type="pil")
 
     def parameters(self, req: Request, spec: ModelSpec, seed: int, size: tuple[int, int], index: int = 0) -> str:
@@ -302,6 +369,63 @@ class Engine:
 
 
 def _native_size(pipe) -> tuple[int, int]:
-    """(width, height) of a text pipeline's UNet sample at its VAE's scale."""
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    """(width, height) of a text pipeline's UNet (or SD3 transformer) sample at its VAE's scale."""
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    side = denoiser.config.sample_size * pipe.vae_scale_factor
     return side, side
+
+
+def _check_family(req: Request, family: str) -> None:
+    """One sentence for what the loaded model's family cannot take: SDXL's size and crop conditioning elsewhere,
+    a T5 choice outside SD3, T5 asked of an SD3 model without one, a scheduler of the other kind."""
+    kind = FAMILY_NAMES[family]
+    if req.micro_conditioning and family != "sdxl":
+        flags = ", ".join(flag for name, flag, *_ in MICRO_CONDITIONING if name in req.micro_conditioning)
+        raise EngineError(f"Size and crop conditioning ({flags}) needs an SDXL model; this model is {kind}.")
+    if req.t5 is not None and family != "sd3":
+        raise EngineError(f"The T5 choice (--t5, --no-t5) belongs to SD3 models; this model is {kind}.")
+    if family == "sd3" and (req.guidance.classifier_scale > 0 or req.classifier):
+        raise EngineError("Classifier guidance needs a model whose classifier reads its latents; SD3 has none here.")
+    check_scheduler(req.scheduler, flow=family == "sd3")
+
+
+def _without_t5(pipe):
+    """The same SD3 pipeline without its T5 encoder, whose prompt then is CLIP-L and CLIP-G only (T5's tokens are
+    zeros, as StableDiffusion3Pipeline writes them when text_encoder_3 is None); the modules are shared."""
+    parts = {**pipe.components, "text_encoder_3": None, "tokenizer_3": None}
+    return type(pipe)(**parts)
+
+
+def _flow_shift(scheduler, pipe, latent_shape) -> dict:
+    """set_timesteps' `mu` for a flow scheduler with dynamic shifting, as StableDiffusion3Pipeline computes it."""
+    config = scheduler.config
+    if not config.get("use_dynamic_shifting"):
+        return {}
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+    patch = pipe.transformer.config.patch_size
+    seq_len = (latent_shape[-2] // patch) * (latent_shape[-1] // patch)
+    return {"mu": calculate_shift(seq_len, config.get("base_image_seq_len", 256),
+                                  config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                                  config.get("max_shift", 1.16))}
+
+
+def _decode_sdxl(vae, latents: torch.Tensor) -> torch.Tensor:
+    """StableDiffusionXLPipeline's decode: latents un-normalised by the VAE's mean and std where it has them, and
+    a half-precision VAE that asks for it upcast to float32 for the decode (SDXL's VAE overflows in float16)."""
+    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+    if upcast:
+        vae.to(dtype=torch.float32)
+        latents = latents.float()
+    config = vae.config
+    if config.get("latents_mean") is not None and config.get("latents_std") is not None:
+        mean = torch.tensor(config.latents_mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(config.latents_std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / config.scaling_factor
+    try:
+        return vae.decode(latents, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)

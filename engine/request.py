@@ -14,13 +14,25 @@ from PIL import Image
 from .errors import EngineError
 from .guiders import GuidanceSettings
 from .pnginfo import format_parameters
-from .schedulers import A1111_NAMES, SCHEDULERS
+from .schedulers import A1111_NAMES, ALL_SCHEDULERS
 
 MAX_PROMPT_CHARS = 1000
 MAX_SIDE = 2048
 MAX_IMAGES = 16
 MAX_SEED = 2**63 - 1
 MAX_CONTROLS = 3  # stacked ControlNets of one request; each adds an encoder pass per step
+MAX_CONDITION_SIDE = 16384  # SDXL's size conditioning: sizes and crop offsets a request may state
+
+# SDXL's micro-conditioning (Podell et al., 2023, section 2.2): (Request field, CLI flag, PNG field, the pair's
+# unit). Every pair is written the lab's way, (width, height) or (x, y); diffusers takes (height, width) and (y, x).
+MICRO_CONDITIONING = (
+    ("original_size", "--original-size", "Original size", "size"),
+    ("crop_coords", "--crop-coords", "Crop coords", "offset"),
+    ("target_size", "--target-size", "Target size", "size"),
+    ("negative_original_size", "--negative-original-size", "Negative original size", "size"),
+    ("negative_crop_coords", "--negative-crop-coords", "Negative crop coords", "offset"),
+    ("negative_target_size", "--negative-target-size", "Negative target size", "size"),
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,16 @@ class Request:
     width: int | None = None
     num_images: int = 1
     image_seeds: tuple[int, ...] | None = None  # explicit per-image seeds (a comparison grid repeats one seed)
+    # SDXL's size and crop conditioning, (width, height) and (x, y); None: diffusers' defaults (the image's size,
+    # crop 0 0). The negative ones condition the unconditional branch; with none of them given it shares the
+    # positive ones, with any given the missing ones take those defaults (as StableDiffusionXLPipeline does).
+    original_size: tuple[int, int] | None = None
+    crop_coords: tuple[int, int] | None = None
+    target_size: tuple[int, int] | None = None
+    negative_original_size: tuple[int, int] | None = None
+    negative_crop_coords: tuple[int, int] | None = None
+    negative_target_size: tuple[int, int] | None = None
+    t5: bool | None = None  # SD3's T5 encoder: None uses it when the model has one, False drops it, True needs it
 
     @property
     def task(self) -> str:
@@ -65,6 +87,11 @@ class Request:
     def model_kind(self) -> str:
         """The registry kind of model this request runs: class-conditional or text."""
         return "class" if self.task == "class" else "text"
+
+    @property
+    def micro_conditioning(self) -> dict[str, tuple[int, int]]:
+        """The SDXL size and crop fields this request sets, by field name."""
+        return {name: getattr(self, name) for name, *_ in MICRO_CONDITIONING if getattr(self, name) is not None}
 
     @property
     def seeds(self) -> list[int]:
@@ -84,8 +111,8 @@ def check_request(req: Request) -> None:
     """Reject bad input with one sentence, before any model work."""
     g = req.guidance
     g.check()  # the method and every declared parameter's range
-    if req.scheduler not in SCHEDULERS:
-        raise EngineError(f"Unknown scheduler '{req.scheduler}'; choose one of {', '.join(SCHEDULERS)}.")
+    if req.scheduler not in ALL_SCHEDULERS:
+        raise EngineError(f"Unknown scheduler '{req.scheduler}'; choose one of {', '.join(ALL_SCHEDULERS)}.")
     for scale in g.scales:
         _finite("guidance scale", scale, 0, 100)
     if isinstance(g.scale, tuple) and len(g.scale) != req.num_images:
@@ -108,6 +135,10 @@ def check_request(req: Request) -> None:
             raise EngineError(f"The {name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
     if req.task == "text" and not req.prompt.strip():
         raise EngineError("The prompt is empty; describe the image to generate.")
+    for name, flag, label, unit in MICRO_CONDITIONING:
+        _check_pair(label, getattr(req, name), unit)
+    if req.t5 not in (None, True, False):
+        raise EngineError(f"The T5 choice must be true, false or unset, not {req.t5!r}.")
     if len(req.controls) > MAX_CONTROLS:
         raise EngineError(f"At most {MAX_CONTROLS} controls can be stacked; this request has {len(req.controls)}.")
     for n, control in enumerate(req.controls):
@@ -117,6 +148,19 @@ def check_request(req: Request) -> None:
         _finite(f"{which} end", control.end, 0, 1)
         if control.start > control.end:
             raise EngineError(f"{which.capitalize()} must start before it ends; {control.start:g} > {control.end:g}.")
+
+
+def _check_pair(label: str, value, unit: str) -> None:
+    """A size (two whole numbers from 1) or an offset (two from 0), each at most MAX_CONDITION_SIDE."""
+    if value is None:
+        return
+    low = 1 if unit == "size" else 0
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_CONDITION_SIDE for v in value)
+    if not ok:
+        shown = repr(value)[:40]
+        raise EngineError(f"The {label.lower()} must be two whole numbers from {low} to {MAX_CONDITION_SIDE}, "
+                          f"not {shown}.")
 
 
 def png_parameters(req: Request, model_name: str, controlnets: list[str], seed: int, size: tuple[int, int],
@@ -139,6 +183,12 @@ def png_parameters(req: Request, model_name: str, controlnets: list[str], seed: 
         fields[f"Control range{suffix}"] = f"{c.start:g}-{c.end:g}"
     if req.controls and req.guess_mode:
         fields["Guess mode"] = "True"
+    for name, flag, label, unit in MICRO_CONDITIONING:
+        value = getattr(req, name)
+        if value is not None:
+            fields[label] = f"{value[0]}x{value[1]}" if unit == "size" else f"{value[0]} {value[1]}"
+    if req.t5 is not None:
+        fields["T5"] = str(req.t5)
     return format_parameters(req.prompt, req.negative_prompt, fields)
 
 
@@ -169,6 +219,12 @@ def command_for(req: Request, index: int = 0) -> str:
     add("--seed", req.seeds[index])
     add("--height", req.height)
     add("--width", req.width)
+    for name, flag, label, unit in MICRO_CONDITIONING:
+        value = getattr(req, name)
+        if value is not None:
+            parts.extend([flag, str(value[0]), str(value[1])])
+    if req.t5 is not None:
+        parts.append("--t5" if req.t5 else "--no-t5")
     parts.extend(["--out", "out.png"])
     return " ".join(shlex.quote(p) for p in parts)
 

@@ -2,6 +2,10 @@
 
 a is the step's cumulative alpha; for sigma-parametrised schedulers the model input x is already x / sqrt(1 + sigma^2)
 and a = 1 / (1 + sigma^2), so the same formulas hold (../shared/brief/GUIDANCE.md, Conventions).
+
+Flow-matching models (SD3) predict the velocity v = noise - x0 of x_t = (1 - sigma) x0 + sigma noise. Their eps,
+x + (1 - sigma) v, says nothing about v at sigma = 1, where every flow schedule starts, so they are guided in their
+own velocity space: `to_eps` and `from_eps` leave a "flow" prediction as it is, and x0 is x - sigma v.
 """
 
 from __future__ import annotations
@@ -9,9 +13,13 @@ from __future__ import annotations
 import torch
 
 
+FLOW = "flow"  # the prediction type of flow-matching models: the velocity noise - x0
+
+
 def to_eps(pred: torch.Tensor, x: torch.Tensor, a: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """Convert a model prediction to eps, in the variance-preserving space of the model input x."""
-    if prediction_type == "epsilon":
+    """Convert a model prediction to eps, in the variance-preserving space of the model input x (a flow model's
+    velocity stays as it is: it is the space flow models are guided in)."""
+    if prediction_type in ("epsilon", FLOW):
         return pred
     a = a.to(x)
     if prediction_type == "v_prediction":
@@ -23,7 +31,7 @@ def to_eps(pred: torch.Tensor, x: torch.Tensor, a: torch.Tensor, prediction_type
 
 def from_eps(eps: torch.Tensor, x: torch.Tensor, a: torch.Tensor, prediction_type: str) -> torch.Tensor:
     """Convert eps back to the prediction type the scheduler expects."""
-    if prediction_type == "epsilon":
+    if prediction_type in ("epsilon", FLOW):
         return eps
     a = a.to(x)
     if prediction_type == "v_prediction":
@@ -43,3 +51,13 @@ def eps_from_x0(x0: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> torch.Ten
     """eps = (x_t - sqrt(a) x0) / sqrt(1 - a), the inverse of `denoised`."""
     a = a.to(x)
     return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def x0_from_velocity(v: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Flow matching: x0 = x_t - sigma v."""
+    return x - sigma.to(x) * v
+
+
+def velocity_from_x0(x0: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Flow matching: v = (x_t - x0) / sigma, the inverse of `x0_from_velocity` (sigma > 0 at every model call)."""
+    return (x - x0) / sigma.to(x)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ..errors import EngineError
-from ..spaces import denoised, eps_from_x0
 
 if TYPE_CHECKING:
     from ..sampler import Step
@@ -164,9 +163,8 @@ class Guider:
         """Guided eps from the conditional, unconditional (None when not run) and perturbed (None when not run) eps,
         through `guide` or, with a perturbed branch, `guide_perturbed`, in the method's own space."""
         if self.space == "x0":
-            a = step.alpha_prod
-            c, u, p = (None if v is None else denoised(v, x, a) for v in (c, u, p))
-            return eps_from_x0(self._guide(c, u, p, step), x, a)
+            c, u, p = (None if v is None else step.denoised(v, x) for v in (c, u, p))
+            return step.from_x0(self._guide(c, u, p, step), x)
         return self._guide(c, u, p, step)
 
     def _guide(self, c, u, p, step):
