@@ -12,7 +12,8 @@ go through the layer's own processor unchanged; marked rows, in the chosen self-
 Layers are named as the lab's `--pag-layers` writes them: `mid`, `down.N`, `up.N` (a UNet's down_blocks.N and
 up_blocks.N), `blocks.N` (a transformer's transformer_blocks.N), or a longer diffusers path such as
 `up_blocks.0.attentions.1`, comma-separated. Each id selects the self-attention layers whose module path contains it,
-diffusers' PAG rule (`blocks.1` does not select `blocks.10`).
+diffusers' PAG rule (`blocks.1` does not select `blocks.10`). In SD3's joint attention the perturbation acts on the
+image tokens, as diffusers' PAGJointAttnProcessor2_0 defines it; the text tokens attend as before.
 """
 
 from __future__ import annotations
@@ -142,6 +143,45 @@ def blurred_query_attention(attn: Attention, hidden_states: torch.Tensor, sigma:
     return _output(attn, out.transpose(1, 2).reshape(rows, -1, attn.heads * head_dim).to(query.dtype), residual, shape)
 
 
+def joint_perturbed_attention(attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor,
+                              perturbation: AttentionPerturbation) -> tuple[torch.Tensor, torch.Tensor]:
+    """SD3's joint attention of image tokens (B, N, C) and text tokens (B, M, C), perturbed on the image side:
+    "identity" masks every image-to-image weight but the diagonal, as diffusers' PAGJointAttnProcessor2_0 does (each
+    image token attends to itself and to the text), "blur" blurs the image tokens' queries (SEG). Returns the image
+    and text outputs, as the layer's own processor does."""
+    rows, tokens = hidden_states.shape[:2]
+    query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)  # (B, N, D)
+    if perturbation.mode == "blur":
+        query = blur_queries(query, perturbation.sigma)
+    text_q, text_k, text_v = attn.add_q_proj(context), attn.add_k_proj(context), attn.add_v_proj(context)  # (B, M, D)
+    head_dim = key.shape[-1] // attn.heads
+
+    def heads(v: torch.Tensor) -> torch.Tensor:
+        return v.view(rows, -1, attn.heads, head_dim).transpose(1, 2)  # (B, H, T, d)
+
+    query, key, text_q, text_k = heads(query), heads(key), heads(text_q), heads(text_k)
+    # SD3.5's query-key norms, where the layer has them, as JointAttnProcessor2_0 applies them
+    query = query if attn.norm_q is None else attn.norm_q(query)
+    key = key if attn.norm_k is None else attn.norm_k(key)
+    text_q = text_q if attn.norm_added_q is None else attn.norm_added_q(text_q)
+    text_k = text_k if attn.norm_added_k is None else attn.norm_added_k(text_k)
+    query, key = torch.cat([query, text_q], dim=2), torch.cat([key, text_k], dim=2)  # (B, H, N + M, d)
+    value = torch.cat([heads(value), heads(text_v)], dim=2)
+    mask = None
+    if perturbation.mode == "identity":
+        mask = torch.zeros((query.shape[2], query.shape[2]), device=query.device, dtype=query.dtype)
+        mask[:tokens, :tokens] = float("-inf")
+        mask[:tokens, :tokens].fill_diagonal_(0)
+        mask = mask[None, None]  # (1, 1, N + M, N + M)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+    out = out.transpose(1, 2).reshape(rows, -1, attn.heads * head_dim).to(query.dtype)  # (B, N + M, D)
+    image, text = out[:, :tokens], out[:, tokens:]
+    image = attn.to_out[1](attn.to_out[0](image))
+    if not attn.context_pre_only:
+        text = attn.to_add_out(text)
+    return image, text
+
+
 class PerturbableProcessor:
     """Wraps a layer's processor for one run: rows marked in `perturb` get the perturbation when this layer is a
     chosen one, every other row the wrapped processor."""
@@ -156,6 +196,8 @@ class PerturbableProcessor:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         keep = (~perturb).nonzero().squeeze(1)
         marked = perturb.nonzero().squeeze(1)
+        if encoder_hidden_states is not None and getattr(attn, "add_q_proj", None) is not None:
+            return self._joint(attn, hidden_states, encoder_hidden_states, attention_mask, keep, marked, kwargs)
         if self.perturbation.mode == "identity":
             perturbed = identity_attention(attn, hidden_states[marked], temb)
         else:
@@ -166,6 +208,19 @@ class PerturbableProcessor:
         out = torch.empty((hidden_states.shape[0], *kept.shape[1:]), dtype=kept.dtype, device=kept.device)
         out[keep], out[marked] = kept, perturbed.to(kept.dtype)
         return out
+
+    def _joint(self, attn, hidden_states, context, attention_mask, keep, marked, kwargs):
+        """SD3's joint attention layers: image and text rows split alike, both outputs reassembled."""
+        perturbed = joint_perturbed_attention(attn, hidden_states[marked], context[marked], self.perturbation)
+        if len(keep) == 0:
+            return perturbed
+        kept = self.inner(attn, hidden_states[keep], context[keep], attention_mask, **kwargs)
+        outs = []
+        for k, p in zip(kept, perturbed):
+            out = torch.empty((hidden_states.shape[0], *k.shape[1:]), dtype=k.dtype, device=k.device)
+            out[keep], out[marked] = k, p.to(k.dtype)
+            outs.append(out)
+        return tuple(outs)
 
 
 @contextmanager
