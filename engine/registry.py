@@ -14,9 +14,23 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 PIPELINE_KINDS = {
     "StableDiffusionPipeline": "text",
     "StableDiffusionControlNetPipeline": "text",
+    "StableDiffusionXLPipeline": "text",
+    "StableDiffusionXLControlNetPipeline": "text",
+    "StableDiffusion3Pipeline": "text",
     "DiTPipeline": "class",
 }
-MODEL_KINDS = {"ControlNetModel": "controlnet", "NoiseAwareClassifier": "classifier", "UNet2DConditionModel": "unet"}
+MODEL_KINDS = {"ControlNetModel": "controlnet", "SD3ControlNetModel": "controlnet",
+               "NoiseAwareClassifier": "classifier", "UNet2DConditionModel": "unet"}
+# The model family a folder's diffusers class belongs to: it decides the denoiser, the dtype and the native size.
+FAMILIES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionControlNetPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLControlNetPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "DiTPipeline": "dit",
+    "SD3ControlNetModel": "sd3",
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,9 @@ class ModelSpec:
     control_type: str | None = None  # canny | scribble | pose, for ControlNets
     offline: bool = False
     weak: str | None = None  # a weaker UNet of the same model, reading the same prompt embeddings (AutoGuidance)
+    family: str | None = None  # sd | sdxl | sd3 | dit; None: read from the folder when it is loaded
+    scheduler: str | None = None  # the sampler its makers recommend (None: the lab's default)
+    size: int | None = None  # the side in pixels it was trained at (None: its UNet's sample size)
 
     @property
     def is_local(self) -> bool:
@@ -37,7 +54,14 @@ class ModelSpec:
 
 
 def _lab(name: str, kind: str, scale: float, control_type: str | None = None, weak: str | None = None) -> ModelSpec:
-    return ModelSpec(name, str(ASSETS / name), kind, scale, control_type, offline=True, weak=weak)
+    family = "dit" if kind == "class" else None if kind == "classifier" else "sd"
+    return ModelSpec(name, str(ASSETS / name), kind, scale, control_type, offline=True, weak=weak, family=family,
+                     scheduler="ddim")
+
+
+def _hub(name: str, source: str, kind: str, scale: float, family: str, scheduler: str, size: int,
+         control_type: str | None = None) -> ModelSpec:
+    return ModelSpec(name, source, kind, scale, control_type, family=family, scheduler=scheduler, size=size)
 
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
@@ -48,16 +72,26 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _lab("lab-controlnet-canny", "controlnet", 5.0, "canny"),
     _lab("lab-controlnet-scribble", "controlnet", 5.0, "scribble"),
     _lab("lab-controlnet-pose", "controlnet", 5.0, "pose"),
-    ModelSpec("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "text", 7.5),
-    ModelSpec("dit-xl-2-256", "facebook/DiT-XL-2-256", "class", 4.0),
-    ModelSpec("controlnet-canny", "lllyasviel/control_v11p_sd15_canny", "controlnet", 7.5, "canny"),
-    ModelSpec("controlnet-scribble", "lllyasviel/control_v11p_sd15_scribble", "controlnet", 7.5, "scribble"),
-    ModelSpec("controlnet-pose", "lllyasviel/control_v11p_sd15_openpose", "controlnet", 7.5, "pose"),
+    # Hub models, each with the scheduler, guidance scale and size its makers' examples use.
+    _hub("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "text", 7.5, "sd", "dpm++2m", 512),
+    _hub("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "text", 5.0, "sdxl", "euler", 1024),
+    _hub("sd35-medium", "stabilityai/stable-diffusion-3.5-medium", "text", 4.5, "sd3", "flow-euler", 1024),
+    _hub("dit-xl-2-256", "facebook/DiT-XL-2-256", "class", 4.0, "dit", "dpm++2m", 256),
+    _hub("controlnet-canny", "lllyasviel/control_v11p_sd15_canny", "controlnet", 7.5, "sd", "unipc", 512, "canny"),
+    _hub("controlnet-scribble", "lllyasviel/control_v11p_sd15_scribble", "controlnet", 7.5, "sd", "unipc", 512,
+         "scribble"),
+    _hub("controlnet-pose", "lllyasviel/control_v11p_sd15_openpose", "controlnet", 7.5, "sd", "unipc", 512, "pose"),
+    _hub("controlnet-sdxl-canny", "diffusers/controlnet-canny-sdxl-1.0", "controlnet", 5.0, "sdxl", "euler", 1024,
+         "canny"),
 )}
 
 DEFAULTS = {"text": "lab-sd", "class": "lab-dit", "classifier": "lab-classifier"}
 CONTROL_DEFAULTS = {"canny": "lab-controlnet-canny", "scribble": "lab-controlnet-scribble",
                     "pose": "lab-controlnet-pose"}
+# What a GPU serves first: one family (SD1.5) for text and every control type, so the ControlNet tab's default base
+# model and ControlNets fit together; SDXL, SD3.5 and the SDXL ControlNet are offered beside them.
+GPU_DEFAULTS = {"text": "sd15", "class": "dit-xl-2-256", "classifier": "lab-classifier"}
+GPU_CONTROL_DEFAULTS = {"canny": "controlnet-canny", "scribble": "controlnet-scribble", "pose": "controlnet-pose"}
 
 
 def available_offline() -> list[str]:
@@ -65,11 +99,34 @@ def available_offline() -> list[str]:
     return [s.name for s in REGISTRY.values() if s.offline and s.is_local]
 
 
-def _folder_kind(folder: Path) -> str | None:
-    for filename, kinds in (("model_index.json", PIPELINE_KINDS), ("config.json", MODEL_KINDS)):
+def _folder_config(folder: Path) -> tuple[str, dict]:
+    """("pipeline" | "model", the parsed model_index.json or config.json) of a diffusers folder, or ("", {})."""
+    for filename, level in (("model_index.json", "pipeline"), ("config.json", "model")):
         path = folder / filename
         if path.is_file():
-            return kinds.get(json.loads(path.read_text()).get("_class_name"))
+            try:
+                config = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                return "", {}
+            return (level, config) if isinstance(config, dict) else ("", {})
+    return "", {}
+
+
+def _folder_kind(folder: Path) -> str | None:
+    level, config = _folder_config(folder)
+    kinds = {"pipeline": PIPELINE_KINDS, "model": MODEL_KINDS}.get(level, {})
+    return kinds.get(config.get("_class_name"))
+
+
+def detect_family(folder: str | Path) -> str | None:
+    """The family (sd, sdxl, sd3, dit) of a diffusers folder in the hub layout, from its model_index.json's
+    `_class_name`; a bare ControlNet's from its config (SDXL's take the added text-time embedding)."""
+    level, config = _folder_config(Path(folder))
+    name = config.get("_class_name")
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if level == "model" and name == "ControlNetModel":
+        return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
     return None
 
 
@@ -97,7 +154,7 @@ def resolve(name: str, kind: str | None = None) -> ModelSpec:
         if folder_kind is None:
             raise EngineError(f"The folder '{name}' holds no diffusers model_index.json or config.json the lab "
                               f"knows how to load.")
-        spec = ModelSpec(name, str(Path(name).resolve()), folder_kind)
+        spec = ModelSpec(name, str(Path(name).resolve()), folder_kind, family=detect_family(name))
     elif _looks_like_hub_id(name):
         spec = ModelSpec(name, name, kind or "text")
     else:
@@ -117,9 +174,11 @@ def is_project_model(name: str | None) -> bool:
         return False
 
 
-def default_model(kind: str, control_type: str | None = None) -> str:
-    """The project's own default model for a task."""
-    return CONTROL_DEFAULTS[control_type] if kind == "controlnet" else DEFAULTS[kind]
+def default_model(kind: str, control_type: str | None = None, on_gpu: bool = False) -> str:
+    """The default model for a task: the project's own, or on a GPU the hub model GPU_DEFAULTS names."""
+    if kind == "controlnet":
+        return (GPU_CONTROL_DEFAULTS if on_gpu else CONTROL_DEFAULTS)[control_type]
+    return (GPU_DEFAULTS if on_gpu else DEFAULTS)[kind]
 
 
 def write_id2label(folder: Path, class_names: list[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.control.prepare import CONTROL_TYPES
 from engine.errors import EngineError
-from engine.registry import REGISTRY, available_offline, default_model, resolve
+from engine.registry import REGISTRY, default_model, resolve
 
 KINDS = ("text", "class", "classifier")
 
@@ -98,19 +98,21 @@ def shown_name(name) -> str:
 
 
 def registry_choices(on_gpu: bool) -> ModelChoices:
-    """The project's models first (hub models first on a GPU when the project's are absent)."""
-    local = set(available_offline())
+    """The project's models first on a CPU; on a GPU the hub models first (GPU_DEFAULTS' pick leading), the
+    project's own still offered after them."""
 
     def names(kind: str, control_type: str | None = None) -> list[str]:
         specs = [s for s in REGISTRY.values() if s.kind == kind and s.control_type == control_type]
         lab = [s.name for s in specs if s.offline]
         hub = [s.name for s in specs if not s.offline]
-        first = default_model(kind, control_type) if kind != "classifier" else "lab-classifier"
-        lab.sort(key=lambda n: n != first)
-        return hub + lab if on_gpu and first not in local else lab + hub
+        lab.sort(key=lambda n: n != default_model(kind, control_type))
+        hub.sort(key=lambda n: n != default_model(kind, control_type, on_gpu=True))
+        return hub + lab if on_gpu else lab + hub
 
-    return ModelChoices(names("text"), names("class"), names("classifier"),
-                        {t: names("controlnet", t) for t in CONTROL_TYPES})
+    # The project's classifier reads lab-dit's latents only, so a GPU, whose class tab starts on DiT-XL/2, offers
+    # none: the tab then starts without classifier guidance instead of pairing DiT-XL/2 with a classifier it breaks.
+    classifiers = [] if on_gpu else names("classifier")
+    return ModelChoices(names("text"), names("class"), classifiers, {t: names("controlnet", t) for t in CONTROL_TYPES})
 
 
 def folder_choices(root: Path, steps: int = 25) -> ModelChoices:
