@@ -7,11 +7,13 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from .compare import compare
+from .errors import EngineError
 from .generate import Engine
 from .guiders import GuidanceSettings
 from .registry import default_model, resolve
@@ -164,3 +166,74 @@ def run_grid(*, model: str | None, steps: int, runs: int, prompt: str = GRID_PRO
           f"({torch.get_num_threads()} threads); the same work at the peak: {result.floor_s:.2f} s")
     print(f"grid roofline fraction: {result.fraction:.3f}")
     return result
+
+
+def run_architectures(*, device: str = "cuda", steps: int = 25, runs: int = 3, names: tuple[str, ...] | None = None,
+                      prompt: str = "a photo of an astronaut riding a horse on the moon") -> list[dict]:
+    """The published SD1.5, SDXL and SD3.5 Medium architectures at their native sizes, random weights built from
+    their configs (engine/architectures.py) and saved as folders: seconds per image through the engine (from the
+    saved folder) and through the diffusers pipeline, peak GPU memory, and the engine/diffusers ratio. Without CUDA,
+    or for a family the engine does not serve yet, one sentence instead."""
+    import tempfile
+
+    from .architectures import ARCHITECTURES, save
+    from .loading import ModelStore, pick_dtype
+
+    if device != "cuda" or not torch.cuda.is_available():
+        print(f"No CUDA device here, so the {', '.join(names or ARCHITECTURES)} architectures are not timed: run "
+              f"`python -m engine bench --device cuda` on a machine with an NVIDIA GPU.")
+        return []
+    engine = Engine(ModelStore(torch.device("cuda"), offload=False))
+    print(f"{steps} steps, CFG, {runs} runs after a warm-up, {torch.cuda.get_device_name()}; random weights")
+    rows = []
+    for name in names or tuple(ARCHITECTURES):
+        arch = ARCHITECTURES[name]
+        with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as folder:
+            save(name, Path(folder), pick_dtype(torch.device("cuda"), arch.family), "cuda")
+            torch.cuda.empty_cache()
+            rows.append(_time_architecture(engine, arch, folder, steps, runs, prompt))
+            engine.store.clear()
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _time_architecture(engine: Engine, arch, folder: str, steps: int, runs: int, prompt: str) -> dict:
+    """One row of run_architectures: engine and diffusers medians, peak memory of each, their ratio."""
+    spec = resolve(folder, "text")
+    req = Request(model=folder, prompt=prompt, steps=steps, scheduler=arch.scheduler, seed=0, height=arch.size,
+                  width=arch.size, guidance=GuidanceSettings("cfg", arch.scale))
+    pipe = engine.loaded(spec)
+    pipe.scheduler = make_scheduler(arch.scheduler, pipe.scheduler.config)
+
+    def run_pipeline():
+        pipe(prompt, num_inference_steps=steps, guidance_scale=arch.scale, height=arch.size, width=arch.size,
+             generator=torch.Generator("cpu").manual_seed(0))
+
+    row = {"name": arch.name, "size": arch.size}
+    row["diffusers_s"], row["diffusers_peak"] = _cuda_median(run_pipeline, runs)
+    try:
+        row["engine_s"], row["engine_peak"] = _cuda_median(lambda: engine.generate(req), runs)
+    except Exception as exc:  # a family the engine does not serve yet: one sentence, the next architecture runs
+        reason = str(exc).split("\n")[0][:200] if isinstance(exc, EngineError) else type(exc).__name__
+        print(f"{arch.name:>12} {arch.size}px: diffusers {row['diffusers_s']:.3f} s/image, peak "
+              f"{row['diffusers_peak'] / 2**30:.1f} GiB; the engine does not run this family yet ({reason}).")
+        return row
+    row["ratio"] = row["engine_s"] / row["diffusers_s"]
+    print(f"{arch.name:>12} {arch.size}px: engine {row['engine_s']:.3f} s/image (peak "
+          f"{row['engine_peak'] / 2**30:.1f} GiB), diffusers {row['diffusers_s']:.3f} s/image (peak "
+          f"{row['diffusers_peak'] / 2**30:.1f} GiB), engine/diffusers time ratio {row['ratio']:.3f}", flush=True)
+    return row
+
+
+def _cuda_median(fn, runs: int) -> tuple[float, int]:
+    """Median seconds of `runs` synchronised calls after a warm-up, and the peak memory allocated during them."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), torch.cuda.max_memory_allocated()
