@@ -1,7 +1,8 @@
 """Guidance Lab: `python app.py` serves the app (host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT).
 
 The engine is built once and shared by every tab; it runs all model work on a thread of its own, so the app
-launches the ordinary Gradio way. `--mcp` (or GRADIO_MCP_SERVER=True) also serves the generation endpoints to
+launches the ordinary Gradio way. On a ZeroGPU Space the generation handlers run under `spaces.GPU` and the engine
+inline in them (ui/zerogpu.py); `--offload` keeps idle model parts on the CPU (automatic under 16 GB of GPU memory). `--mcp` (or GRADIO_MCP_SERVER=True) also serves the generation endpoints to
 agents as MCP tools, each described by its docstring. LAB_MODEL_DIR=<folder> points every tab at the model folders under it (the
 tests' tiny models, or freshly trained ones) instead of the registry's names.
 """
@@ -13,7 +14,8 @@ import argparse
 import gradio as gr
 
 from engine.generate import Engine
-from ui import class_cond, compare, controlnet, text2img
+from engine.loading import ModelStore
+from ui import class_cond, compare, controlnet, text2img, zerogpu
 from ui.inputs import LabBlocks
 from ui.models import ModelChoices, choices_from_env
 from ui.storage import process_storage
@@ -37,8 +39,9 @@ def create_app(engine: Engine | None = None, models: ModelChoices | None = None,
                allow_any_model: bool = False) -> gr.Blocks:
     """The Blocks app: one tab per module in ui/, all sharing one engine and one model-bound worker, its files in
     one folder of its own."""
-    engine = engine or Engine()
+    engine = engine or Engine(model_thread=not zerogpu.on_zerogpu())  # ZeroGPU forks its calls: no thread survives
     models = models or choices_from_env(engine.device.type == "cuda", allow_any_model)
+    zerogpu.load_defaults(engine, models)  # on ZeroGPU: the default models on CUDA at start-up
     storage = process_storage()  # uploads and outputs of the Blocks below go there
     with LabBlocks(title=TITLE, delete_cache=(SWEEP_S, int(storage.max_age_s))) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
@@ -67,9 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mcp", action="store_true",
                         help="also serve the generation endpoints as MCP tools at /gradio_api/mcp (the same as "
                              "GRADIO_MCP_SERVER=True)")
+    parser.add_argument("--offload", action="store_true",
+                        help="keep each pipeline's idle parts on the CPU (diffusers' model CPU offload); automatic on "
+                             "GPUs under 16 GB")
     args = parser.parse_args(argv)
     mcp = {"mcp_server": True} if args.mcp else {}  # without the flag, Gradio reads GRADIO_MCP_SERVER itself
-    create_app(allow_any_model=args.allow_any_model).launch(**launch_options(), **mcp)  # host, port: GRADIO_SERVER_*
+    engine = Engine(ModelStore(offload=args.offload or None), model_thread=not zerogpu.on_zerogpu())
+    create_app(engine, allow_any_model=args.allow_any_model).launch(**launch_options(), **mcp)  # GRADIO_SERVER_*
 
 
 if __name__ == "__main__":

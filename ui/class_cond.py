@@ -15,6 +15,7 @@ from .models import ModelChoices
 from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, both, check_budget, gallery, gallery_items, guarded,
                      in_background, live_gallery, number, progress_adapter, reproduce, reproduce_box,
                      run_buttons, sampling_controls, seed_row, stoppable, text, whole)
+from .zerogpu import on_gpu
 
 NO_CLASSIFIER = "none"
 
@@ -135,5 +136,6 @@ def build(engine: Engine, models: ModelChoices) -> None:
 
     model.change(class_names_of, model, label, api_name="class_names")
     inputs = [label, model, scale, classifier_scale, classifier, steps, scheduler, seed, count]
-    button.click(make_handler(engine, models), inputs, [images, plot, command], api_name="class_cond", **MODEL_EVENT)
+    handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
+    button.click(handler, inputs, [images, plot, command], api_name="class_cond", **MODEL_EVENT)
     stoppable(stop)

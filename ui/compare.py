@@ -23,6 +23,7 @@ from world.measures import cell_measures
 from .models import ModelChoices
 from .shared import (MODEL_EVENT, SEED_MAX, check_budget, guarded, in_background, number, progress_adapter,
                      prompt_controls, run_buttons, sampling_controls, save_output, seed_row, stoppable, text, whole)
+from .zerogpu import on_gpu
 
 MEASURES = {"saturation": "Mean saturation", "clipped": "Fraction of clipped pixels",
             "diversity": "Diversity across seeds", "adherence": "Adherence (project's models only)"}
@@ -237,6 +238,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
             table = gr.Dataframe(label="Measures per cell", interactive=False)
     preset.change(guarded(preset_rows), preset, methods, api_name="compare_preset", api_visibility="undocumented", queue=False)
     inputs = [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler, extra, matching, match_at]
-    button.click(make_handler(engine, models), inputs, [grid, plot, table, matched, notes], api_name="compare",
+    handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
+    button.click(handler, inputs, [grid, plot, table, matched, notes], api_name="compare",
                  **MODEL_EVENT)
     stoppable(stop)

@@ -21,6 +21,7 @@ from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, ch
                      guarded, guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
                      number, progress_adapter, reproduce, reproduce_box, run_buttons, sampling_controls, seed_row,
                      stoppable, text, whole)
+from .zerogpu import on_gpu
 
 AUTO = "auto"
 MAX_POSE_JSON = 100_000  # characters: ten people with every joint take under 3,000
@@ -364,5 +365,6 @@ def build(engine: Engine, models: ModelChoices) -> None:
     inputs = [control_image, prompt, negative, control_type, controlnet, preprocess, low, high, weight, start, end,
               guess, model, *g.inputs(leading), steps, scheduler, seed, count, *g.inputs(trailing),
               *(c for unit in units for c in unit.inputs())]
-    button.click(make_handler(engine, models), inputs, [images, used, command], api_name="controlnet", **MODEL_EVENT)
+    handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
+    button.click(handler, inputs, [images, used, command], api_name="controlnet", **MODEL_EVENT)
     stoppable(stop)

@@ -16,6 +16,7 @@ from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, ch
                      guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
                      progress_adapter, prompt_controls, reproduce, reproduce_box, sampling_controls, save_output,
                      run_buttons, seed_row, stoppable, text, whole)
+from .zerogpu import on_gpu
 
 TRAJECTORY_POINTS = 5
 DEFAULT_SCALE = 5.0
@@ -96,7 +97,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
             attention = gallery("Cross-attention per prompt token (image 1, last steps)")
             command = reproduce_box("text2img")
     leading, trailing = guidance_api(DEFAULT_SCALE)
-    handler = make_handler(engine, models)
+    handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
     inputs = [prompt, negative, model, *g.inputs(leading), steps, scheduler, seed, count, show_trajectory,
               show_attention, *g.inputs(trailing)]
     outputs = [images, command, trajectory, attention]
