@@ -2,8 +2,9 @@
 
 The engine is built once and shared by every tab; it runs all model work on a thread of its own, so the app
 launches the ordinary Gradio way. On a ZeroGPU Space the generation handlers run under `spaces.GPU` and the engine
-inline in them (ui/zerogpu.py); `--offload` keeps idle model parts on the CPU (automatic under 16 GB of GPU memory). `--mcp` (or GRADIO_MCP_SERVER=True) also serves the generation endpoints to
-agents as MCP tools, each described by its docstring. LAB_MODEL_DIR=<folder> points every tab at the model folders under it (the
+inline in them (ui/zerogpu.py); `--offload` keeps idle model parts on the CPU (automatic under 16 GB of GPU memory).
+`--mcp` (or GRADIO_MCP_SERVER=True) also serves the generation endpoints to agents as MCP tools, each described by
+its docstring. LAB_MODEL_DIR=<folder> points every tab at the model folders under it (the
 tests' tiny models, or freshly trained ones) instead of the registry's names.
 """
 
