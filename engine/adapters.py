@@ -47,7 +47,9 @@ def _unet_inputs(conds: list[PromptCondition]) -> dict:
 @dataclass(frozen=True)
 class MicroConditioning:
     """SDXL's size and crop conditioning (Podell et al., 2023, section 2.2) of one branch, in diffusers' order:
-    original size (h, w), crop top-left (y, x), target size (h, w)."""
+    original size (h, w), crop top-left (y, x), target size (h, w). Each branch's rows carry that branch's ids at
+    any batch size; StableDiffusionXLPipeline repeats the (negative, positive) pair per image instead, so with
+    several images and negative conditioning set its rows mix the two (a single image is the same in both)."""
 
     original_size: tuple[int, int]
     crop_coords: tuple[int, int]
@@ -68,13 +70,13 @@ class MicroConditioning:
         return cls(flipped("original_size", (height, width)), flipped("crop_coords", (0, 0)),
                    flipped("target_size", (height, width)))
 
-    def time_ids(self, pipe, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    def time_ids(self, pipe, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(B, 6) ids through the pipeline's own `_get_add_time_ids`, which checks them against the UNet."""
         encoder_2 = pipe.text_encoder_2
         projection_dim = encoder_2.config.projection_dim if encoder_2 is not None else None
         ids = pipe._get_add_time_ids(self.original_size, self.crop_coords, self.target_size, dtype=dtype,
                                      text_encoder_projection_dim=projection_dim)  # (1, 6)
-        return ids.to(pipe.unet.device).repeat(batch, 1)
+        return ids.to(device).repeat(batch, 1)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import EngineError
 from .generate import Engine, Result
 from .request import Request
 
@@ -93,6 +94,9 @@ def generate_with_attention(engine: Engine, req: Request, *, last_steps: int | N
 def _generate_with_attention(engine: Engine, req: Request, last_steps: int | None, callback,
                              **kwargs) -> tuple[Result, list[tuple[str, np.ndarray]]]:
     pipe = engine.loaded(engine.model_spec(req))
+    if getattr(pipe, "unet", None) is None:
+        raise EngineError("Cross-attention maps come from a UNet's cross-attention layers (SD 1.x, SDXL); this "
+                          "model's joint attention has none.")
     factor = pipe.vae_scale_factor
     side = pipe.unet.config.sample_size
     latent_hw = ((req.height // factor) if req.height else side, (req.width // factor) if req.width else side)

@@ -102,8 +102,12 @@ class Engine:
         return resolve(req.model or default_model(req.model_kind), req.model_kind)
 
     def default_scheduler(self, req: Request) -> str:
-        """The scheduler a request that names none runs: flow-euler for a flow-matching model's folder, else ddim."""
-        index = Path(self.model_spec(req).source) / "model_index.json"
+        """The scheduler a request that names none runs: the one its registry entry recommends where it names one,
+        else flow-euler for a flow-matching model's folder and ddim for the rest."""
+        spec = self.model_spec(req)
+        if getattr(spec, "scheduler", None):
+            return spec.scheduler
+        index = Path(spec.source) / "model_index.json"
         try:
             class_name = json.loads(index.read_text()).get("_class_name")
         except (OSError, ValueError):  # a hub id, or no readable index: a diffusion model as before
@@ -227,12 +231,12 @@ class Engine:
             req.prompt, device=self.device, num_images_per_prompt=req.num_images,
             do_classifier_free_guidance=guidance.guided, negative_prompt=req.negative_prompt or None)
         positive = MicroConditioning.from_request(req, height, width)
-        cond = PromptCondition(embeds, pooled, positive.time_ids(pipe, req.num_images, embeds.dtype))
+        cond = PromptCondition(embeds, pooled, positive.time_ids(pipe, req.num_images, embeds.dtype, self.device))
         if negative is None:
             return cond, None
         negative_ids = MicroConditioning.from_request(req, height, width, negative=True)
-        return cond, PromptCondition(negative, negative_pooled, negative_ids.time_ids(pipe, req.num_images,
-                                                                                      embeds.dtype))
+        negative_time_ids = negative_ids.time_ids(pipe, req.num_images, embeds.dtype, self.device)
+        return cond, PromptCondition(negative, negative_pooled, negative_time_ids)
 
     def _joint_denoiser(self, pipe, req: Request, guidance: GuidanceSettings, height: int, width: int):
         """SD3: CLIP-L, CLIP-G and (unless dropped or absent) T5 tokens side by side, the CLIPs' pooled embeddings,

@@ -137,11 +137,13 @@ def tiny_sd3(t5: bool = True) -> StableDiffusion3Pipeline:
 
 
 def save_sdxl(root: Path) -> dict[str, Path]:
-    """Save the tiny SDXL and an SDXL ControlNet of its UNet under root; return their folders."""
+    """Save the tiny SDXL and two SDXL ControlNets of its UNet under root; return their folders."""
     sdxl = tiny_sdxl()
-    folders = {"sdxl": root / "tiny-sdxl", "sdxl-controlnet": root / "tiny-sdxl-controlnet"}
+    folders = {"sdxl": root / "tiny-sdxl", "sdxl-controlnet": root / "tiny-sdxl-controlnet",
+               "sdxl-controlnet-2": root / "tiny-sdxl-controlnet-2"}
     sdxl.save_pretrained(folders["sdxl"])
     tiny_controlnet(sdxl.unet, 0).save_pretrained(folders["sdxl-controlnet"])
+    tiny_controlnet(sdxl.unet, 1).save_pretrained(folders["sdxl-controlnet-2"])
     return folders
 
 

@@ -122,6 +122,14 @@ def test_batched_seeds_equal_single_runs(engine, sdxl_folders, scheduler):
         assert level_diff(image, single.images[0]) <= TOLERANCE
 
 
+def test_cross_attention_maps_on_sdxl(engine, sdxl_folders):
+    from engine.attention import generate_with_attention
+
+    result, maps = generate_with_attention(engine, request(sdxl_folders, **MICRO))
+    assert [token for token, _ in maps] == ["a", "red", "circle"] and maps[0][1].shape == (16, 16)
+    assert level_diff(result.images[0], engine.generate(request(sdxl_folders, **MICRO)).images[0]) == 0
+
+
 @pytest.fixture(scope="module")
 def controlnet_pipe(sdxl, sdxl_folders):
     components = {k: v for k, v in sdxl.components.items() if k not in ("image_encoder", "feature_extractor")}
@@ -147,6 +155,24 @@ def test_controlnet_matches_sdxl_controlnet_pipeline(engine, controlnet_pipe, sd
     plain = engine.generate(request(sdxl_folders, seed=1, scheduler="euler", guidance=GuidanceSettings("cfg", 5.0),
                                     **MICRO)).images[0]
     assert level_diff(result.images[0], plain) > 2 * TOLERANCE  # the control acted
+
+
+def test_two_controlnets_match_the_multi_controlnet_pipeline(engine, sdxl, sdxl_folders):
+    nets = [ControlNetModel.from_pretrained(sdxl_folders[k]) for k in ("sdxl-controlnet", "sdxl-controlnet-2")]
+    components = {k: v for k, v in sdxl.components.items() if k not in ("image_encoder", "feature_extractor")}
+    pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=nets)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler("dpm++2m", sdxl.scheduler.config)
+    images = [control_image(), control_image().transpose(Image.FLIP_LEFT_RIGHT)]
+    expected = pipe("a red circle", negative_prompt="blue square", image=images, num_inference_steps=4,
+                    guidance_scale=5.0, controlnet_conditioning_scale=[1.0, 0.5], control_guidance_start=[0.0, 0.5],
+                    control_guidance_end=[1.0, 1.0], generator=torch.Generator().manual_seed(1), output_type="np",
+                    **DIFFUSERS_MICRO).images[0]
+    controls = (ControlSpec(images[0], "canny", str(sdxl_folders["sdxl-controlnet"]), 1.0, 0.0, 1.0),
+                ControlSpec(images[1], "scribble", str(sdxl_folders["sdxl-controlnet-2"]), 0.5, 0.5, 1.0))
+    result = engine.generate(request(sdxl_folders, controls=controls, seed=1, scheduler="dpm++2m",
+                                     guidance=GuidanceSettings("cfg", 5.0), **MICRO))
+    assert level_diff(result.images[0], expected) <= TOLERANCE
 
 
 @pytest.mark.parametrize("layers, scale", [("mid", 6.0), ("down.1", 1.0)])
