@@ -34,6 +34,8 @@ class Comparison:
     scales: tuple[float, ...] = ()
     seeds: int = 1
     failed: dict[str, str] = field(default_factory=dict)  # label -> the sentence saying why that row did not run
+    x_key: str = "scale"  # the measures' column the grid's X axis sweeps: the scale, or a SWEEPS field's values
+    x_title: str = "guidance scale"
 
 
 @dataclass
@@ -226,6 +228,84 @@ def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[fl
     values = ", ".join(f"{s:g}" for s in scales)
     parameters += f', X Type: Guidance scale, X Values: "{values}", Y Type: Method, Y Values: "{", ".join(labels)}"'
     return Comparison(picture, cells, measures, parameters, resolved, tuple(scales), seeds, failed)
+
+
+# SDXL's micro-conditioning fields a grid may sweep as its X axis instead of the scale: field -> (label, unit). A
+# value v means (v, v): a square original or target size, or an equal crop offset on both axes.
+SWEEPS = {"original_size": ("original size", "size"), "target_size": ("target size", "size"),
+          "crop_coords": ("crop offset", "offset")}
+
+
+def parse_sweep_values(text: str) -> tuple[int, ...]:
+    """'256, 512, 1024' -> (256, 512, 1024), with one-sentence errors."""
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise EngineError("Sweep values must be whole numbers separated by commas, like '256, 512, 1024'.") from None
+    if not values:
+        raise EngineError("Give at least one value to sweep, like '256, 512, 1024'.")
+    return values
+
+
+def _sweep_requests(base: Request, rows, field_name: str, values: tuple[int, ...], scale: float,
+                    seeds: int) -> list[tuple[int, int, Request]]:
+    """(row index, value, Request) of every cell of a metadata sweep: one batched Request per cell (its seeds)."""
+    if field_name not in SWEEPS:
+        raise EngineError(f"The X axis can sweep {', '.join(SWEEPS)}, not {field_name[:40]!r}.")
+    _check(rows, values, seeds)
+    return [(r, v, replace(base, guidance=settings.replace(scale=scale), num_images=seeds,
+                           image_seeds=tuple(base.seed + k for k in range(seeds)), **{field_name: (v, v)}))
+            for r, (_, settings) in enumerate(resolve_rows(rows)) for v in values]
+
+
+def estimate_sweep_seconds(engine, base, rows, field_name: str, values: tuple[int, ...], scale: float,
+                           seeds: int) -> float:
+    return sum(engine.estimate_seconds(req) for *_, req in _sweep_requests(base, rows, field_name, values, scale,
+                                                                             seeds))
+
+
+def sweep(engine, base: Request, rows: tuple[str, ...], field_name: str, values: tuple[int, ...], scale: float, *,
+          seeds: int = 3, measure: Measure | None = None, callback: Callback | None = None,
+          cancel=None) -> Comparison:
+    """Methods (rows) against one SDXL micro-conditioning value (the X axis) at one guidance scale: what the
+    "control metadata" does to the same prompt and seeds. One batched Request per cell; a row that cannot run
+    leaves grey cells and its sentence in `failed`."""
+    planned = _sweep_requests(base, rows, field_name, values, scale, seeds)
+    for *_, req in planned:
+        check_request(req)
+    resolved = resolve_rows(rows)
+    label, unit = SWEEPS[field_name]
+    cells = [[None] * len(values) for _ in resolved]
+    measures, parameters, failed = [], "", {}
+    for index, (r, value, req) in enumerate(planned):
+        method = resolved[r][0]
+        if method in failed:
+            measures.append({"method": method, "scale": scale, "x": value, "note": failed[method]})
+            continue
+        report = (lambda info, i=index: callback(i, info)) if callback else None
+        try:
+            result = engine.generate(req, callback=report, cancel=cancel)
+        except Stopped:
+            raise
+        except EngineError as exc:
+            failed[method] = str(exc)
+            measures.append({"method": method, "scale": scale, "x": value, "note": str(exc)})
+            continue
+        cells[r][values.index(value)] = result.images[0]
+        parameters = parameters or result.parameters[0]
+        values_measured = measure(result.images) if measure else {}
+        measures.append({"method": method, "scale": scale, "x": value, **values_measured})
+    if len(failed) == len(resolved):
+        raise EngineError(next(iter(failed.values())))
+    labels = [name for name, _ in resolved]
+    shown = [f"{v}x{v}" if unit == "size" else f"{v},{v}" for v in values]
+    title = f"{label} (SDXL), guidance scale {scale:g}"
+    picture = grid(cells, labels, shown, x_title=title, y_title="method")
+    parameters += (f', X Type: {label.capitalize()}, X Values: "{", ".join(shown)}", Y Type: Method, '
+                   f'Y Values: "{", ".join(labels)}"')
+    return Comparison(picture, cells, measures, parameters, resolved, (scale,), seeds, failed, x_key="x",
+                      x_title=label)
 
 
 def matched_scale(scales, adherence, target: float) -> float | None:

@@ -137,5 +137,4 @@ def build(engine: Engine, models: ModelChoices) -> None:
     model.change(class_names_of, model, label, api_name="class_names")
     inputs = [label, model, scale, classifier_scale, classifier, steps, scheduler, seed, count]
     handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
-    button.click(handler, inputs, [images, plot, command], api_name="class_cond", **MODEL_EVENT)
-    stoppable(stop)
+    stoppable(stop, button.click(handler, inputs, [images, plot, command], api_name="class_cond", **MODEL_EVENT))

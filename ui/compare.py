@@ -11,8 +11,8 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from engine.compare import (DEFAULT_ROWS, DEFAULT_SCALES, REFERENCE, compare, estimate_seconds, match,
-                            parse_scales)
+from engine.compare import (DEFAULT_ROWS, DEFAULT_SCALES, REFERENCE, SWEEPS, compare, estimate_seconds,
+                            estimate_sweep_seconds, match, parse_scales, parse_sweep_values, sweep)
 from engine.errors import EngineError
 from engine.generate import Engine, Stopped
 from engine.guiders.settings import compare_rows
@@ -22,9 +22,14 @@ from world.measures import cell_measures
 
 from .models import ModelChoices
 from .shared import (MODEL_EVENT, SEED_MAX, check_budget, guarded, in_background, number, progress_adapter,
-                     prompt_controls, run_buttons, sampling_controls, save_output, seed_row, stoppable, text, whole)
+                     prompt_controls, run_buttons, sampling_controls, save_output, seed_row, stoppable, switch, text,
+                     whole)
 from .zerogpu import on_gpu
 
+SCALE_AXIS = "guidance scale"
+AXES = (SCALE_AXIS, *(label for label, _ in SWEEPS.values()))  # the X axis: the scale, or an SDXL metadata value
+DEFAULT_SWEEP = "256, 512, 768, 1024"
+DEFAULT_SWEEP_SCALE = 5.0
 MEASURES = {"saturation": "Mean saturation", "clipped": "Fraction of clipped pixels",
             "diversity": "Diversity across seeds", "adherence": "Adherence (project's models only)"}
 PRESETS = {"Classic: CFG / Perp-CFG / APG": ("CFG", "Perp-CFG", "APG"),
@@ -53,19 +58,14 @@ def split_rows(value) -> tuple[str, ...]:
     return tuple(part.strip() for part in re.split(r"[;\n]", value) if part.strip())
 
 
-def switch(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise EngineError(f"The {name} must be true or false, not {type(value).__name__}.")
-    return value
-
-
 def make_handler(engine: Engine, models: ModelChoices):
     @guarded
     def compare_grid(prompt: str, negative_prompt: str = "", model: str | None = None,
                      methods: list[str] = list(DEFAULT_ROWS), scales: str = ", ".join(f"{s:g}" for s in DEFAULT_SCALES),
                      seed: int = 0, seeds: int = 3, steps: int = 25, scheduler: str = "ddim", more_rows: str = "",
-                     match_adherence: bool = False, match_scale: float = DEFAULT_MATCH, progress=gr.Progress(),
-                     request: gr.Request = None):
+                     match_adherence: bool = False, match_scale: float = DEFAULT_MATCH,
+                     x_axis: str = SCALE_AXIS, sweep_values: str = DEFAULT_SWEEP,
+                     sweep_scale: float = DEFAULT_SWEEP_SCALE, progress=gr.Progress(), request: gr.Request = None):
         """Compare guidance methods against guidance scales: a labelled grid (one seed) and measures per cell over
         several seeds, with 95% bootstrap intervals, optionally at matched adherence.
 
@@ -85,6 +85,11 @@ def make_handler(engine: Engine, models: ModelChoices):
             match_adherence: Also compare every method at the scale where its adherence equals CFG's at
                 match_scale (the project's models only, whose images the world can judge).
             match_scale: CFG's reference scale for matched adherence.
+            x_axis: The grid's X axis: 'guidance scale' (the columns are `scales`), or one SDXL control-metadata
+                value swept at guidance scale `sweep_scale`: 'original size', 'target size' or 'crop offset'.
+            sweep_values: The swept values, comma-separated whole numbers; v means v x v for a size, (v, v) for the
+                crop offset (SDXL models only).
+            sweep_scale: The guidance scale of every cell of a metadata sweep, 0 to 50.
 
         Returns:
             The grid as a PNG with its parameters, a plot of each measure against scale with interval bands, the
@@ -102,6 +107,12 @@ def make_handler(engine: Engine, models: ModelChoices):
         at = number("matching scale", match_scale) if matching else None
         scale_list, seeds = parse_scales(text("scales", scales)), whole("number of seeds per cell", seeds, 1, 8)
         at = at if judge is not None else None  # nothing to match without adherence
+        axis = text("X axis", x_axis)
+        if axis not in AXES:
+            raise EngineError(f"The X axis must be one of: {', '.join(AXES)}.")
+        if axis != SCALE_AXIS:
+            yield from _sweep(axis, sweep_values, sweep_scale, base, rows, seeds, judge, matching, progress, request)
+            return
         check_budget(estimate_seconds(engine, base, rows, scale_list, seeds, match_at=at))
         report = progress_adapter(progress, rows=max(1, len(rows) + (len(rows) + 1 if at is not None else 0)),
                                   label="grid")
@@ -130,6 +141,28 @@ def make_handler(engine: Engine, models: ModelChoices):
             else:
                 yield (gr.skip(),) * 5
 
+    def _sweep(axis, values, at_scale, base, rows, seeds, judge, matching, progress, request):
+        """The grid with an SDXL metadata value as its X axis, at one guidance scale."""
+        field = next(name for name, (label, _) in SWEEPS.items() if label == axis)
+        values = parse_sweep_values(text("sweep values", values))
+        at_scale = number("sweep scale", at_scale)
+        check_budget(estimate_sweep_seconds(engine, base, rows, field, values, at_scale, seeds))
+        report = progress_adapter(progress, rows=max(1, len(rows) * len(values)), label="grid")
+        callback = (lambda r, i: report(i, r)) if report else None
+        measure = functools.partial(cell_measures, prompt=judge)
+
+        def work(_report, cancel):
+            result = sweep(engine, base, rows, field, values, at_scale, seeds=seeds, measure=measure,
+                           callback=callback, cancel=cancel)
+            notes = [f"{label} did not run: {why}" for label, why in result.failed.items()]
+            if matching:
+                notes.append("Matching adherence compares methods along the guidance scale; with a metadata "
+                             "sweep it is not run.")
+            return result, None, notes
+
+        for kind, value in in_background(work, request):
+            yield outputs(*value) if kind == "done" else (gr.skip(),) * 5
+
     def outputs(result, matched, notes):
         frame = cell_frame(result.measures)
         if matched is not None:
@@ -137,7 +170,7 @@ def make_handler(engine: Engine, models: ModelChoices):
                      f"other method is shown at the scale where its adherence first reaches that (linear between "
                      f"the two columns around it), measured again on the same seeds.", *notes]
         return (save_output(result.grid, result.parameters),
-                measures_figure(frame, None if matched is None else matched.target),
+                measures_figure(frame, None if matched is None else matched.target, result.x_key, result.x_title),
                 frame.round(4), matched_frame(matched), "\n\n".join(notes))
 
     return compare_grid
@@ -148,6 +181,7 @@ def cell_frame(measures: list[dict]) -> pd.DataFrame:
     value for (adherence on a model the world cannot judge) left out."""
     frame = pd.DataFrame([{k: v for k, v in m.items() if k != "per_seed"} for m in measures])
     keep = [c for c in frame.columns if c in ("method", "scale") or frame[c].notna().any()]
+    return frame[keep]
     return frame[keep]
 
 
@@ -173,13 +207,15 @@ def matched_frame(matched) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def measures_figure(frame: pd.DataFrame, target: float | None = None) -> Figure:
-    """One panel per measure against scale: a line per method with its 95% interval shaded (diversity is one
-    number per cell); the matched adherence as a dashed line."""
+def measures_figure(frame: pd.DataFrame, target: float | None = None, x: str = "scale",
+                    x_title: str = SCALE_AXIS) -> Figure:
+    """One panel per measure against the grid's X axis (the scale, or a swept SDXL metadata value in column `x`): a
+    line per method with its 95% interval shaded (diversity is one number per cell); the matched adherence as a
+    dashed line."""
     figure = Figure(figsize=(10, 6.8), layout="constrained")
-    figure.suptitle("Measures against guidance scale (shaded: 95% bootstrap interval over the seeds)", fontsize=11)
+    figure.suptitle(f"Measures against {x_title} (shaded: 95% bootstrap interval over the seeds)", fontsize=11)
     axes = figure.subplots(2, 2, sharex=True).ravel()
-    low, high = (frame["scale"].min(), frame["scale"].max()) if len(frame) else (0, 0)
+    low, high = (frame[x].min(), frame[x].max()) if len(frame) else (0, 0)
     log = low > 0 and high > 4 * low  # scales like 1 ... 50 read better on a log axis
     for ax, (name, title) in zip(axes, MEASURES.items()):
         ax.set_title(title, fontsize=10)
@@ -189,20 +225,20 @@ def measures_figure(frame: pd.DataFrame, target: float | None = None) -> Figure:
                     color="grey")
             continue
         for method, rows in frame.dropna(subset=[name]).groupby("method", sort=False):
-            rows = rows.sort_values("scale")
-            line, = ax.plot(rows["scale"], rows[name], marker="o", markersize=3, label=method)
+            rows = rows.sort_values(x)
+            line, = ax.plot(rows[x], rows[name], marker="o", markersize=3, label=method)
             if f"{name}_low" in rows:
-                ax.fill_between(rows["scale"], rows[f"{name}_low"], rows[f"{name}_high"], color=line.get_color(),
+                ax.fill_between(rows[x], rows[f"{name}_low"], rows[f"{name}_high"], color=line.get_color(),
                                 alpha=0.15, linewidth=0)
         if name == "adherence" and target is not None:
             ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"{REFERENCE} reference")
-    ticks = sorted(set(frame["scale"])) if len(frame) else []
+    ticks = sorted(set(frame[x])) if len(frame) else []
     for ax in axes:
         if log:
             ax.set_xscale("log")
             ax.minorticks_off()
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.set_xlabel("guidance scale")
+        ax.set_xlabel(x_title)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)), fontsize=9)
@@ -219,6 +255,14 @@ def build(engine: Engine, models: ModelChoices) -> None:
                                placeholder="apg:eta=0:momentum=-0.75; pag:pag_scale=5:pag_layers=mid",
                                info="method specs, method:param=value:..., separated by ';' or new lines")
             scales = gr.Textbox(", ".join(f"{s:g}" for s in DEFAULT_SCALES), label="Columns: guidance scales")
+            with gr.Accordion("X axis: guidance scale or SDXL control metadata", open=False):
+                x_axis = gr.Radio(list(AXES), value=SCALE_AXIS, label="X axis",
+                                  info="a metadata value is swept at one guidance scale (SDXL models only)")
+                with gr.Row():
+                    sweep_values = gr.Textbox(DEFAULT_SWEEP, label="Swept values", max_lines=1,
+                                              info="v means v x v for a size, (v, v) for the crop offset")
+                    sweep_scale = gr.Number(DEFAULT_SWEEP_SCALE, label="Guidance scale of the sweep", minimum=0,
+                                            maximum=50)
             seed, _ = seed_row("compare", num_images=False)
             seeds = gr.Slider(1, 8, value=3, step=1, label="Seeds per cell for the measures",
                               info="the grid shows the first; diversity needs two or more")
@@ -237,8 +281,8 @@ def build(engine: Engine, models: ModelChoices) -> None:
             matched = gr.Dataframe(label="At matched adherence", interactive=False)
             table = gr.Dataframe(label="Measures per cell", interactive=False)
     preset.change(guarded(preset_rows), preset, methods, api_name="compare_preset", api_visibility="undocumented", queue=False)
-    inputs = [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler, extra, matching, match_at]
+    inputs = [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler, extra, matching, match_at,
+              x_axis, sweep_values, sweep_scale]
     handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
-    button.click(handler, inputs, [grid, plot, table, matched, notes], api_name="compare",
-                 **MODEL_EVENT)
-    stoppable(stop)
+    stoppable(stop, button.click(handler, inputs, [grid, plot, table, matched, notes], api_name="compare",
+                                 **MODEL_EVENT))

@@ -366,5 +366,4 @@ def build(engine: Engine, models: ModelChoices) -> None:
               guess, model, *g.inputs(leading), steps, scheduler, seed, count, *g.inputs(trailing),
               *(c for unit in units for c in unit.inputs())]
     handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
-    button.click(handler, inputs, [images, used, command], api_name="controlnet", **MODEL_EVENT)
-    stoppable(stop)
+    stoppable(stop, button.click(handler, inputs, [images, used, command], api_name="controlnet", **MODEL_EVENT))

@@ -10,6 +10,7 @@ import math
 import os
 import queue
 import random
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -78,6 +79,13 @@ def whole(name: str, value, low: int, high: int) -> int:
         raise EngineError(f"The {name} must be a whole number, not {shown(value)}.")
     if not low <= value <= high:
         raise EngineError(f"The {name} must be from {low} to {high}, not {shown(value)}.")
+    return value
+
+
+def switch(name: str, value) -> bool:
+    """True or false from a UI value, or one sentence."""
+    if not isinstance(value, bool):
+        raise EngineError(f"The {name} must be true or false, not {type(value).__name__}.")
     return value
 
 
@@ -171,7 +179,8 @@ PARAMETER_DOCS = {
     "seed": "Seed of the first image (an integer); image k uses seed + k.",
     "num_images": "Number of images, 1 to 16.",
     "trajectory": "Also return the x0 estimate at five steps of the run as one strip.",
-    "attention": "Also return cross-attention heat maps per prompt token for the first image.",
+    "attention": "Also return attention heat maps per prompt token for the first image (cross-attention; on "
+                 "MM-DiT, the joint attention of image tokens to text tokens).",
     "control_image": "The control map (scribble, Canny edges or an OpenPose skeleton), or a source picture with "
                      "preprocess=True.",
     "control_type": "Control type: scribble, canny or pose; it picks the default ControlNet.",
@@ -183,6 +192,13 @@ PARAMETER_DOCS = {
     "control_start": "Fraction of the run where the control starts, 0 to 1.",
     "control_end": "Fraction of the run where the control ends, 0 to 1.",
     "guess_mode": "Feed the control to the conditional branch only.",
+    "original_size": "SDXL only: the original size it is told the image had, 'W H' ('' = the image's size).",
+    "crop_coords": "SDXL only: the crop's top-left corner it is told, 'X Y' ('' = 0 0).",
+    "target_size": "SDXL only: the target size it is told, 'W H' ('' = the image's size).",
+    "negative_original_size": "SDXL only: the unconditional branch's original size, 'W H' ('' = as diffusers).",
+    "negative_crop_coords": "SDXL only: the unconditional branch's crop corner, 'X Y' ('' = as diffusers).",
+    "negative_target_size": "SDXL only: the unconditional branch's target size, 'W H' ('' = as diffusers).",
+    "drop_t5": "SD3 only: leave out the T5 text encoder (CLIP-L and CLIP-G alone).",
 }
 _STACKED_DOCS = (  # /controlnet's stacked controls 2, 3, ...: their parameters are named <name>_<number>
     ("control_image", "its control map, used as is (none = no such control)."),
@@ -411,6 +427,43 @@ def prompt_controls(models, prompt: str = DEFAULT_PROMPT, negative_label: str = 
     return prompt_box, negative, model
 
 
+# SDXL's size and crop conditioning in the text tab: (Request field, label, placeholder), positive then negative.
+METADATA_FIELDS = (
+    ("original_size", "Original size (W H)", "the image's size"),
+    ("crop_coords", "Crop top-left (X Y)", "0 0"),
+    ("target_size", "Target size (W H)", "the image's size"),
+    ("negative_original_size", "Negative original size", "as above"),
+    ("negative_crop_coords", "Negative crop top-left", "as above"),
+    ("negative_target_size", "Negative target size", "as above"),
+)
+
+
+def metadata_controls(prefix: str) -> dict[str, gr.Textbox]:
+    """The "Control metadata (SDXL)" group: one box per micro-conditioning pair (empty: diffusers' default)."""
+    boxes = {}
+    with gr.Accordion("Control metadata (SDXL)", open=False, elem_id=f"{prefix}-metadata"):
+        gr.Markdown("These condition *how* SDXL draws the image (the size and crop its training photos had), not "
+                    "*what* it shows. Two whole numbers each; empty keeps diffusers' default. SDXL models only.")
+        for row in (METADATA_FIELDS[:3], METADATA_FIELDS[3:]):
+            with gr.Row():
+                for name, label, placeholder in row:
+                    boxes[name] = gr.Textbox("", label=label, placeholder=placeholder, max_lines=1,
+                                             elem_id=f"{prefix}-{name.replace('_', '-')}")
+    return boxes
+
+
+def pair(name: str, value) -> tuple[int, int] | None:
+    """'1024 768', '1024x768' or '1024, 768' -> (1024, 768); empty -> None (the model's default); else one sentence.
+    The Request checks the range."""
+    value = text(name, value).strip()
+    if not value:
+        return None
+    parts = [p for p in re.split(r"[\sx,]+", value.lower()) if p]
+    if len(parts) != 2 or not all(re.fullmatch(r"\d{1,6}", p) for p in parts):
+        raise EngineError(f"The {name} must be two whole numbers like '1024 1024', or empty for the default.")
+    return int(parts[0]), int(parts[1])
+
+
 def sampling_controls(prefix: str, default_steps: int = 25):
     """Steps and scheduler, inside their own accordion (elem_ids `<prefix>-sampling`, `<prefix>-steps`)."""
     with gr.Accordion("Sampling", open=False, elem_id=f"{prefix}-sampling"):
@@ -427,12 +480,18 @@ def run_buttons(prefix: str, label: str = "Generate"):
     return run, stop
 
 
-def stoppable(stop: gr.Button) -> None:
+def stoppable(stop: gr.Button, *events) -> None:
     """Stop ends the running runs of the page that pressed it, within a denoising step: the run's cancel flag is
     set, the engine stops between steps, and the stream ends with a notice, keeping the last preview. It does not
-    queue (it must not wait behind the run it stops), and other people's runs are untouched. (Gradio's own
-    `cancels=` is not used: in the page it races with the stream's end and can leave every output saying Error.)"""
-    stop.click(stop_runs, None, None, queue=False, api_visibility="private")
+    queue (it must not wait behind the run it stops), and other people's runs are untouched. Gradio's own
+    `cancels=` is used only on ZeroGPU, where the run lives in a worker process the flag cannot reach: in the page
+    it races with the stream's end and can leave every output saying Error."""
+    from .zerogpu import on_zerogpu
+
+    if on_zerogpu():
+        stop.click(None, None, None, cancels=list(events), queue=False)
+    else:
+        stop.click(stop_runs, None, None, queue=False, api_visibility="private")
 
 
 def seed_row(prefix: str, num_images: bool = True):

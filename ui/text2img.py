@@ -12,10 +12,10 @@ from engine.generate import Engine, Result
 from engine.request import Request
 
 from .models import ModelChoices
-from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery, gallery_items,
-                     guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
-                     progress_adapter, prompt_controls, reproduce, reproduce_box, sampling_controls, save_output,
-                     run_buttons, seed_row, stoppable, text, whole)
+from .shared import (LIVE_EVERY_S, METADATA_FIELDS, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery,
+                     gallery_items, guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
+                     metadata_controls, pair, progress_adapter, prompt_controls, reproduce, reproduce_box,
+                     run_buttons, sampling_controls, save_output, seed_row, stoppable, switch, text, whole)
 from .zerogpu import on_gpu
 
 TRAJECTORY_POINTS = 5
@@ -47,14 +47,16 @@ def make_handler(engine: Engine, models: ModelChoices):
     leading, trailing = guidance_api(DEFAULT_SCALE)
     params = [("prompt", inspect.Parameter.empty), ("negative_prompt", ""), ("model", None), *leading,
               ("steps", 25), ("scheduler", "ddim"), ("seed", 0), ("num_images", 1), ("trajectory", False),
-              ("attention", False), *trailing]
+              ("attention", False), *trailing, *((name, "") for name, *_ in METADATA_FIELDS), ("drop_t5", False)]
 
     def text2img(v: dict):
         req = Request(model=models.pick(v["model"], "text"), prompt=text("prompt", v["prompt"]),
                       negative_prompt=text("negative prompt", v["negative_prompt"]), guidance=guidance_settings(v),
                       steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
                       seed=whole("seed", v["seed"], 0, SEED_MAX),
-                      num_images=whole("number of images", v["num_images"], 1, 16))
+                      num_images=whole("number of images", v["num_images"], 1, 16),
+                      t5=False if switch("drop-T5 switch", v["drop_t5"]) else None,
+                      **{name: pair(label.split(" (")[0].lower(), v[name]) for name, label, _ in METADATA_FIELDS})
         check_budget(engine.estimate_seconds(req))
 
         def work(report, cancel):
@@ -86,9 +88,13 @@ def build(engine: Engine, models: ModelChoices) -> None:
             g = guidance_controls("text2img", DEFAULT_SCALE)
             steps, scheduler = sampling_controls("text2img", models.steps)
             seed, count = seed_row("text2img")
+            metadata = metadata_controls("text2img")
+            drop_t5 = gr.Checkbox(False, label="Drop T5 (SD3: CLIP-L and CLIP-G only)",
+                                  info="see what the big text encoder adds; SD3 models only")
             with gr.Row():
                 show_trajectory = gr.Checkbox(False, label="Show the denoising trajectory")
-                show_attention = gr.Checkbox(False, label="Show cross-attention maps")
+                show_attention = gr.Checkbox(False, label="Show attention maps",
+                                             info="cross-attention; joint attention (image to text) on MM-DiT")
             button, stop = run_buttons("text2img")
         with gr.Column(scale=3):
             images = gallery(elem_id="text2img-images")
@@ -99,8 +105,8 @@ def build(engine: Engine, models: ModelChoices) -> None:
     leading, trailing = guidance_api(DEFAULT_SCALE)
     handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
     inputs = [prompt, negative, model, *g.inputs(leading), steps, scheduler, seed, count, show_trajectory,
-              show_attention, *g.inputs(trailing)]
+              show_attention, *g.inputs(trailing), *metadata.values(), drop_t5]
     outputs = [images, command, trajectory, attention]
-    button.click(handler, inputs, outputs, api_name="text2img", **MODEL_EVENT)
-    prompt.submit(handler, inputs, outputs, api_name="text2img_submit", api_visibility="undocumented", **MODEL_EVENT)
-    stoppable(stop)
+    stoppable(stop, button.click(handler, inputs, outputs, api_name="text2img", **MODEL_EVENT),
+              prompt.submit(handler, inputs, outputs, api_name="text2img_submit", api_visibility="undocumented",
+                            **MODEL_EVENT))
