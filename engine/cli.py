@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--classifier-scale", type=_number("classifier scale"), default=0.0)
     gen.add_argument("--steps", type=_whole("number of steps"), default=25)
     gen.add_argument("--scheduler", choices=list(ALL_SCHEDULERS),
-                     help="default: the model's recommended one, else ddim (flow-euler for a flow-matching model such as SD3)")
+                     help="default: the model's recommended one, else ddim (flow-euler for a flow-matching model, "
+                     "such as SD3)")
     gen.add_argument("--seed", type=_whole("seed"), default=0)
     gen.add_argument("--height", type=_whole("height"))
     gen.add_argument("--width", type=_whole("width"))

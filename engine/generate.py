@@ -37,6 +37,7 @@ FAMILY_NAMES = {"sd": "an SD 1.x model", "sdxl": "an SDXL model", "sd3": "an SD3
 # Pipelines of flow-matching models, by the `_class_name` of their folder's model_index.json.
 FLOW_PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3PAGPipeline")
 
+
 class Stopped(EngineError):
     """The run was cancelled between steps (its client left or pressed Stop)."""
 
@@ -248,6 +249,10 @@ class Engine:
         if req.t5 and pipe.text_encoder_3 is None:
             raise EngineError("This SD3 model has no T5 text encoder; leave T5 unset or drop it (--no-t5) to use "
                               "CLIP only.")
+        multiple = pipe.vae_scale_factor * pipe.transformer.config.patch_size  # the latent is cut into patches
+        if height % multiple or width % multiple:
+            raise EngineError(f"This SD3 model needs a width and height that are multiples of {multiple}; "
+                              f"{width}x{height} is not.")
         encoder = pipe if req.t5 is not False else _without_t5(pipe)
         embeds, negative, pooled, negative_pooled = encoder.encode_prompt(
             req.prompt, None, None, device=self.device, num_images_per_prompt=req.num_images,

@@ -2,8 +2,8 @@
 
 A denoiser (engine/adapters.py) answers `denoiser(x, t, step, with_uncond, with_perturbed) -> (pred_cond,
 pred_uncond | None, pred_perturbed | None)` in the model's own prediction type, all branches in one batch where one
-model serves them. A model function answers `model_fn(x, t, step) -> eps` (a flow model's velocity: engine/spaces.py). Guidance is composed by
-wrapping model functions (k-diffusion's habit), never by flags inside the loop.
+model serves them. A model function answers `model_fn(x, t, step) -> eps` (a flow model's velocity: engine/spaces.py).
+Guidance is composed by wrapping model functions (k-diffusion's habit), never by flags inside the loop.
 """
 
 from __future__ import annotations
