@@ -80,6 +80,16 @@ def test_micro_conditioning_changes_the_image(engine, sdxl_folders):
     assert level_diff(plain, engine.generate(request(sdxl_folders, **defaults)).images[0]) == 0
 
 
+def test_negative_conditioning_shares_the_positive_until_any_negative_field_is_set():
+    from engine.adapters import MicroConditioning
+
+    positive = Request(prompt="x", original_size=(40, 48), crop_coords=(8, 4))
+    assert MicroConditioning.from_request(positive, 32, 24, negative=True) == MicroConditioning((48, 40), (4, 8),
+                                                                                               (32, 24))
+    one = replace(positive, negative_crop_coords=(2, 6))  # the rest take the pipeline's defaults, not the positive
+    assert MicroConditioning.from_request(one, 32, 24, negative=True) == MicroConditioning((32, 24), (6, 2), (32, 24))
+
+
 def test_guidance_rescale_and_empty_negative_match_the_pipeline(engine, sdxl, sdxl_folders):
     """An empty negative prompt is zeros (the folder's force_zeros_for_empty_prompt), as in the pipeline."""
     sdxl.scheduler = make_scheduler("euler", sdxl.scheduler.config)
