@@ -14,7 +14,7 @@ from engine.registry import resolve
 from .models import ModelChoices
 from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, both, check_budget, gallery, gallery_items, guarded,
                      in_background, live_gallery, number, progress_adapter, reproduce, reproduce_box,
-                     run_buttons, sampling_controls, seed_row, stoppable, text, whole)
+                     run_buttons, sampling_controls, scheduler_choice, seed_row, stoppable, text, whole)
 from .zerogpu import on_gpu
 
 NO_CLASSIFIER = "none"
@@ -51,7 +51,7 @@ def probability_frame(result: Result) -> pd.DataFrame:
 def make_handler(engine: Engine, models: ModelChoices):
     @guarded
     def class_cond(class_label: str, model: str | None = None, scale: float = 4.0, classifier_scale: float = 0.0,
-                   classifier: str = NO_CLASSIFIER, steps: int = 25, scheduler: str = "ddim", seed: int = 0,
+                   classifier: str = NO_CLASSIFIER, steps: int = 25, scheduler: str = "auto", seed: int = 0,
                    num_images: int = 1, progress=gr.Progress(), request: gr.Request = None):
         """Generate images of one class with a class-conditional model, guided by CFG, a noise-aware classifier, or
         both.
@@ -63,7 +63,7 @@ def make_handler(engine: Engine, models: ModelChoices):
             classifier_scale: Classifier-guidance scale, 0 to 50 (0 = off).
             classifier: A noise-aware classifier offered by this server, or 'none'.
             steps: Denoising steps, 1 to 500.
-            scheduler: Sampler: ddim, ddpm, euler, euler-a, dpm++2m or unipc.
+            scheduler: Sampler: auto (the model's recommended one), ddim, ddpm, euler, euler-a, dpm++2m or unipc.
             seed: Seed of the first image (an integer); image k uses seed + k.
             num_images: Number of images, 1 to 16.
 
@@ -82,7 +82,8 @@ def make_handler(engine: Engine, models: ModelChoices):
                                                 classifier_scale=number("classifier scale", classifier_scale)),
                       classifier=None if classifier in (None, "", NO_CLASSIFIER) else models.pick(classifier,
                                                                                                  "classifier"),
-                      steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
+                      steps=whole("number of steps", steps, 1, 1000),
+                      scheduler=scheduler_choice(models, model, scheduler, "class"),
                       seed=whole("seed", seed, 0, SEED_MAX), num_images=whole("number of images", num_images, 1, 16))
         check_budget(engine.estimate_seconds(req))
 

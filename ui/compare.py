@@ -22,8 +22,8 @@ from world.measures import cell_measures
 
 from .models import ModelChoices
 from .shared import (MODEL_EVENT, SEED_MAX, check_budget, guarded, in_background, number, progress_adapter,
-                     prompt_controls, run_buttons, sampling_controls, save_output, seed_row, stoppable, switch, text,
-                     whole)
+                     prompt_controls, run_buttons, sampling_controls, save_output, scheduler_choice, seed_row,
+                     stoppable, switch, text, whole)
 from .zerogpu import on_gpu
 
 SCALE_AXIS = "guidance scale"
@@ -62,7 +62,7 @@ def make_handler(engine: Engine, models: ModelChoices):
     @guarded
     def compare_grid(prompt: str, negative_prompt: str = "", model: str | None = None,
                      methods: list[str] = list(DEFAULT_ROWS), scales: str = ", ".join(f"{s:g}" for s in DEFAULT_SCALES),
-                     seed: int = 0, seeds: int = 3, steps: int = 25, scheduler: str = "ddim", more_rows: str = "",
+                     seed: int = 0, seeds: int = 3, steps: int = 25, scheduler: str = "auto", more_rows: str = "",
                      match_adherence: bool = False, match_scale: float = DEFAULT_MATCH,
                      x_axis: str = SCALE_AXIS, sweep_values: str = DEFAULT_SWEEP,
                      sweep_scale: float = DEFAULT_SWEEP_SCALE, progress=gr.Progress(), request: gr.Request = None):
@@ -79,7 +79,8 @@ def make_handler(engine: Engine, models: ModelChoices):
             seed: Seed of the grid's images; the measures use seed, seed + 1, ...
             seeds: Seeds per cell for the measures, 1 to 8.
             steps: Denoising steps, 1 to 500.
-            scheduler: Sampler: ddim, ddpm, euler, euler-a, dpm++2m or unipc.
+            scheduler: Sampler: auto (the model's recommended one), ddim, ddpm, euler, euler-a, dpm++2m or unipc;
+                flow-euler or flow-heun for flow-matching models (SD3).
             more_rows: Extra rows as method specs, 'method:param=value:...', separated by ';' or new lines, e.g.
                 'apg:eta=0:momentum=-0.5; pag:pag_scale=3'.
             match_adherence: Also compare every method at the scale where its adherence equals CFG's at
@@ -97,7 +98,8 @@ def make_handler(engine: Engine, models: ModelChoices):
         """
         base = Request(model=models.pick(model, "text"), prompt=text("prompt", prompt),
                        negative_prompt=text("negative prompt", negative_prompt),
-                       steps=whole("number of steps", steps, 1, 1000), scheduler=scheduler,
+                       steps=whole("number of steps", steps, 1, 1000),
+                       scheduler=scheduler_choice(models, model, scheduler),
                        seed=whole("seed", seed, 0, SEED_MAX))
         if not isinstance(methods, (list, tuple, type(None))):
             raise EngineError("The methods must be a list of row names.")
@@ -270,7 +272,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
                 matching = gr.Checkbox(False, label="Match adherence to CFG at scale R",
                                        info="then compare every method where its adherence equals CFG's")
                 match_at = gr.Number(DEFAULT_MATCH, label="R", minimum=0, maximum=100)
-            steps, scheduler = sampling_controls("compare", models.steps)
+            steps, scheduler = sampling_controls("compare", models.steps, flow=True)
             button, stop = run_buttons("compare", "Compare")
         with gr.Column(scale=3):
             grid = gr.Image(label="Grid (one seed; downloads as a PNG with its parameters)", type="filepath",

@@ -19,8 +19,8 @@ from .inputs import ImageInput, SketchInput
 from .pose_editor import editor_value, keypoints_from_editor, pose_editor
 from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery, gallery_items,
                      guarded, guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
-                     number, progress_adapter, reproduce, reproduce_box, run_buttons, sampling_controls, seed_row,
-                     stoppable, text, whole)
+                     number, progress_adapter, reproduce, reproduce_box, run_buttons, sampling_controls,
+                     scheduler_choice, seed_row, stoppable, text, whole)
 from .zerogpu import on_gpu
 
 AUTO = "auto"
@@ -99,7 +99,7 @@ def make_handler(engine: Engine, models: ModelChoices):
               ("negative_prompt", ""), ("control_type", "scribble"), ("controlnet", AUTO), ("preprocess", False),
               ("canny_low", 100), ("canny_high", 200), ("control_scale", 1.0), ("control_start", 0.0),
               ("control_end", 1.0), ("guess_mode", False), ("model", None), *leading, ("steps", 25),
-              ("scheduler", "ddim"), ("seed", 0), ("num_images", 1), *trailing,
+              ("scheduler", "auto"), ("seed", 0), ("num_images", 1), *trailing,
               *((f"{name}_{k}", default) for k in STACKED for name, default in STACKED_PARAMS)]
 
     def controlnet(v: dict):
@@ -110,7 +110,8 @@ def make_handler(engine: Engine, models: ModelChoices):
         req = Request(model=model, prompt=text("prompt", v["prompt"]),
                       negative_prompt=text("negative prompt", v["negative_prompt"]), controls=controls,
                       guess_mode=bool(v["guess_mode"]), guidance=guidance_settings(v),
-                      steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
+                      steps=whole("number of steps", v["steps"], 1, 1000),
+                      scheduler=scheduler_choice(models, v["model"], v["scheduler"]),
                       seed=whole("seed", v["seed"], 0, SEED_MAX),
                       num_images=whole("number of images", v["num_images"], 1, 16))
         check_budget(engine.estimate_seconds(req))

@@ -23,7 +23,8 @@ from engine.generate import Engine, Result, Stopped
 from engine.guiders import GUIDERS, GuidanceSettings, Param, all_params, method_names
 from engine.guiders.registry import owners
 from engine.request import MAX_CONTROLS, MAX_IMAGES, MAX_SEED, Request, command_for
-from engine.schedulers import SCHEDULERS
+from engine.registry import resolve
+from engine.schedulers import ALL_SCHEDULERS, SCHEDULERS
 
 from .inputs import SeedInput, sentence, shown
 
@@ -175,7 +176,8 @@ PARAMETER_DOCS = {
     "model": "A text-to-image model offered by this server (default: the project's lab-sd).",
     "scale": "Guidance scale, 0 to 50; 1 is the conditional model alone, larger follows the prompt harder.",
     "steps": "Denoising steps, 1 to 500.",
-    "scheduler": "Sampler: ddim, ddpm, euler, euler-a, dpm++2m or unipc.",
+    "scheduler": "Sampler: auto (the model's recommended one), ddim, ddpm, euler, euler-a, dpm++2m or unipc; "
+                 "flow-euler or flow-heun for flow-matching models (SD3).",
     "seed": "Seed of the first image (an integer); image k uses seed + k.",
     "num_images": "Number of images, 1 to 16.",
     "trajectory": "Also return the x0 estimate at five steps of the run as one strip.",
@@ -464,11 +466,30 @@ def pair(name: str, value) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def sampling_controls(prefix: str, default_steps: int = 25):
-    """Steps and scheduler, inside their own accordion (elem_ids `<prefix>-sampling`, `<prefix>-steps`)."""
+def recommended_scheduler(models, name, kind: str = "text") -> str:
+    """The sampler the model's makers recommend (the registry's), else the family's first: flow matching for SD3,
+    DDIM for the others; DDIM for a name this app does not serve (the run then says why)."""
+    try:
+        spec = resolve(models.pick(name, kind), kind)
+    except EngineError:
+        return "ddim"
+    return spec.scheduler or ("flow-euler" if spec.family == "sd3" else "ddim")
+
+
+def scheduler_choice(models, model, value, kind: str = "text") -> str:
+    """An endpoint's scheduler: 'auto' (the default) is the model's recommended one."""
+    value = text("scheduler", value) if value is not None else "auto"
+    return recommended_scheduler(models, model, kind) if value in ("", "auto") else value
+
+
+def sampling_controls(prefix: str, default_steps: int = 25, flow: bool = False):
+    """Steps and scheduler, inside their own accordion (elem_ids `<prefix>-sampling`, `<prefix>-steps`); 'auto'
+    runs each model with its recommended scheduler (SD3 needs a flow-matching one, offered where `flow`)."""
     with gr.Accordion("Sampling", open=False, elem_id=f"{prefix}-sampling"):
         steps = gr.Slider(1, 500, value=default_steps, step=1, label="Steps", elem_id=f"{prefix}-steps")
-        scheduler = gr.Dropdown(list(SCHEDULERS), value="ddim", label="Scheduler")
+        names = ALL_SCHEDULERS if flow else SCHEDULERS
+        scheduler = gr.Dropdown(["auto", *names], value="auto", label="Scheduler",
+                                info="auto: the model's recommended one" + (" (flow-euler for SD3)" if flow else ""))
     return steps, scheduler
 
 

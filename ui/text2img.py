@@ -15,7 +15,8 @@ from .models import ModelChoices
 from .shared import (LIVE_EVERY_S, METADATA_FIELDS, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery,
                      gallery_items, guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
                      metadata_controls, pair, progress_adapter, prompt_controls, reproduce, reproduce_box,
-                     run_buttons, sampling_controls, save_output, seed_row, stoppable, switch, text, whole)
+                     run_buttons, sampling_controls, save_output, scheduler_choice, seed_row, stoppable, switch, text,
+                     whole)
 from .zerogpu import on_gpu
 
 TRAJECTORY_POINTS = 5
@@ -46,13 +47,14 @@ def make_handler(engine: Engine, models: ModelChoices):
     """/text2img: the endpoint's parameters are the fixed ones below plus every guider's declared parameters."""
     leading, trailing = guidance_api(DEFAULT_SCALE)
     params = [("prompt", inspect.Parameter.empty), ("negative_prompt", ""), ("model", None), *leading,
-              ("steps", 25), ("scheduler", "ddim"), ("seed", 0), ("num_images", 1), ("trajectory", False),
+              ("steps", 25), ("scheduler", "auto"), ("seed", 0), ("num_images", 1), ("trajectory", False),
               ("attention", False), *trailing, *((name, "") for name, *_ in METADATA_FIELDS), ("drop_t5", False)]
 
     def text2img(v: dict):
         req = Request(model=models.pick(v["model"], "text"), prompt=text("prompt", v["prompt"]),
                       negative_prompt=text("negative prompt", v["negative_prompt"]), guidance=guidance_settings(v),
-                      steps=whole("number of steps", v["steps"], 1, 1000), scheduler=v["scheduler"],
+                      steps=whole("number of steps", v["steps"], 1, 1000),
+                      scheduler=scheduler_choice(models, v["model"], v["scheduler"]),
                       seed=whole("seed", v["seed"], 0, SEED_MAX),
                       num_images=whole("number of images", v["num_images"], 1, 16),
                       t5=False if switch("drop-T5 switch", v["drop_t5"]) else None,
@@ -86,7 +88,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
             prompt, negative, model = prompt_controls(models, negative_label="Negative prompt (the unconditional "
                                                       "branch)")
             g = guidance_controls("text2img", DEFAULT_SCALE)
-            steps, scheduler = sampling_controls("text2img", models.steps)
+            steps, scheduler = sampling_controls("text2img", models.steps, flow=True)
             seed, count = seed_row("text2img")
             metadata = metadata_controls("text2img")
             drop_t5 = gr.Checkbox(False, label="Drop T5 (SD3: CLIP-L and CLIP-G only)",
