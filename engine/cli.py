@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="images of seeds SEED, SEED+1, ...; each equals its single run within one level out of 255 "
                           "(the CPU's kernels sum a batch in a batch-dependent order)")
     gen.add_argument("--out", required=True, help="output PNG path")
+    gen.add_argument("--offload", action="store_true", help="keep each pipeline's idle parts on the CPU (diffusers' "
+                     "model CPU offload); automatic on GPUs under 16 GB")
 
     bench = sub.add_parser("bench", help="seconds per image, engine against the diffusers pipeline; --grid: the "
                            "default Compare grid against the machine's matmul peak")
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "GFLOP/s and roofline fraction")
     bench.add_argument("--guidance", action="append", metavar="METHOD", help="time this guidance method (repeat the "
                        "flag for several) against CFG, and its cost against what its branches explain")
+    bench.add_argument("--device", choices=["cpu", "cuda"], help="cuda: the published SD1.5, SDXL and SD3.5 Medium "
+                       "architectures at their native sizes, random weights, engine against diffusers, peak memory")
     sub.add_parser("study", help="guidance methods against scales over many prompts and seeds, with intervals and "
                    "matched adherence (python -m engine study --help)", add_help=False)
     threads = sub.add_parser("threads", help="seconds per image on the engine's model thread, with a batch split "
@@ -194,7 +198,9 @@ def run_generate(args) -> int:
     from .generate import Engine
     from .pnginfo import save_png
 
-    engine = Engine()
+    from .loading import ModelStore
+
+    engine = Engine(ModelStore(offload=args.offload or None))
     req = request_from_args(args, engine)
     result = engine.generate(req)
     for image, params, path in zip(result.images, result.parameters, output_paths(Path(args.out), result.seeds)):
@@ -229,6 +235,10 @@ def _run(args) -> int:
         from .bench import run_guidance
         return run_guidance(model=args.model, steps=args.steps, runs=args.runs, scale=args.scale,
                             methods=args.guidance)
+    if args.command == "bench" and args.device == "cuda":
+        from .bench import run_architectures
+        run_architectures(device="cuda", steps=args.steps, runs=args.runs)
+        return 0
     if args.command == "bench" and args.grid:
         from .bench import run_grid
         run_grid(model=args.model, steps=args.steps, runs=args.runs)

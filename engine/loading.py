@@ -8,6 +8,7 @@ swaps its ControlNet beside a resident base pipeline).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -108,6 +109,7 @@ def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, offload: bo
 
         return NoiseAwareClassifier.from_pretrained(spec.source, **common).to(device).eval()
     extra = dict(safety_checker=None, requires_safety_checker=False) if spec.kind == "text" else {}
+    extra.update(_absent_parts(spec))
     pipe = DiffusionPipeline.from_pretrained(spec.source, **common, **extra)
     if offload:
         pipe.enable_model_cpu_offload(device=device)  # each part moves to the GPU for its own forward pass
@@ -117,6 +119,20 @@ def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, offload: bo
     if getattr(pipe, "vae", None) is not None:
         tile_vae_above(pipe.vae)
     return pipe
+
+
+def _absent_parts(spec: ModelSpec) -> dict[str, None]:
+    """Optional parts a local folder lists as absent ([null, null] in model_index.json, as an SD3 folder without T5
+    does), passed to from_pretrained as None: the pinned diffusers will not load such a folder otherwise."""
+    index = Path(spec.source) / "model_index.json"
+    if not index.is_file():
+        return {}
+    try:
+        entries = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: None for name, value in entries.items()
+            if not name.startswith("_") and value in ([None, None], None)}
 
 
 class ModelStore:

@@ -4,7 +4,6 @@ the engine's own run with that micro-conditioning; a model without it says so in
 import numpy as np
 import pytest
 
-from engine import registry
 from engine.compare import parse_sweep_values, sweep
 from engine.errors import EngineError
 from engine.generate import Engine
@@ -15,10 +14,7 @@ from tests.tiny_models import save_sdxl
 
 @pytest.fixture(scope="module")
 def sdxl_folder(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        if "StableDiffusionXLPipeline" not in getattr(registry, "PIPELINE_KINDS", {"StableDiffusionXLPipeline": 1}):
-            patch.setitem(registry.PIPELINE_KINDS, "StableDiffusionXLPipeline", "text")
-        yield str(save_sdxl(tmp_path_factory.mktemp("sweep"))["sdxl"])
+    return str(save_sdxl(tmp_path_factory.mktemp("sweep"))["sdxl"])
 
 
 def test_each_column_is_the_run_with_that_original_size(sdxl_folder):

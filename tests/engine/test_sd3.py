@@ -10,7 +10,6 @@ from diffusers import StableDiffusion3PAGPipeline, StableDiffusion3Pipeline
 from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
 from PIL import Image
 
-from engine import loading, registry
 from engine.cli import main
 from engine.errors import EngineError
 from engine.generate import Engine
@@ -27,25 +26,9 @@ from tests.tiny_models import save_sd3
 
 @pytest.fixture(scope="module")
 def sd3_folders(tmp_path_factory):
-    """The tiny SD3 with T5 and without. The registry is taught the SD3 folder kind, and the loader to load a
-    folder whose model_index.json lists no T5 (StableDiffusion3Pipeline.from_pretrained needs text_encoder_3=None
-    passed for it), for this module."""
-    folders = save_sd3(tmp_path_factory.mktemp("sd3"))
-    without = str(folders["sd3-no-t5"].resolve())
-    load = loading._load
-
-    def load_without_t5(spec, device, dtype, *args, **kwargs):
-        if spec.source != without:
-            return load(spec, device, dtype, *args, **kwargs)
-        pipe = StableDiffusion3Pipeline.from_pretrained(spec.source, text_encoder_3=None, tokenizer_3=None,
-                                                        dtype=dtype).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(registry.PIPELINE_KINDS, "StableDiffusion3Pipeline", "text")
-        patch.setattr(loading, "_load", load_without_t5)
-        yield folders
+    """The tiny SD3 with T5 and without (its model_index.json lists T5 as absent, as hub folders list optional
+    parts; the loader passes such parts as None)."""
+    return save_sd3(tmp_path_factory.mktemp("sd3"))
 
 
 @pytest.fixture(scope="module")
