@@ -218,7 +218,7 @@ class Engine:
                                                   req.negative_prompt or None)
             cond, uncond = PromptCondition(embeds), None if negative is None else PromptCondition(negative)
         dtype = cond.embeds.dtype
-        controls = [self._control_branch(c, height, width, req.num_images, dtype) for c in req.controls]
+        controls = [self._control_branch(c, height, width, req.num_images, dtype, pipe.unet) for c in req.controls]
         prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
         denoiser = TextDenoiser(pipe.unet, cond, uncond, controls, req.guess_mode, prediction_type,
                                 split=self.splitter, weak_unet=self._weak_unet(self.model_spec(req), req))
@@ -264,9 +264,11 @@ class Engine:
         shape = (req.num_images, pipe.transformer.config.in_channels, height // factor, width // factor)
         return denoiser, shape, embeds.dtype
 
-    def _control_branch(self, control: ControlSpec, height: int, width: int, batch: int, dtype) -> ControlBranch:
+    def _control_branch(self, control: ControlSpec, height: int, width: int, batch: int, dtype,
+                        unet) -> ControlBranch:
         name = control.controlnet or default_model("controlnet", control.control_type)
         controlnet = self.loaded(resolve(name, "controlnet"))
+        _check_fits(controlnet, unet, name)
         processor = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
         image = processor.preprocess(control.image, height=height, width=width).to(dtype=torch.float32)
         image = image.repeat_interleave(batch, dim=0).to(device=self.device, dtype=dtype)  # (B, 3, H, W)
@@ -375,6 +377,22 @@ class Engine:
         """The PNG `parameters` text for one image of this request."""
         nets = [c.controlnet or default_model("controlnet", c.control_type) for c in req.controls]
         return png_parameters(req, spec.name, nets, seed, size, index)
+
+
+def _check_fits(controlnet, unet, name: str) -> None:
+    """One sentence when a ControlNet was trained for another base family (an SD1.5 ControlNet on SDXL, or the
+    reverse): its text features, added conditioning or block widths differ from the base UNet's."""
+    keys = ("cross_attention_dim", "addition_embed_type", "block_out_channels")
+    theirs, ours = ({k: _plain(m.config.get(k)) for k in keys} for m in (controlnet, unet))
+    if theirs != ours:
+        family = "SDXL" if ours["addition_embed_type"] == "text_time" else "Stable Diffusion 1.x/2.x"
+        shown = name if len(name) <= 60 and name.isprintable() else "this ControlNet"
+        raise EngineError(f"The ControlNet '{Path(shown).name}' was made for another base model than this "
+                          f"{family} one; pick a ControlNet of the same family.")
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _native_size(pipe) -> tuple[int, int]:
