@@ -49,14 +49,19 @@ class Matching:
 
 def parse_scales(text: str) -> tuple[float, ...]:
     """'1, 3, 7.5' -> (1.0, 3.0, 7.5), with one-sentence errors."""
+    return _parse_list(text, float, "Scales must be numbers", "guidance scale", "1, 3, 7.5")
+
+
+def _parse_list(text: str, kind, what: str, one: str, example: str) -> tuple:
+    """Numbers separated by commas, semicolons or spaces, or one sentence saying what was wrong."""
     parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
     try:
-        scales = tuple(float(p) for p in parts)
+        values = tuple(kind(p) for p in parts)
     except ValueError:
-        raise EngineError("Scales must be numbers separated by commas, like '1, 3, 7.5'.") from None
-    if not scales:
-        raise EngineError("Give at least one guidance scale, like '1, 3, 7.5'.")
-    return scales
+        raise EngineError(f"{what} separated by commas, like '{example}'.") from None
+    if not values:
+        raise EngineError(f"Give at least one {one}, like '{example}'.")
+    return values
 
 
 def row_settings(row: str) -> tuple[str, GuidanceSettings]:
@@ -238,14 +243,7 @@ SWEEPS = {"original_size": ("original size", "size"), "target_size": ("target si
 
 def parse_sweep_values(text: str) -> tuple[int, ...]:
     """'256, 512, 1024' -> (256, 512, 1024), with one-sentence errors."""
-    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        raise EngineError("Sweep values must be whole numbers separated by commas, like '256, 512, 1024'.") from None
-    if not values:
-        raise EngineError("Give at least one value to sweep, like '256, 512, 1024'.")
-    return values
+    return _parse_list(text, int, "Sweep values must be whole numbers", "value to sweep", "256, 512, 1024")
 
 
 def _sweep_requests(base: Request, rows, field_name: str, values: tuple[int, ...], scale: float,

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,17 +27,24 @@ def _require_browser():
     return sync_playwright
 
 
-@pytest.fixture
-def page(lab_app, tmp_path):
+@contextmanager
+def open_page(url: str, profile: Path):
+    """A page of `url` in Debian's chromium with a fresh user data dir at `profile`."""
     sync_playwright = _require_browser()
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                       args=ARGS, viewport={"width": 1400, "height": 1000})
+        context = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=ARGS,
+                                                       viewport={"width": 1400, "height": 1000})
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
-        page.goto(lab_app[0])
+        page.goto(url)
         yield page
         context.close()
+
+
+@pytest.fixture
+def page(lab_app, tmp_path):
+    with open_page(lab_app[0], tmp_path / "profile") as page:
+        yield page
 
 
 def _shot(page, name):

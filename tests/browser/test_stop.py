@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.browser.test_browser import ARGS, CHROMIUM, TIMEOUT_MS, _require_browser
+from tests.browser.test_browser import open_page
 
 STEPS = 200
 STOP_WITHIN_S = 2.0
@@ -42,16 +42,9 @@ def project_app():
 
 @pytest.fixture
 def page(project_app, tmp_path):
-    sync_playwright = _require_browser()
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                       args=ARGS, viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(project_app[0])
+    with open_page(project_app[0], tmp_path / "profile") as page:
         page.get_by_text("Guidance Lab").first.wait_for()
         yield page
-        context.close()
 
 
 def _set_steps(page, steps: int):
