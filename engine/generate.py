@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,7 @@ from .errors import EngineError
 from .guiders import GuidanceSettings
 from .loading import ModelStore
 from .parallel import BatchSplitter
-from .perturb import perturbed_attention
+from .perturb import FAMILY_LAYERS, LAYER_PATTERN, perturbed_attention
 from .registry import REGISTRY, ModelSpec, default_model, resolve
 from .meter import WorkMeter, units
 from .request import MICRO_CONDITIONING, ControlSpec, Request, check_request, evals_per_step, png_parameters
@@ -143,6 +143,7 @@ class Engine:
         pipe = self.loaded(spec)
         family = model_family(pipe)
         _check_family(req, family)
+        req = _family_layers(req, family)
         guidance = req.guidance
         seeds = req.seeds
         generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -414,6 +415,19 @@ def _check_family(req: Request, family: str) -> None:
     if family == "sd3" and (req.guidance.classifier_scale > 0 or req.classifier):
         raise EngineError("Classifier guidance needs a model whose classifier reads its latents; SD3 has none here.")
     check_scheduler(req.scheduler, flow=family == "sd3")
+
+
+def _family_layers(req: Request, family: str) -> Request:
+    """The request with its PAG or SEG layers at the family's default where it left them at the guider's default
+    (`mid`, a UNet's middle block) and the family has other layers (SD3: `blocks.1`, diffusers' SD3 PAG default), so
+    the PNG text and the reproduce command name the layers the run used."""
+    layers = FAMILY_LAYERS.get(family)
+    if layers is None:
+        return req
+    g = req.guidance
+    changes = {p.name: layers for p in GuidanceSettings.declared_for(g.method)
+               if p.kind == "text" and p.pattern == LAYER_PATTERN and g[p.name] == p.default}
+    return replace(req, guidance=g.replace(**changes)) if changes else req
 
 
 def _without_t5(pipe):

@@ -12,8 +12,10 @@ go through the layer's own processor unchanged; marked rows, in the chosen self-
 Layers are named as the lab's `--pag-layers` writes them: `mid`, `down.N`, `up.N` (a UNet's down_blocks.N and
 up_blocks.N), `blocks.N` (a transformer's transformer_blocks.N), or a longer diffusers path such as
 `up_blocks.0.attentions.1`, comma-separated. Each id selects the self-attention layers whose module path contains it,
-diffusers' PAG rule (`blocks.1` does not select `blocks.10`). In SD3's joint attention the perturbation acts on the
-image tokens, as diffusers' PAGJointAttnProcessor2_0 defines it; the text tokens attend as before.
+diffusers' PAG rule (`blocks.1` does not select `blocks.10`). On SD3 the default `mid` means `blocks.1`
+(FAMILY_LAYERS; the engine writes the layers used into the image's parameters). In SD3's joint attention the
+perturbation acts on the image tokens, as diffusers' PAGJointAttnProcessor2_0 defines it; the text tokens attend as
+before.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from .errors import EngineError
 INFINITE_SIGMA = 10000.0
 LAYER_PATTERN = r"[a-z_]+(\.\d+){0,4}(\s*,\s*[a-z_]+(\.\d+){0,4}){0,7}"  # up to 8 ids; no user regex reaches re
 _SHORT = (("down.", "down_blocks."), ("up.", "up_blocks."), ("blocks.", "transformer_blocks."))
+# The layers a run of a family takes when the request leaves PAG's or SEG's layers at their default, `mid`, which
+# that family's model has not: SD3's MM-DiT has transformer blocks only; diffusers' SD3 PAG pipeline uses blocks.1.
+FAMILY_LAYERS = {"sd3": "blocks.1"}
 
 
 @dataclass(frozen=True)
@@ -192,10 +197,14 @@ class PerturbableProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  perturb: torch.Tensor | None = None, **kwargs):
+        if getattr(self.inner, "takes_row_marks", False):  # a recorder of attention maps (engine/attention.py)
+            kwargs["perturb"] = perturb
         if self.perturbation is None or perturb is None or not bool(perturb.any()):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         keep = (~perturb).nonzero().squeeze(1)
         marked = perturb.nonzero().squeeze(1)
+        if "perturb" in kwargs:
+            kwargs["perturb"] = perturb[keep]  # the rows the wrapped processor gets: none of them marked
         if encoder_hidden_states is not None and getattr(attn, "add_q_proj", None) is not None:
             return self._joint(attn, hidden_states, encoder_hidden_states, attention_mask, keep, marked, kwargs)
         if self.perturbation.mode == "identity":

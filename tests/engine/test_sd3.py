@@ -169,13 +169,6 @@ def test_what_sd3_cannot_take_is_one_sentence(engine, sd3_folders, kw, fragment)
         engine.generate(request(sd3_folders, **kw))
 
 
-def test_attention_maps_are_refused_in_one_sentence(engine, sd3_folders):
-    from engine.attention import generate_with_attention
-
-    with pytest.raises(EngineError, match="^Cross-attention maps come from a UNet's cross-attention layers"):
-        generate_with_attention(engine, request(sd3_folders, steps=2))
-
-
 def test_t5_choice_on_another_model_is_one_sentence(engine, tiny_folders, sd3_folders):
     with pytest.raises(EngineError, match=r"^The T5 choice \(--t5, --no-t5\) belongs to SD3 models; this model is an "
                                           r"SD 1.x model\.$"):

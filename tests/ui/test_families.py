@@ -1,5 +1,6 @@
 """SDXL and SD3 through the app's API: the text tab's control metadata and T5 switch reach the PNG info and the
-reproduce command, each model picks its recommended scheduler, and the Compare grid sweeps an SDXL original size."""
+reproduce command, each model picks its recommended scheduler, SD3 shows joint-attention maps and runs PAG at its own
+default layer, and the Compare grid sweeps an SDXL original size."""
 
 import shlex
 
@@ -58,6 +59,13 @@ def test_sd3_runs_with_flow_matching_by_default_and_drops_t5_on_request(families
     images, command, *_ = families.predict("a red circle", model="tiny-sd3", steps=2, drop_t5=True,
                                            api_name="/text2img")
     assert _info(images)["T5"] == "False" and "--no-t5" in command
+
+
+def test_sd3_shows_joint_attention_maps_and_pag_at_its_own_default_layer(families):
+    images, command, _, attention = families.predict("a red circle", model="tiny-sd3", steps=2, attention=True,
+                                                     guidance="pag", api_name="/text2img")
+    assert [item["caption"] for item in attention] == ["a", "red", "circle"]
+    assert _info(images)["PAG layers"] == "blocks.1" and "--pag-layers blocks.1" in command
 
 
 @pytest.mark.parametrize("kwargs, sentence", [
