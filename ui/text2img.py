@@ -102,7 +102,7 @@ def build(engine: Engine, models: ModelChoices) -> None:
             images = gallery(elem_id="text2img-images")
             trajectory = gr.Image(label="Denoising trajectory (x0 estimate)", type="filepath", format="png",
                                   interactive=False, elem_id="text2img-trajectory")
-            attention = gallery("Cross-attention per prompt token (image 1, last steps)")
+            attention = gallery("Attention per prompt token (image 1, last steps; joint attention on MM-DiT)")
             command = reproduce_box("text2img")
     leading, trailing = guidance_api(DEFAULT_SCALE)
     handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
