@@ -21,11 +21,11 @@ def to_eps(pred: torch.Tensor, x: torch.Tensor, a: torch.Tensor, prediction_type
     velocity stays as it is: it is the space flow models are guided in)."""
     if prediction_type in ("epsilon", FLOW):
         return pred
-    a = a.to(x)
+    root_a, root_rest = _roots(a, x)
     if prediction_type == "v_prediction":
-        return a.sqrt() * pred + (1 - a).sqrt() * x
+        return root_a * pred + root_rest * x
     if prediction_type == "sample":
-        return (x - a.sqrt() * pred) / (1 - a).sqrt()
+        return (x - root_a * pred) / root_rest
     raise ValueError(f"Unsupported prediction type {prediction_type!r}.")
 
 
@@ -33,24 +33,31 @@ def from_eps(eps: torch.Tensor, x: torch.Tensor, a: torch.Tensor, prediction_typ
     """Convert eps back to the prediction type the scheduler expects."""
     if prediction_type in ("epsilon", FLOW):
         return eps
-    a = a.to(x)
+    root_a, root_rest = _roots(a, x)
     if prediction_type == "v_prediction":
-        return (eps - (1 - a).sqrt() * x) / a.sqrt()
+        return (eps - root_rest * x) / root_a
     if prediction_type == "sample":
         return denoised(eps, x, a)
     raise ValueError(f"Unsupported prediction type {prediction_type!r}.")
 
 
+def _roots(a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt(a) and sqrt(1 - a) worked out in float32, then in x's dtype: in bfloat16 a late step's a (0.999) rounds
+    to 1 and 1 - a to 0, which would divide by zero; in float32 this is the same as computing in x's dtype."""
+    a = a.to(device=x.device, dtype=torch.float32)
+    return a.sqrt().to(x.dtype), (1 - a).sqrt().to(x.dtype)
+
+
 def denoised(eps: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)."""
-    a = a.to(x)
-    return (x - (1 - a).sqrt() * eps) / a.sqrt()
+    root_a, root_rest = _roots(a, x)
+    return (x - root_rest * eps) / root_a
 
 
 def eps_from_x0(x0: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """eps = (x_t - sqrt(a) x0) / sqrt(1 - a), the inverse of `denoised`."""
-    a = a.to(x)
-    return (x - a.sqrt() * x0) / (1 - a).sqrt()
+    root_a, root_rest = _roots(a, x)
+    return (x - root_a * x0) / root_rest
 
 
 def x0_from_velocity(v: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
