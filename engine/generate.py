@@ -5,7 +5,6 @@ model families (SD 1.x, SDXL, SD3, DiT): each encodes its prompt with its own pi
 from __future__ import annotations
 
 import inspect
-import json
 import threading
 import time
 import weakref
@@ -26,7 +25,7 @@ from .guiders import GuidanceSettings
 from .loading import ModelStore
 from .parallel import BatchSplitter
 from .perturb import FAMILY_LAYERS, LAYER_PATTERN, perturbed_attention
-from .registry import REGISTRY, ModelSpec, default_model, resolve
+from .registry import REGISTRY, ModelSpec, default_model, recommended_scheduler, resolve
 from .meter import WorkMeter, units
 from .request import MICRO_CONDITIONING, ControlSpec, Request, check_request, evals_per_step, png_parameters
 from .runner import Inline, ModelThread
@@ -34,8 +33,6 @@ from .sampler import guided_model, sample, with_classifier_guidance
 from .schedulers import check_scheduler, make_scheduler
 
 FAMILY_NAMES = {"sd": "an SD 1.x model", "sdxl": "an SDXL model", "sd3": "an SD3 model", "dit": "a DiT model"}
-# Pipelines of flow-matching models, by the `_class_name` of their folder's model_index.json.
-FLOW_PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3PAGPipeline")
 
 
 class Stopped(EngineError):
@@ -103,17 +100,8 @@ class Engine:
         return resolve(req.model or default_model(req.model_kind), req.model_kind)
 
     def default_scheduler(self, req: Request) -> str:
-        """The scheduler a request that names none runs: the one its registry entry recommends where it names one,
-        else flow-euler for a flow-matching model's folder and ddim for the rest."""
-        spec = self.model_spec(req)
-        if getattr(spec, "scheduler", None):
-            return spec.scheduler
-        index = Path(spec.source) / "model_index.json"
-        try:
-            class_name = json.loads(index.read_text()).get("_class_name")
-        except (OSError, ValueError):  # a hub id, or no readable index: a diffusion model as before
-            class_name = None
-        return "flow-euler" if class_name in FLOW_PIPELINES else "ddim"
+        """The scheduler a request that names none runs (engine/registry.py, recommended_scheduler)."""
+        return recommended_scheduler(self.model_spec(req))
 
     def native_size(self, model: str | None = None, kind: str = "text") -> tuple[int, int]:
         """(width, height) the model generates at by default: its latent size times the VAE's factor."""

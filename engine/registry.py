@@ -17,6 +17,9 @@ PIPELINE_KINDS = {
     "StableDiffusionXLPipeline": "text",
     "StableDiffusionXLControlNetPipeline": "text",
     "StableDiffusion3Pipeline": "text",
+    "StableDiffusionPAGPipeline": "text",
+    "StableDiffusionXLPAGPipeline": "text",
+    "StableDiffusion3PAGPipeline": "text",
     "DiTPipeline": "class",
 }
 MODEL_KINDS = {"ControlNetModel": "controlnet", "SD3ControlNetModel": "controlnet",
@@ -28,6 +31,9 @@ FAMILIES = {
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusionXLControlNetPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
+    "StableDiffusionPAGPipeline": "sd",
+    "StableDiffusionXLPAGPipeline": "sdxl",
+    "StableDiffusion3PAGPipeline": "sd3",
     "DiTPipeline": "dit",
     "SD3ControlNetModel": "sd3",
 }
@@ -128,6 +134,12 @@ def detect_family(folder: str | Path) -> str | None:
     if level == "model" and name == "ControlNetModel":
         return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
     return None
+
+
+def recommended_scheduler(spec: ModelSpec) -> str:
+    """The scheduler a model runs when none is named: its registry entry's, else flow-euler for a flow-matching
+    (SD3) folder and ddim for the rest (a hub id not in the registry: ddim)."""
+    return spec.scheduler or ("flow-euler" if spec.family == "sd3" else "ddim")
 
 
 def _is_dir(name: str) -> bool:

@@ -23,7 +23,7 @@ from engine.generate import Engine, Result, Stopped
 from engine.guiders import GUIDERS, GuidanceSettings, Param, all_params, method_names
 from engine.guiders.registry import owners
 from engine.request import MAX_CONTROLS, MAX_IMAGES, MAX_SEED, Request, command_for
-from engine.registry import resolve
+from engine.registry import recommended_scheduler, resolve
 from engine.schedulers import ALL_SCHEDULERS, SCHEDULERS
 
 from .inputs import SeedInput, sentence, shown
@@ -466,20 +466,16 @@ def pair(name: str, value) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def recommended_scheduler(models, name, kind: str = "text") -> str:
-    """The sampler the model's makers recommend (the registry's), else the family's first: flow matching for SD3,
-    DDIM for the others; DDIM for a name this app does not serve (the run then says why)."""
+def scheduler_choice(models, model, value, kind: str = "text") -> str:
+    """An endpoint's scheduler: 'auto' (the default) is the model's recommended one (engine/registry.py); a name
+    this app does not serve gets ddim here and its one sentence from the run."""
+    value = text("scheduler", value) if value is not None else "auto"
+    if value not in ("", "auto"):
+        return value
     try:
-        spec = resolve(models.pick(name, kind), kind)
+        return recommended_scheduler(resolve(models.pick(model, kind), kind))
     except EngineError:
         return "ddim"
-    return spec.scheduler or ("flow-euler" if spec.family == "sd3" else "ddim")
-
-
-def scheduler_choice(models, model, value, kind: str = "text") -> str:
-    """An endpoint's scheduler: 'auto' (the default) is the model's recommended one."""
-    value = text("scheduler", value) if value is not None else "auto"
-    return recommended_scheduler(models, model, kind) if value in ("", "auto") else value
 
 
 def sampling_controls(prefix: str, default_steps: int = 25, flow: bool = False):
