@@ -13,6 +13,7 @@ half precision, no compiler, torch dispatch modes such as FLOP counting - keeps 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import os
 import shutil
@@ -29,10 +30,26 @@ SOURCE = Path(__file__).with_suffix(".c")
 HEAD_DIMS = (4, 8)  # the head sizes the C kernel has loops for
 # The float licences the kernel's reductions need to vectorise (finite math: a NaN input need not come out NaN);
 # not -ffast-math, which would also switch the CPU to flush-to-zero for the whole process when the library loads.
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
-         "-ffinite-math-only", "-shared", "-fPIC")
+# Where the CPU has AVX-512, whole 16-float registers: a 15-image batch's cross-attention at 16x16 takes 1.10 ms
+# instead of 1.48, and its self-attention 4.29 instead of 4.48 (the compiler otherwise keeps to 8 floats on AMD).
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math",
+         "-fassociative-math", "-fno-signed-zeros", "-ffinite-math-only", "-shared", "-fPIC")
 
 log = logging.getLogger(__name__)
+
+# The kernel as a torch operator, so that a traced graph (engine/cpu_graph.py) records a call to it rather than its
+# output; the kernel is named by its key in _KERNELS, since an operator's arguments cannot be Python objects.
+_OPS = torch.library.Library("guidance_lab", "DEF")
+_OPS.define("small_head_attention(Tensor q, Tensor k, Tensor v, int heads, int kernel) -> Tensor")
+_KERNELS: dict[int, "SmallHeadKernel"] = {}
+_KEYS = itertools.count()
+
+
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, kernel: int) -> torch.Tensor:
+    return _KERNELS[kernel](q, k, v, heads)
+
+
+_OPS.impl("small_head_attention", _attention_op, "CPU")
 
 
 class SmallHeadKernel:
@@ -42,6 +59,8 @@ class SmallHeadKernel:
         self._lock = threading.Lock()
         self._function = None
         self._failed = False
+        self.key = next(_KEYS)
+        _KERNELS[self.key] = self  # one per model store: a handful per process
 
     @property
     def available(self) -> bool:
@@ -102,8 +121,11 @@ class SmallHeadAttnProcessor(AttnProcessor2_0):
         if not self._fits(attn, hidden_states, attention_mask):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states  # (B, S, C)
-        query = attn.to_q(hidden_states)  # (B, L, H*D)
-        out = self.kernel(query, attn.to_k(context), attn.to_v(context), attn.heads)  # (B, L, H*D)
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)  # (B, L|S, H*D)
+        if torch.jit.is_tracing():  # the graph keeps the call, not this call's output
+            out = torch.ops.guidance_lab.small_head_attention(query, key, value, attn.heads, self.kernel.key)
+        else:
+            out = self.kernel(query, key, value, attn.heads)  # (B, L, H*D)
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
         return out / attn.rescale_output_factor
 

@@ -1,0 +1,134 @@
+"""Frozen graphs for a small UNet's plain CPU calls: diffusers' numbers, one graph per input signature, and every
+other call - other arguments, other attention processors, FLOP counting, autograd - left to diffusers' forward."""
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine import cpu_graph
+from engine.cpu_attention import SmallHeadKernel, use_small_head_attention
+from engine.cpu_graph import GraphForward, use_graphs
+from tests.tiny_models import tiny_sd
+
+LAB_UNET = Path(__file__).resolve().parents[2] / "assets" / "models" / "lab-sd" / "unet"
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernel")
+
+
+def _unet(kernel=None):
+    unet = tiny_sd().unet.eval()
+    if kernel is not None:
+        use_small_head_attention(unet, kernel)
+    assert use_graphs(unet)
+    return unet
+
+
+def _inputs(batch: int, unet, seed: int = 0, tokens: int = 8):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, unet.config.sample_size, unet.config.sample_size, generator=gen)
+    embeds = torch.randn(batch, tokens, unet.config.cross_attention_dim, generator=gen)
+    return x, torch.tensor(500), embeds
+
+
+def _eager(unet, x, t, embeds, **kwargs):
+    return type(unet).forward(unet, x, t, embeds, return_dict=False, **kwargs)[0]
+
+
+@pytest.mark.parametrize("with_kernel", [False, pytest.param(True, marks=needs_compiler)])
+def test_graph_gives_diffusers_numbers_and_is_kept_per_signature(with_kernel):
+    unet = _unet(SmallHeadKernel() if with_kernel else None)
+    x, t, embeds = _inputs(3, unet)
+    with torch.no_grad():
+        expected = _eager(unet, x, t, embeds)
+        out = unet(x, t, encoder_hidden_states=embeds).sample
+        again = unet(x, t, embeds, return_dict=False)[0]
+        assert unet.forward.graphs == 1
+        x5, t5, e5 = _inputs(5, unet, seed=1)
+        other = unet(x5, t5, encoder_hidden_states=e5).sample
+        assert unet.forward.graphs == 2  # another batch size, another graph
+        torch.testing.assert_close(other, _eager(unet, x5, t5, e5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out, again)
+
+
+@needs_compiler
+def test_the_graph_calls_the_attention_kernel_rather_than_keeping_its_output():
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(LAB_UNET).eval()  # heads of 4 and 8 channels: the kernel's
+    use_small_head_attention(unet, SmallHeadKernel())
+    assert use_graphs(unet)
+    x, t, embeds = _inputs(2, unet)
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=embeds)
+        graph = next(g for g in unet.forward._graphs.values())
+        assert "guidance_lab::small_head_attention" in str(graph.inlined_graph)
+        x2, _, e2 = _inputs(2, unet, seed=7)  # same signature, new values: the graph must not replay old ones
+        torch.testing.assert_close(unet(x2, t, encoder_hidden_states=e2).sample, _eager(unet, x2, t, e2),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_other_calls_run_diffusers_forward():
+    unet = _unet()
+    x, t, embeds = _inputs(2, unet)
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=embeds, cross_attention_kwargs={"scale": 1.0})  # an extra argument
+        unet(x, t.float()[None].expand(2), encoder_hidden_states=embeds)  # per-sample timesteps
+        with FlopCounterMode(display=False) as counter:
+            unet(x, t, encoder_hidden_states=embeds)
+        assert counter.get_total_flops() > 0  # FLOP counting sees diffusers' ops
+        unet.set_attn_processor(AttnProcessor2_0())  # processors changed after loading (as PAG's are for a run)
+        unet(x, t, encoder_hidden_states=embeds)
+    unet.train()
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=embeds)
+    unet.eval()
+    unet(x, t, encoder_hidden_states=embeds)  # autograd on
+    assert unet.forward.graphs == 0
+
+
+def test_hooks_still_run_and_a_copy_traces_its_own_graphs():
+    unet = _unet()
+    seen = []
+    handle = unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    x, t, embeds = _inputs(2, unet)
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=embeds)
+    handle.remove()
+    assert seen == [2] and unet.forward.graphs == 1
+    twin = copy.deepcopy(unet)
+    assert isinstance(twin.forward, GraphForward) and twin.forward.unet is twin and twin.forward.graphs == 0
+    with torch.no_grad():
+        torch.nn.init.zeros_(twin.conv_out.bias)
+        torch.nn.init.zeros_(twin.conv_out.weight)
+        assert torch.equal(twin(x, t, encoder_hidden_states=embeds).sample, torch.zeros_like(x))
+        assert not torch.equal(unet(x, t, encoder_hidden_states=embeds).sample, torch.zeros_like(x))
+
+
+def test_graphs_are_bounded_and_big_models_keep_python(monkeypatch):
+    unet = _unet()
+    monkeypatch.setattr(cpu_graph, "MAX_GRAPHS", 2)
+    with torch.no_grad():
+        for batch in (1, 2, 3):
+            unet(*_inputs(batch, unet)[:2], encoder_hidden_states=_inputs(batch, unet)[2])
+    assert unet.forward.graphs == 2
+    monkeypatch.setattr(cpu_graph, "MAX_PARAMETERS", 10)
+    assert not use_graphs(tiny_sd().unet)
+
+
+def test_a_graph_that_fails_sends_its_signature_back_to_python(monkeypatch):
+    unet = _unet()
+    x, t, embeds = _inputs(2, unet)
+
+    def broken(*args):
+        raise RuntimeError("this build cannot run the graph")
+
+    monkeypatch.setattr(GraphForward, "_trace", lambda self, *args: broken)
+    with torch.no_grad():
+        out = unet(x, t, encoder_hidden_states=embeds).sample
+    torch.testing.assert_close(out, _eager(unet, x, t, embeds), atol=0, rtol=0)
+    assert unet.forward.graphs == 0
