@@ -144,13 +144,31 @@ def _requests(base: Request, settings: GuidanceSettings, cells: list[tuple[int, 
 
 
 def _run(engine, base, settings: GuidanceSettings, cells: list[tuple[int, float]], callback, cancel=None):
-    """Images for (seed offset, scale) cells, in as few batched Requests as the engine's batch limit allows."""
-    images, parameters = {}, ""
-    for req, first in zip(_requests(base, settings, cells), range(0, len(cells), MAX_IMAGES)):
-        result = engine.generate(req, callback=callback, cancel=cancel)
-        images.update(zip(cells[first:first + MAX_IMAGES], result.images))
-        parameters = parameters or result.parameters[0]
-    return images, parameters
+    """Images for (seed offset, scale) cells, in as few batched Requests as the engine's batch limit allows, and
+    their PNG parameters; raises the EngineError that kept them from running."""
+    outcome = _run_rows(engine, base, [(settings, cells, callback)], cancel)[0]
+    if isinstance(outcome, EngineError):
+        raise outcome
+    return outcome
+
+
+def _run_rows(engine, base, rows: list[tuple[GuidanceSettings, list[tuple[int, float]], Any]], cancel=None
+              ) -> list[tuple[dict, str] | EngineError]:
+    """Each row's images for its (seed offset, scale) cells and its PNG parameters, or the EngineError that kept it
+    from running; all rows' Requests go to the engine at once, which runs them side by side where it can."""
+    planned = [(r, cells[i:i + MAX_IMAGES], req, callback)
+               for r, (settings, cells, callback) in enumerate(rows)
+               for req, i in zip(_requests(base, settings, cells), range(0, len(cells), MAX_IMAGES))]
+    outcomes = engine.generate_many([req for _, _, req, _ in planned], [cb for *_, cb in planned], cancel=cancel)
+    done: list[tuple[dict, str] | EngineError] = [({}, "") for _ in rows]
+    for (r, cells, _, _), outcome in zip(planned, outcomes):
+        if isinstance(outcome, EngineError) or isinstance(done[r], EngineError):
+            done[r] = done[r] if isinstance(done[r], EngineError) else outcome
+            continue
+        images, parameters = done[r]
+        images.update(zip(cells, outcome.images))
+        done[r] = images, parameters or outcome.parameters[0]
+    return done
 
 
 def _planned(base, rows, scales, seeds, match_at: float | None) -> list[Request]:
@@ -202,25 +220,26 @@ def compare(engine, base, rows: tuple[str, ...] = DEFAULT_ROWS, scales: tuple[fl
         check_request(req)  # every input error before any model work
     resolved = resolve_rows(rows)
     cells, measures, parameters, failed = [], [], "", {}
-    shared, shared_params = {}, ""  # the scale-1 conditional images, computed once for every row sharing them
-    for r, (label, settings) in enumerate(resolved):
-        report = (lambda info, r=r: callback(r, info)) if callback else None
-        todo = _todo(settings, scales, seeds)
-        try:
-            images, params = _run(engine, base, settings, todo, report, cancel)
-            if len(todo) < seeds * len(scales):
-                if not shared:
-                    shared, shared_params = _run(engine, base, settings, [(k, 1.0) for k in range(seeds)], report,
-                                                 cancel)
-                images.update(shared)
-                params = params or shared_params
-        except Stopped:
-            raise
-        except EngineError as exc:
-            failed[label] = str(exc)
+    todos = [_todo(settings, scales, seeds) for _, settings in resolved]
+    work = [(settings, todo, (lambda info, r=r: callback(r, info)) if callback else None)
+            for r, ((_, settings), todo) in enumerate(zip(resolved, todos))]
+    # The scale-1 cells that are plain conditional runs: one run, with the first sharing row's settings, for all.
+    sharing = next((r for r, todo in enumerate(todos) if len(todo) < seeds * len(scales)), None)
+    if sharing is not None:
+        work.append((resolved[sharing][1], [(k, 1.0) for k in range(seeds)], work[sharing][2]))
+    outcomes = _run_rows(engine, base, work, cancel)
+    shared = outcomes[-1] if sharing is not None else ({}, "")
+    for r, (label, _) in enumerate(resolved):
+        outcome = outcomes[r]
+        if not isinstance(outcome, EngineError) and len(todos[r]) < seeds * len(scales):
+            outcome = shared if isinstance(shared, EngineError) else ({**outcome[0], **shared[0]},
+                                                                      outcome[1] or shared[1])
+        if isinstance(outcome, EngineError):
+            failed[label] = str(outcome)
             cells.append([None] * len(scales))
-            measures += [{"method": label, "scale": scale, "note": str(exc)} for scale in scales]
+            measures += [{"method": label, "scale": scale, "note": str(outcome)} for scale in scales]
             continue
+        images, params = outcome
         cells.append([images[0, s] for s in scales])
         parameters = parameters or params
         for scale in scales:

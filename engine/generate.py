@@ -84,6 +84,9 @@ class Engine:
         self.runner = ModelThread() if model_thread else Inline()
         self.splitter = BatchSplitter()
         self.meter = WorkMeter()  # seconds per UNet evaluation, per model, as measured here
+        # A fast tokenizer keeps its truncation settings between calls: requests running side by side
+        # (generate_many) encode their prompts one at a time, or one may tokenize with the other's settings.
+        self._encoding = threading.Lock()
         weakref.finalize(self, self.runner.close)
 
     @property
@@ -117,6 +120,47 @@ class Engine:
         watch = _Watch(callback, preview_steps or set(), live_every_s, cancel)
         return self.runner.call(self._generate, req, watch)
 
+    def generate_many(self, reqs: list[Request], callbacks: list[Callable[[dict], None] | None] | None = None, *,
+                      cancel: threading.Event | None = None) -> list[Result | EngineError]:
+        """Independent requests (a Compare grid's rows), each with its own step callback: a Result or the request's
+        EngineError for each, in order; `Stopped` and other exceptions are raised. On a multi-core CPU the requests
+        that leave the model as it is run side by side, one per core (engine/parallel.py); the others, such as PAG
+        and SEG, which give the model's attention their own processors for their run, run one after another."""
+        callbacks = callbacks or [None] * len(reqs)
+        return self.runner.call(self._generate_many, list(reqs), list(callbacks), cancel)
+
+    def _generate_many(self, reqs: list[Request], callbacks: list, cancel) -> list[Result | EngineError]:
+        outcomes: list[tuple[bool, Any] | None] = [None] * len(reqs)
+        # Side by side: those that leave the model as it is, and not much smaller than the biggest (the grid's
+        # 3-image conditional run would leave the other core idle at the end; it runs after, on both cores).
+        candidates = [i for i, req in enumerate(reqs) if self.device.type == "cpu" and _leaves_model_as_is(req)]
+        biggest = max((evals_per_step(reqs[i]) for i in candidates), default=0)
+        together = [i for i in candidates if 2 * evals_per_step(reqs[i]) >= biggest]
+        # Each job's wall time is its share of the cores: the meter keeps what a request costs the machine.
+        share = 1 / max(1, min(torch.get_num_threads(), len(together)))
+        jobs = [self._delegated_job(reqs[i], _Watch(callbacks[i], set(), None, cancel), share) for i in together]
+        for i, outcome in zip(together, self.splitter.side_by_side(jobs) or [None] * len(together)):
+            outcomes[i] = outcome
+        for i, req in enumerate(reqs):
+            if outcomes[i] is None:
+                try:
+                    outcomes[i] = True, self._generate(req, _Watch(callbacks[i], set(), None, cancel))
+                except Stopped:
+                    raise
+                except EngineError as exc:
+                    outcomes[i] = False, exc
+        for done, value in outcomes:
+            if not done and (isinstance(value, Stopped) or not isinstance(value, EngineError)):
+                raise value
+        return [value for _, value in outcomes]
+
+    def _delegated_job(self, req: Request, watch: "_Watch", share: float) -> Callable[[], Result]:
+        """A request as a job for a worker of the splitter's: its model calls run inline on that worker."""
+        def job() -> Result:
+            with self.runner.delegated():
+                return self._generate(req, watch, share)
+        return job
+
     def estimate_seconds(self, req: Request) -> float:
         """Seconds this request's denoising should take here, at the model's measured rate."""
         check_request(req)
@@ -125,7 +169,7 @@ class Engine:
         return units(req.steps, evals) * rate
 
     @torch.no_grad()  # no autograd graph through the models (10% of a step); classifier guidance opens its own
-    def _generate(self, req: Request, watch: "_Watch") -> Result:
+    def _generate(self, req: Request, watch: "_Watch", share: float = 1.0) -> Result:
         check_request(req)
         spec = self.model_spec(req)
         pipe = self.loaded(spec)
@@ -164,7 +208,7 @@ class Engine:
             latents = sample(model_fn, scheduler, latents, prediction_type=denoiser.prediction_type,
                              step_kwargs=_step_kwargs(scheduler, generator), callback=step_report)
         spent = time.perf_counter() - started - (step_report.seconds if step_report else 0.0)
-        self.meter.record(spec.name, units(req.steps, evals_per_step(req)), spent, evals_per_step(req))
+        self.meter.record(spec.name, units(req.steps, evals_per_step(req)), spent * share, evals_per_step(req))
 
         # 6. Decode.
         images = self.decode(pipe, latents, generator, req.task == "class")
@@ -203,8 +247,9 @@ class Engine:
         if family == "sdxl":
             cond, uncond = self._sdxl_conditions(pipe, req, guidance, height, width)
         else:
-            embeds, negative = pipe.encode_prompt(req.prompt, self.device, req.num_images, guidance.guided,
-                                                  req.negative_prompt or None)
+            with self._encoding:
+                embeds, negative = pipe.encode_prompt(req.prompt, self.device, req.num_images, guidance.guided,
+                                                      req.negative_prompt or None)
             cond, uncond = PromptCondition(embeds), None if negative is None else PromptCondition(negative)
         dtype = cond.embeds.dtype
         controls = [self._control_branch(c, height, width, req.num_images, dtype, pipe.unet) for c in req.controls]
@@ -217,9 +262,10 @@ class Engine:
     def _sdxl_conditions(self, pipe, req: Request, guidance: GuidanceSettings, height: int, width: int):
         """SDXL: both CLIP encoders' tokens, the second's pooled embedding, and the micro-conditioning's size ids per
         branch, as StableDiffusionXLPipeline prepares them."""
-        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-            req.prompt, device=self.device, num_images_per_prompt=req.num_images,
-            do_classifier_free_guidance=guidance.guided, negative_prompt=req.negative_prompt or None)
+        with self._encoding:
+            embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+                req.prompt, device=self.device, num_images_per_prompt=req.num_images,
+                do_classifier_free_guidance=guidance.guided, negative_prompt=req.negative_prompt or None)
         positive = MicroConditioning.from_request(req, height, width)
         cond = PromptCondition(embeds, pooled, positive.time_ids(pipe, req.num_images, embeds.dtype, self.device))
         if negative is None:
@@ -243,9 +289,10 @@ class Engine:
             raise EngineError(f"This SD3 model needs a width and height that are multiples of {multiple}; "
                               f"{width}x{height} is not.")
         encoder = pipe if req.t5 is not False else _without_t5(pipe)
-        embeds, negative, pooled, negative_pooled = encoder.encode_prompt(
-            req.prompt, None, None, device=self.device, num_images_per_prompt=req.num_images,
-            do_classifier_free_guidance=guidance.guided, negative_prompt=req.negative_prompt or None)
+        with self._encoding:
+            embeds, negative, pooled, negative_pooled = encoder.encode_prompt(
+                req.prompt, None, None, device=self.device, num_images_per_prompt=req.num_images,
+                do_classifier_free_guidance=guidance.guided, negative_prompt=req.negative_prompt or None)
         cond = PromptCondition(embeds, pooled)
         uncond = None if negative is None else PromptCondition(negative, negative_pooled)
         denoiser = JointDenoiser(pipe.transformer, cond, uncond, split=self.splitter)
@@ -366,6 +413,12 @@ class Engine:
         """The PNG `parameters` text for one image of this request."""
         nets = [c.controlnet or default_model("controlnet", c.control_type) for c in req.controls]
         return png_parameters(req, spec.name, nets, seed, size, index)
+
+
+def _leaves_model_as_is(req: Request) -> bool:
+    """Whether a run leaves the shared model untouched, so that another may use it at the same time: PAG and SEG
+    give its attention layers their own processors for the run (engine/perturb.py)."""
+    return req.guidance.perturbation != "attention"
 
 
 def _check_fits(controlnet, unet, name: str) -> None:

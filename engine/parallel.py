@@ -5,6 +5,11 @@ costs 2.4 ms per sample at batch 30 on two cores, yet 1.8 ms when the batch is c
 its own thread with one OpenMP thread (`python -m engine threads` measures it). A `BatchSplitter` does that for big
 batches on the CPU and runs everything else as a plain call. Small batches (one image with its unconditional
 twin) gain nothing from the split, so they stay whole. The engine owns one splitter and hands it to its adapters.
+
+Where there are several independent requests (the rows of a Compare grid), `side_by_side` runs them whole, one per
+core, instead of cutting each one's batches: a worker then runs a 30-sample batch rather than 15 (13% less time
+per sample for the lab's UNet), and the rows' guidance math and scheduler steps overlap rather than leaving the
+other core idle (`python -m engine bench --grid`).
 """
 
 from __future__ import annotations
@@ -76,6 +81,30 @@ class BatchSplitter:
             return self._split(fn, batch, threads, args, kwargs)
         finally:
             torch.set_num_threads(threads)  # the workers set torch's own default to 1; give it back
+            self._lock.release()
+
+    def side_by_side(self, jobs: list[Callable[[], Any]]) -> list[tuple[bool, Any]] | None:
+        """Run the jobs at once, one per core, each with one OpenMP thread and with every batch inside it whole;
+        [(True, result) or (False, exception)] in the jobs' order. None where that cannot help (one job, one core,
+        or a split or other jobs already running): the caller then runs them one after another."""
+        threads = torch.get_num_threads()
+        if not self.enabled or threads < 2 or len(jobs) < 2 or not self._lock.acquire(blocking=False):
+            return None
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+        def work(job):
+            torch.set_num_threads(1)
+            try:
+                with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                    return True, job()
+            except BaseException as exc:  # handed back to the caller, which decides what each failure means
+                return False, exc
+
+        try:  # the lock is held throughout: a batch arriving from a job finds it taken and runs whole
+            futures = [self._executor(threads).submit(work, job) for job in jobs]
+            return [f.result() for f in futures]
+        finally:
+            torch.set_num_threads(threads)
             self._lock.release()
 
     def _split(self, fn, batch: int, threads: int, args: tuple, kwargs: dict) -> Any:

@@ -5,7 +5,7 @@ has opened a parallel region. Once two threads have teams, libgomp has more thre
 spinning between regions, so every op on the 2-core CPU runs several times slower (`python -m engine threads`
 measures it). A web server calls its handlers from whichever worker thread is free, so the engine hands every
 piece of model work (loading included) to one thread it starts itself; no other thread then opens a team. Calls made on the model thread itself (a progress callback asking for a model)
-run inline.
+run inline, and so do calls from the workers the model thread hands whole requests to (`delegated`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+_local = threading.local()  # .delegate: this thread works for the model thread, which is waiting on it
 
 
 def _serve(jobs: queue.SimpleQueue) -> None:
@@ -48,13 +51,25 @@ class ModelThread:
         return self._thread
 
     def call(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
-        if threading.current_thread() is self._thread:
+        if threading.current_thread() is self._thread or getattr(_local, "delegate", False):
             return fn(*args, **kwargs)
         future: Future = Future()
         with self._lock:
             self._start()
             self._jobs.put((future, fn, args, kwargs))
         return future.result()
+
+    @staticmethod
+    @contextmanager
+    def delegated() -> Iterator[None]:
+        """Within the block, this thread's calls run inline: for the workers the model thread starts and waits on
+        (engine/parallel.py, side_by_side), which would otherwise queue behind the model thread's own job."""
+        before = getattr(_local, "delegate", False)
+        _local.delegate = True
+        try:
+            yield
+        finally:
+            _local.delegate = before
 
     def close(self, wait: bool = False) -> None:
         """Let the thread finish the calls already queued and end, freeing its OpenMP team (once it has ended:
@@ -83,6 +98,8 @@ class Inline:
     @staticmethod
     def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
         return fn(*args, **kwargs)
+
+    delegated = staticmethod(ModelThread.delegated)
 
     def close(self, wait: bool = False) -> None:
         pass

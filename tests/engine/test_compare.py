@@ -88,6 +88,15 @@ class FakeEngine:
         images = [Image.new("RGB", (8, 8), (round(4 * s), green, 0)) for s in req.guidance.scales]
         return SimpleNamespace(images=images, parameters=["Steps: 2"] * len(images))
 
+    def generate_many(self, reqs, callbacks=None, cancel=None):
+        outcomes = []
+        for req in reqs:
+            try:
+                outcomes.append(self.generate(req, cancel=cancel))
+            except EngineError as exc:
+                outcomes.append(exc)
+        return outcomes
+
 
 CURVES = {"cfg": lambda s: s / 20, "perp-cfg": lambda s: min(0.3, s / 20), "apg": lambda s: s / 40,
           "tcfg": lambda s: s / 30}
@@ -123,9 +132,10 @@ def test_spec_rows_run_with_their_values_and_pag_never_shares_scale_one():
     engine = FakeEngine()
     result = compare(engine, BASE, ("CFG", "apg:momentum=-0.75", "pag:pag_scale=5"), (1.0, 4.0), seeds=2)
     runs = [(r.guidance.method, r.guidance.scales) for r in engine.requests]
-    assert runs == [("cfg", (4.0, 4.0)), ("cfg", (1.0, 1.0)), ("apg", (4.0, 4.0)), ("pag", (1.0, 4.0, 1.0, 4.0))]
-    assert engine.requests[2].guidance["momentum"] == -0.75 and engine.requests[3].guidance["pag_scale"] == 5
-    assert engine.requests[3].image_seeds == (5, 5, 6, 6)
+    # Each row's own cells, then the one shared scale-1 conditional run (CFG's and APG's; never PAG's).
+    assert runs == [("cfg", (4.0, 4.0)), ("apg", (4.0, 4.0)), ("pag", (1.0, 4.0, 1.0, 4.0)), ("cfg", (1.0, 1.0))]
+    assert engine.requests[1].guidance["momentum"] == -0.75 and engine.requests[2].guidance["pag_scale"] == 5
+    assert engine.requests[2].image_seeds == (5, 5, 6, 6)
     assert [m["method"] for m in result.measures[::2]] == ["CFG", "apg:momentum=-0.75", "pag:pag_scale=5"]
 
 
@@ -196,3 +206,88 @@ def test_cell_measures_give_intervals_from_the_per_seed_values():
     assert bootstrap_interval([0, 1] * 32) == bootstrap_interval([0, 1] * 32)  # a fixed seed
     low, high = bootstrap_interval([0, 1] * 32)
     assert 0.35 < low < 0.4 and 0.6 < high < 0.65  # about +-0.12 around 0.5 with 64 images
+
+
+def test_generate_many_runs_rows_side_by_side_with_single_run_numbers(tiny_folders, monkeypatch):
+    import threading
+
+    import torch
+
+    from engine.generate import Engine, Stopped
+
+    engine = Engine()
+    model = str(tiny_folders["sd"])
+    reqs = [Request(model=model, prompt="a red circle", steps=3, seed=5, num_images=2,
+                    guidance=GuidanceSettings(method, 6.0)) for method in ("cfg", "apg")]
+    reqs.append(Request(model=model, prompt="a red circle", steps=3, seed=5,
+                        guidance=compare_rows()["PAG"].replace(scale=3.0)))
+    reqs.append(Request(model="no-such-model", prompt="a red circle", steps=3))
+    seen = []
+    original = engine._generate
+
+    def spy(req, watch, share=1.0):
+        seen.append((req.guidance.method, threading.current_thread().name, torch.get_num_threads(), share))
+        return original(req, watch, share)
+
+    monkeypatch.setattr(engine, "_generate", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outcomes = engine.generate_many(reqs)
+        with pytest.raises(Stopped):
+            cancel = threading.Event()
+            cancel.set()
+            engine.generate_many(reqs[:2], cancel=cancel)
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.undo()
+    assert isinstance(outcomes[3], EngineError) and "no-such-model" in str(outcomes[3])
+    for req, outcome in zip(reqs[:3], outcomes):
+        alone = engine.generate(req).images
+        for a, b in zip(alone, outcome.images):
+            assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+    side = {m: (name, threads, share) for m, name, threads, share in seen[:4]}
+    assert side["cfg"][0].startswith("batch-split") and side["cfg"][1:] == (1, 0.5)
+    assert side["apg"][0].startswith("batch-split")
+    assert not side["pag"][0].startswith("batch-split") and side["pag"][1:] == (2, 1.0)  # PAG alone: it swaps
+
+
+def test_side_by_side_requests_never_tokenize_at_once(tiny_folders, monkeypatch):
+    """A fast tokenizer keeps its truncation settings between calls (diffusers' encode_prompt calls it with and
+    without truncation), so two requests tokenizing at once could each run with the other's settings and overrun
+    the text encoder's positions: requests side by side encode their prompts one at a time."""
+    import threading
+    import time
+
+    import torch
+
+    from engine.generate import Engine
+    from engine.registry import resolve
+
+    engine = Engine()
+    tokenizer_type = type(engine.loaded(resolve(str(tiny_folders["sd"]), "text")).tokenizer)
+    original, active, overlaps = tokenizer_type.__call__, [], []
+    guard = threading.Lock()
+
+    def watched(self, *args, **kwargs):
+        with guard:
+            active.append(1)
+            overlaps.append(len(active) > 1)
+        time.sleep(0.01)  # widen the window two unguarded calls would share
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            with guard:
+                active.pop()
+
+    monkeypatch.setattr(tokenizer_type, "__call__", watched)
+    prompt = "a large red circle on the left of a small blue square on a white background " * 3
+    reqs = [Request(model=str(tiny_folders["sd"]), prompt=prompt, steps=1, seed=k) for k in range(6)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outcomes = engine.generate_many(reqs)
+    finally:
+        torch.set_num_threads(before)
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    assert overlaps and not any(overlaps)

@@ -101,3 +101,39 @@ def test_each_engine_owns_its_splitter_and_hands_it_to_its_adapters(tiny_folders
     first.splitter = lambda fn, batch, *args, **kwargs: calls.append(batch) or fn(*args, **kwargs)
     first.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=2, num_images=3))
     assert calls == [6, 6]  # each step's UNet batch: three images with their unconditional twins
+
+
+def test_side_by_side_runs_jobs_at_once_each_on_one_core_in_order(two_threads):
+    split = BatchSplitter()
+    meet = threading.Barrier(2, timeout=10)  # only two jobs running at the same time pass it
+    seen = []
+
+    def job(k):
+        def run():
+            meet.wait()
+            inner = []
+            split(_spy(lambda x: x, inner), MIN_BATCH * 2, torch.ones(MIN_BATCH * 2, 2))  # stays whole inside
+            seen.append((torch.get_num_threads(), inner[0][0] == threading.current_thread().name))
+            if k == 1:
+                raise ValueError("second job failed")
+            return k
+        return run
+
+    outcomes = split.side_by_side([job(0), job(1)])
+    assert outcomes[0] == (True, 0)
+    assert outcomes[1][0] is False and str(outcomes[1][1]) == "second job failed"
+    assert seen == [(1, True), (1, True)]
+    assert torch.get_num_threads() == 2
+
+
+def test_side_by_side_declines_where_it_cannot_help(two_threads):
+    split = BatchSplitter()
+    assert split.side_by_side([lambda: 1]) is None  # one job
+    split.enabled = False
+    assert split.side_by_side([lambda: 1, lambda: 2]) is None
+    split.enabled = True
+    torch.set_num_threads(1)
+    assert split.side_by_side([lambda: 1, lambda: 2]) is None  # one core
+    torch.set_num_threads(2)
+    assert split.side_by_side([lambda: split.side_by_side([lambda: 1, lambda: 2]), lambda: 3]) == [(True, None),
+                                                                                                   (True, 3)]

@@ -82,3 +82,22 @@ def test_engine_errors_reach_the_caller_unchanged(tiny_folders):
     with pytest.raises(EngineError, match="number of images"):
         engine.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=2, num_images=0))
     assert engine.runner.thread.is_alive()  # the thread outlives a failed call
+
+
+def test_delegated_workers_call_inline_while_the_model_thread_waits_on_them():
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = ModelThread()
+    with ThreadPoolExecutor(1) as pool:
+        def fan_out():
+            def work():
+                with runner.delegated():
+                    return runner.call(threading.current_thread)  # queued behind fan_out, this would never run
+            return pool.submit(work).result(timeout=10)
+
+        worker = runner.call(fan_out)
+    assert worker is not runner.thread and worker.name.startswith("ThreadPoolExecutor")
+    assert runner.call(threading.current_thread) is runner.thread  # the flag ends with the block
+    runner.close(wait=True)
+    with Inline.delegated():
+        assert Inline().call(threading.current_thread) is threading.current_thread()
