@@ -129,6 +129,10 @@ class SmallHeadAttnProcessor(AttnProcessor2_0):
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
         return out / attn.rescale_output_factor
 
+    def graph_key(self) -> tuple:
+        """What this processor computes, for engine/cpu_graph.py: the same for every processor on one kernel."""
+        return "small-head", self.kernel.key
+
     def _fits(self, attn: Attention, hidden_states: torch.Tensor, attention_mask) -> bool:
         plain = (attention_mask is None and attn.spatial_norm is None and attn.group_norm is None
                  and attn.norm_cross is None and attn.norm_q is None and attn.norm_k is None

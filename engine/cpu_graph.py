@@ -6,13 +6,14 @@ and while one batch-split worker runs Python the other waits for the GIL. `torch
 ops and `torch.jit.freeze` folds the weights in as constants, so that the graph runs in C++ without the GIL and
 with its convolutions' weights packed once (`python -m engine bench --grid`: README has the before and after).
 
-A graph is traced per input signature (shapes and the timestep's dtype), on first use, under a lock, at most
-MAX_GRAPHS per model, least recently used forgotten first. Only the plain call is a graph: float32 on the CPU, no
-autograd, the attention processors the UNet was loaded with (engine/cpu_attention.py), and no argument beyond the
-sample, the timestep and the prompt embeddings. Anything else - ControlNet residuals, SDXL's added conditioning,
-perturbed attention (engine/perturb.py), attention maps (engine/attention.py), FLOP counting - runs diffusers'
-forward as it is. Models above MAX_PARAMETERS keep diffusers' forward always: their ops are long enough that
-Python costs them little, and freezing would copy their weights.
+A graph is traced per signature - the inputs' shapes and the timestep's dtype, what each attention layer's
+processor does (its `graph_key()`), and the rows PAG and SEG mark for perturbation (engine/perturb.py) - on first
+use, under a lock, at most MAX_GRAPHS per model, least recently used forgotten first. Only these calls are graphs:
+float32 on the CPU, no autograd, every attention processor able to say what it does, and no argument beyond the
+sample, the timestep, the prompt embeddings and the perturbed rows. Anything else - ControlNet residuals, SDXL's
+added conditioning, attention maps (engine/attention.py), FLOP counting - runs diffusers' forward as it is. Models
+above MAX_PARAMETERS keep diffusers' forward always: their ops are long enough that Python costs them little, and
+freezing would copy their weights.
 """
 
 from __future__ import annotations
@@ -35,26 +36,28 @@ log = logging.getLogger(__name__)
 
 
 class _Plain(torch.nn.Module):
-    """The UNet's plain call as a module with tensor inputs and one tensor out: what gets traced."""
+    """The UNet's call as a module with tensor inputs and one tensor out: what gets traced. PAG's and SEG's row
+    marks are a constant of the graph (its signature holds them)."""
 
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, perturb: torch.Tensor | None):
         super().__init__()
         self.unet = unet
+        self.kwargs = None if perturb is None else {"perturb": perturb}
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
-        return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states,
+                                       cross_attention_kwargs=self.kwargs, return_dict=False)[0]
 
 
 class GraphForward:
     """Installed as a UNet's `forward`: the frozen graph for a plain call, diffusers' forward for every other. The
     module's hooks still run around it (they run in `Module.__call__`)."""
 
-    def __init__(self, unet: torch.nn.Module, processors: list | None = None):
+    def __init__(self, unet: torch.nn.Module):
         self.unet = unet
         self._graphs: OrderedDict[tuple, torch.jit.ScriptModule | None] = OrderedDict()
         self._lock = threading.Lock()
-        # The processors a graph may bake in; None until the first call (a copy is made before its modules are).
-        self._processors = processors
+        self._attention: list | None = None  # the attention layers; found on the first call (a copy is made first)
 
     @property
     def eager(self):
@@ -74,52 +77,67 @@ class GraphForward:
         return sum(g is not None for g in self._graphs.values())
 
     def __call__(self, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
-        if args or any(v is not None for v in kwargs.values()) or not self._plain(sample, timestep,
-                                                                                   encoder_hidden_states):
+        key = None if args else self._signature(sample, timestep, encoder_hidden_states, kwargs)
+        if key is None:
             return self.eager(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
-        graph = self._graph(sample, timestep, encoder_hidden_states)
-        if graph is None:
-            return self.eager(sample, timestep, encoder_hidden_states, return_dict=return_dict)
-        try:
-            out = graph(sample, timestep, encoder_hidden_states)
-        except Exception as exc:  # a graph this build of torch cannot run: that signature goes back to Python
-            log.warning("The UNet's graph failed (%s); it runs its Python forward for these inputs.", exc)
-            with self._lock:
-                self._graphs[_key(sample, timestep, encoder_hidden_states)] = None
-            return self.eager(sample, timestep, encoder_hidden_states, return_dict=return_dict)
-        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+        graph = self._graph(key, sample, timestep, encoder_hidden_states, kwargs)
+        if graph is not None:
+            try:
+                out = graph(sample, timestep, encoder_hidden_states)
+                return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+            except Exception as exc:  # a graph this build of torch cannot run: that signature goes back to Python
+                log.warning("The UNet's graph failed (%s); it runs its Python forward for these inputs.", exc)
+                with self._lock:
+                    self._graphs[key] = None
+        return self.eager(sample, timestep, encoder_hidden_states, return_dict=return_dict, **kwargs)
 
-    def _plain(self, sample, timestep, encoder_hidden_states) -> bool:
+    def _signature(self, sample, timestep, encoder_hidden_states, kwargs: dict) -> tuple | None:
+        """The graph key of this call, or None where it must run diffusers' forward."""
+        perturb = _row_marks(kwargs)
         tensors = (sample, timestep, encoder_hidden_states)
-        return (all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in tensors)
-                and sample.dtype == torch.float32 and encoder_hidden_states.dtype == torch.float32
-                and sample.ndim == 4 and timestep.ndim == 0 and encoder_hidden_states.ndim == 3
-                and not torch.is_grad_enabled() and not self.unet.training
-                and _get_current_dispatch_mode() is None and not torch.jit.is_tracing()
-                and all(m.processor is p for m, p in self._attention_processors()))
+        if perturb is False or not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in tensors):
+            return None
+        if (sample.dtype != torch.float32 or encoder_hidden_states.dtype != torch.float32 or sample.ndim != 4
+                or timestep.ndim != 0 or encoder_hidden_states.ndim != 3 or torch.is_grad_enabled()
+                or self.unet.training or _get_current_dispatch_mode() is not None or torch.jit.is_tracing()):
+            return None
+        processors = self._processor_keys()
+        if processors is None:
+            return None
+        return (tuple(sample.shape), timestep.dtype, tuple(encoder_hidden_states.shape), processors,
+                None if perturb is None else tuple(perturb.tolist()))
 
-    def _attention_processors(self) -> list:
-        if self._processors is None:
-            self._processors = [(m, m.processor) for m in self.unet.modules() if isinstance(m, Attention)]
-        return self._processors
+    def _processor_keys(self) -> tuple | None:
+        """What every attention layer's processor does, or None when one cannot say (a recorder of attention maps,
+        a processor from elsewhere)."""
+        if self._attention is None:
+            self._attention = [m for m in self.unet.modules() if isinstance(m, Attention)]
+        keys = []
+        for module in self._attention:
+            graph_key = getattr(module.processor, "graph_key", None)
+            key = graph_key() if graph_key is not None else None
+            if key is None:
+                return None
+            keys.append(key)
+        return tuple(keys)
 
-    def _graph(self, sample, timestep, encoder_hidden_states) -> torch.jit.ScriptModule | None:
-        key = _key(sample, timestep, encoder_hidden_states)
+    def _graph(self, key: tuple, sample, timestep, encoder_hidden_states, kwargs) -> torch.jit.ScriptModule | None:
         with self._lock:
             if key in self._graphs:
                 self._graphs.move_to_end(key)
                 return self._graphs[key]
-            graph = self._trace(sample, timestep, encoder_hidden_states)
+            graph = self._trace(sample, timestep, encoder_hidden_states, _row_marks(kwargs))
             self._graphs[key] = graph
             while len(self._graphs) > MAX_GRAPHS:
                 self._graphs.popitem(last=False)
             return graph
 
-    def _trace(self, sample, timestep, encoder_hidden_states) -> torch.jit.ScriptModule | None:
+    def _trace(self, sample, timestep, encoder_hidden_states, perturb=None) -> torch.jit.ScriptModule | None:
         try:
-            with warnings.catch_warnings():  # the tracer's notes on shapes it keeps constant: the key holds them
+            with warnings.catch_warnings():  # the tracer's notes on values it keeps constant: the key holds them
                 warnings.simplefilter("ignore")
-                traced = torch.jit.trace(_Plain(self.unet).eval(), (sample, timestep, encoder_hidden_states),
+                marks = None if perturb is None else perturb.clone()
+                traced = torch.jit.trace(_Plain(self.unet, marks).eval(), (sample, timestep, encoder_hidden_states),
                                          check_trace=False)
                 return torch.jit.freeze(traced)
         except Exception as exc:  # TorchScript cannot take this model: it keeps diffusers' forward
@@ -127,16 +145,25 @@ class GraphForward:
             return None
 
 
-def _key(sample, timestep, encoder_hidden_states) -> tuple:
-    """What a graph is specialised to: every shape, and the timestep's dtype."""
-    return tuple(sample.shape), timestep.dtype, tuple(encoder_hidden_states.shape)
+def _row_marks(kwargs: dict) -> torch.Tensor | None | bool:
+    """PAG's and SEG's perturbed rows from a call's other arguments: the (B,) boolean tensor, None when the call has
+    no other argument, False when it has one a graph cannot take."""
+    others = {name: value for name, value in kwargs.items() if value is not None}
+    if not others:
+        return None
+    extra = others.get("cross_attention_kwargs")
+    if set(others) != {"cross_attention_kwargs"} or not isinstance(extra, dict) or set(extra) != {"perturb"}:
+        return False
+    marks = extra["perturb"]
+    if not isinstance(marks, torch.Tensor) or marks.dtype != torch.bool or marks.ndim != 1:
+        return False
+    return marks
 
 
 def use_graphs(unet: torch.nn.Module) -> bool:
-    """Give a CPU float32 UNet below MAX_PARAMETERS the graph forward; True where it got it. Call it after the
-    attention processors are set: changing them later sends every call to diffusers' forward."""
+    """Give a CPU float32 UNet below MAX_PARAMETERS the graph forward; True where it got it."""
     small = sum(p.numel() for p in unet.parameters()) <= MAX_PARAMETERS
     if not small or unet.device.type != "cpu" or unet.dtype != torch.float32:
         return False
-    unet.forward = GraphForward(unet, [(m, m.processor) for m in unet.modules() if isinstance(m, Attention)])
+    unet.forward = GraphForward(unet)
     return True

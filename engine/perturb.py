@@ -195,6 +195,13 @@ class PerturbableProcessor:
         self.inner = inner
         self.perturbation = perturbation  # None: not a chosen layer
 
+    def graph_key(self) -> tuple | None:
+        """What this wrapper computes, for engine/cpu_graph.py: its perturbation over what its processor computes;
+        None when that processor cannot say."""
+        inner = getattr(self.inner, "graph_key", None)
+        key = inner() if inner is not None else None
+        return None if key is None else ("perturbable", key, self.perturbation)
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  perturb: torch.Tensor | None = None, **kwargs):
         if getattr(self.inner, "takes_row_marks", False):  # a recorder of attention maps (engine/attention.py)

@@ -19,10 +19,11 @@ LAB_UNET = Path(__file__).resolve().parents[2] / "assets" / "models" / "lab-sd" 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernel")
 
 
-def _unet(kernel=None):
+def _unet():
+    """The tiny UNet as the store serves it on the CPU: small-head processors (their heads do not fit the kernel
+    here, so they attend through SDPA), then graphs."""
     unet = tiny_sd().unet.eval()
-    if kernel is not None:
-        use_small_head_attention(unet, kernel)
+    use_small_head_attention(unet, SmallHeadKernel())
     assert use_graphs(unet)
     return unet
 
@@ -38,9 +39,8 @@ def _eager(unet, x, t, embeds, **kwargs):
     return type(unet).forward(unet, x, t, embeds, return_dict=False, **kwargs)[0]
 
 
-@pytest.mark.parametrize("with_kernel", [False, pytest.param(True, marks=needs_compiler)])
-def test_graph_gives_diffusers_numbers_and_is_kept_per_signature(with_kernel):
-    unet = _unet(SmallHeadKernel() if with_kernel else None)
+def test_graph_gives_diffusers_numbers_and_is_kept_per_signature():
+    unet = _unet()
     x, t, embeds = _inputs(3, unet)
     with torch.no_grad():
         expected = _eager(unet, x, t, embeds)
@@ -81,7 +81,7 @@ def test_other_calls_run_diffusers_forward():
         with FlopCounterMode(display=False) as counter:
             unet(x, t, encoder_hidden_states=embeds)
         assert counter.get_total_flops() > 0  # FLOP counting sees diffusers' ops
-        unet.set_attn_processor(AttnProcessor2_0())  # processors changed after loading (as PAG's are for a run)
+        unet.set_attn_processor(AttnProcessor2_0())  # a processor that cannot say what it computes
         unet(x, t, encoder_hidden_states=embeds)
     unet.train()
     with torch.no_grad():
@@ -132,3 +132,28 @@ def test_a_graph_that_fails_sends_its_signature_back_to_python(monkeypatch):
         out = unet(x, t, encoder_hidden_states=embeds).sample
     torch.testing.assert_close(out, _eager(unet, x, t, embeds), atol=0, rtol=0)
     assert unet.forward.graphs == 0
+
+
+@pytest.mark.parametrize("mode", ["identity", "blur"])
+def test_perturbed_rows_run_as_graphs_keyed_by_their_marks_and_settings(mode):
+    from engine.perturb import AttentionPerturbation, perturbed_attention
+
+    unet = _unet()
+    x, t, embeds = _inputs(3, unet)
+    marks = torch.tensor([False, False, True])
+    perturbation = AttentionPerturbation(mode, "mid", sigma=2.0)
+    with torch.no_grad():
+        plain = unet(x, t, encoder_hidden_states=embeds).sample
+        with perturbed_attention(unet, perturbation):
+            expected = _eager(unet, x, t, embeds, cross_attention_kwargs={"perturb": marks})
+            out = unet(x, t, encoder_hidden_states=embeds, cross_attention_kwargs={"perturb": marks}).sample
+            other = unet(x, t, encoder_hidden_states=embeds, cross_attention_kwargs={"perturb": ~marks}).sample
+            assert unet.forward.graphs == 3  # plain, and one per pattern of marked rows
+            torch.testing.assert_close(other, _eager(unet, x, t, embeds, cross_attention_kwargs={"perturb": ~marks}),
+                                       atol=1e-5, rtol=1e-5)
+        with perturbed_attention(unet, perturbation):  # a later run with the same settings: the same graph
+            again = unet(x, t, encoder_hidden_states=embeds, cross_attention_kwargs={"perturb": marks}).sample
+        assert unet.forward.graphs == 3
+        torch.testing.assert_close(unet(x, t, encoder_hidden_states=embeds).sample, plain, atol=0, rtol=0)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out, again) and not torch.allclose(out, plain)
