@@ -29,8 +29,12 @@ def fdg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, scales: Sequence[flo
     if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
         raise EngineError(f"FDG's {levels}-level pyramid needs latent sides divisible by {2 ** (levels - 1)}; "
                           f"this latent is {height}x{width}.")
-    cond_pyramid = diffusers_fdg.build_laplacian_pyramid_func(pred_cond, levels)  # [(B, C, H, W), (B, C, H/2, W/2)]
-    uncond_pyramid = diffusers_fdg.build_laplacian_pyramid_func(pred_uncond, levels)
+    # Both pyramids in one call (the pyramid works image by image): each call costs ~0.7 ms of small ops, as much
+    # as the rest of a step's guidance math.
+    batch = pred_cond.shape[0]
+    both = diffusers_fdg.build_laplacian_pyramid_func(torch.cat([pred_cond, pred_uncond]), levels)
+    cond_pyramid = [level[:batch] for level in both]  # [(B, C, H, W), (B, C, H/2, W/2)]
+    uncond_pyramid = [level[batch:] for level in both]
     guided = []
     for cond, uncond, scale in zip(cond_pyramid, uncond_pyramid, scales):
         if math.isclose(scale, 1.0):
