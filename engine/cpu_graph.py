@@ -13,7 +13,8 @@ float32 on the CPU, no autograd, every attention processor able to say what it d
 sample, the timestep, the prompt embeddings and the perturbed rows. Anything else - ControlNet residuals, SDXL's
 added conditioning, attention maps (engine/attention.py), FLOP counting - runs diffusers' forward as it is. Models
 above MAX_PARAMETERS keep diffusers' forward always: their ops are long enough that Python costs them little, and
-freezing would copy their weights.
+freezing would copy their weights. A graph holds the weights as they were when it was traced: the engine serves
+models as loaded; whatever changes a UNet's weights afterwards must give it a new GraphForward (`use_graphs`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class GraphForward:
         self.unet = unet
         self._graphs: OrderedDict[tuple, torch.jit.ScriptModule | None] = OrderedDict()
         self._lock = threading.Lock()
-        self._attention: list | None = None  # the attention layers; found on the first call (a copy is made first)
+        # The attention layers, found on the first call: a deep copy installs its GraphForward before its modules.
+        self._attention: list | None = None
 
     @property
     def eager(self):

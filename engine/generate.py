@@ -141,6 +141,7 @@ class Engine:
         jobs = [self._delegated_job(reqs[i], _Watch(callbacks[i], set(), None, cancel), share) for i in together]
         for i, outcome in zip(together, self.splitter.side_by_side(jobs) or [None] * len(together)):
             outcomes[i] = outcome
+        _raise_unexpected(outcomes)  # a stop or a fault ends the batch before the rest runs
         for i, req in enumerate(reqs):
             if outcomes[i] is None:
                 try:
@@ -149,9 +150,6 @@ class Engine:
                     raise
                 except EngineError as exc:
                     outcomes[i] = False, exc
-        for done, value in outcomes:
-            if not done and (isinstance(value, Stopped) or not isinstance(value, EngineError)):
-                raise value
         return [value for _, value in outcomes]
 
     def _delegated_job(self, req: Request, watch: "_Watch", share: float) -> Callable[[], Result]:
@@ -413,6 +411,14 @@ class Engine:
         """The PNG `parameters` text for one image of this request."""
         nets = [c.controlnet or default_model("controlnet", c.control_type) for c in req.controls]
         return png_parameters(req, spec.name, nets, seed, size, index)
+
+
+def _raise_unexpected(outcomes: list[tuple[bool, Any] | None]) -> None:
+    """Raise the first failure that is not a request's own EngineError: a stop, or a fault."""
+    for outcome in outcomes:
+        if outcome is not None and not outcome[0]:
+            if isinstance(outcome[1], Stopped) or not isinstance(outcome[1], EngineError):
+                raise outcome[1]
 
 
 def _leaves_model_as_is(req: Request) -> bool:
