@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 
 import torch
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 # output; the kernel is named by its key in _KERNELS, since an operator's arguments cannot be Python objects.
 _OPS = torch.library.Library("guidance_lab", "DEF")
 _OPS.define("small_head_attention(Tensor q, Tensor k, Tensor v, int heads, int kernel) -> Tensor")
-_KERNELS: dict[int, "SmallHeadKernel"] = {}
+# Weak: a store's kernel goes with its store; a graph's kernel lives as long as its UNet's processors hold it.
+_KERNELS: weakref.WeakValueDictionary[int, "SmallHeadKernel"] = weakref.WeakValueDictionary()
 _KEYS = itertools.count()
 
 
@@ -60,7 +62,7 @@ class SmallHeadKernel:
         self._function = None
         self._failed = False
         self.key = next(_KEYS)
-        _KERNELS[self.key] = self  # one per model store: a handful per process
+        _KERNELS[self.key] = self  # one per model store
 
     @property
     def available(self) -> bool:

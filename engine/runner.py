@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-_local = threading.local()  # .delegate: this thread works for the model thread, which is waiting on it
+_local = threading.local()  # .delegating: the model threads this thread works for, each waiting on it
 
 
 def _serve(jobs: queue.SimpleQueue) -> None:
@@ -51,7 +51,7 @@ class ModelThread:
         return self._thread
 
     def call(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
-        if threading.current_thread() is self._thread or getattr(_local, "delegate", False):
+        if threading.current_thread() is self._thread or self in getattr(_local, "delegating", ()):
             return fn(*args, **kwargs)
         future: Future = Future()
         with self._lock:
@@ -59,17 +59,17 @@ class ModelThread:
             self._jobs.put((future, fn, args, kwargs))
         return future.result()
 
-    @staticmethod
     @contextmanager
-    def delegated() -> Iterator[None]:
-        """Within the block, this thread's calls run inline: for the workers the model thread starts and waits on
-        (engine/parallel.py, side_by_side), which would otherwise queue behind the model thread's own job."""
-        before = getattr(_local, "delegate", False)
-        _local.delegate = True
+    def delegated(self) -> Iterator[None]:
+        """Within the block, this thread's calls to this model thread run inline: for the workers the model thread
+        starts and waits on (engine/parallel.py, side_by_side), which would otherwise queue behind the model
+        thread's own job. Another engine's model thread is not affected."""
+        before = getattr(_local, "delegating", ())
+        _local.delegating = (*before, self)
         try:
             yield
         finally:
-            _local.delegate = before
+            _local.delegating = before
 
     def close(self, wait: bool = False) -> None:
         """Let the thread finish the calls already queued and end, freeing its OpenMP team (once it has ended:
@@ -99,7 +99,10 @@ class Inline:
     def call(fn: Callable[..., Any], *args, **kwargs) -> Any:
         return fn(*args, **kwargs)
 
-    delegated = staticmethod(ModelThread.delegated)
+    @staticmethod
+    @contextmanager
+    def delegated() -> Iterator[None]:
+        yield  # every call already runs on the caller's thread
 
     def close(self, wait: bool = False) -> None:
         pass

@@ -98,6 +98,10 @@ def test_delegated_workers_call_inline_while_the_model_thread_waits_on_them():
         worker = runner.call(fan_out)
     assert worker is not runner.thread and worker.name.startswith("ThreadPoolExecutor")
     assert runner.call(threading.current_thread) is runner.thread  # the flag ends with the block
+    other = ModelThread()
+    with runner.delegated():
+        assert other.call(threading.current_thread) is other.thread  # another engine's thread is not delegated to
+    other.close(wait=True)
     runner.close(wait=True)
     with Inline.delegated():
         assert Inline().call(threading.current_thread) is threading.current_thread()
