@@ -1,8 +1,13 @@
-/* Softmax attention for small heads on the CPU: one query row at a time, every loop along the tokens.
+/* Softmax attention for small heads on the CPU, built by engine/cpu_attention.py with the system's C compiler for
+ * the machine it runs on. Two loops, one exported function each:
  *
- * q and out are (B, L, H * D) as the attention layer's projections give them; kt and vt are the keys and values
- * token-last, (B, H * D, S), so that each loop below reads consecutive floats and the compiler vectorises it.
- * Built by engine/cpu_attention.py with the system's C compiler for the machine it runs on.
+ * attention_lanes (where the CPU has AVX-512): sixteen queries of one head at once, one per lane of a register, so
+ *   that every step over the keys is whole-register work with no sum across lanes - the scores of a key, their
+ *   running max, then 2^(s - max), its sum and the weighted values. q, k, v and out are (B, L|S, H * D) as the
+ *   layer's projections give them; the scale comes with log2(e) folded in, so the exponential is a power of two
+ *   (a rounding, a degree-6 polynomial and a scalef).
+ * attention (any CPU): one query row at a time, every loop along the tokens, with the keys and values token-last,
+ *   (B, H * D, S), so that each loop reads consecutive floats and the compiler vectorises it.
  */
 #include <float.h>
 #include <stdint.h>
@@ -60,3 +65,75 @@ int attention(const float* q, const float* kt, const float* vt, float* out, long
         }
     return 0;
 }
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* 2^x for x <= 0 as 2^n p(f), n = round(x), f = x - n in [-1/2, 1/2], p a degree-6 fit (relative error 1.3e-8);
+ * x is held above -125 so that no result is subnormal. */
+static inline __m512 exp2_nonpositive(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.4990867930464447e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3393088011071086e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61967371404171e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503472685813904e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402263730764389e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471824645996e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* Up to 16 queries (`valid`) of one head, rows `stride` floats apart in q, k, v and out; scores: scratch, 16 S. */
+static inline __attribute__((always_inline)) void attend_lanes(
+        const float* q, const float* k, const float* v, float* out, long stride, long S, float scale, float* scores,
+        int valid, const int D) {
+    __mmask16 mask = (__mmask16)((1u << valid) - 1u);
+    __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                      _mm512_set1_epi32((int)stride));
+    __m512 qv[8], o[8];
+    for (int c = 0; c < D; c++) {
+        qv[c] = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, rows, q + c, 4),
+                              _mm512_set1_ps(scale));
+        o[c] = _mm512_setzero_ps();
+    }
+    __m512 m = _mm512_set1_ps(-FLT_MAX);
+    _Pragma("GCC unroll 4") for (long j = 0; j < S; j++) {
+        const float* kj = k + j * stride;
+        __m512 s = _mm512_mul_ps(qv[0], _mm512_set1_ps(kj[0]));
+        for (int c = 1; c < D; c++) s = _mm512_fmadd_ps(qv[c], _mm512_set1_ps(kj[c]), s);
+        _mm512_storeu_ps(scores + j * 16, s);
+        m = _mm512_max_ps(m, s);
+    }
+    __m512 z = _mm512_setzero_ps();
+    _Pragma("GCC unroll 4") for (long j = 0; j < S; j++) {
+        const float* vj = v + j * stride;
+        __m512 e = exp2_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + j * 16), m));
+        z = _mm512_add_ps(z, e);
+        for (int c = 0; c < D; c++) o[c] = _mm512_fmadd_ps(e, _mm512_set1_ps(vj[c]), o[c]);
+    }
+    __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), z);
+    for (int c = 0; c < D; c++) _mm512_mask_i32scatter_ps(out + c, mask, rows, _mm512_mul_ps(o[c], inv), 4);
+}
+
+/* Returns 0, or 1 for a head size it has no loop for (4 and 8); scores is scratch for 16 S floats. */
+int attention_lanes(const float* q, const float* k, const float* v, float* out, long B, long L, long S, long H,
+                    long D, float scale, float* scores) {
+    if (D != 4 && D != 8) return 1;
+    const float scale2 = scale * 1.44269504088896341f;  /* e^(scale s) = 2^(scale log2(e) s) */
+    const long C = H * D;
+    for (long b = 0; b < B; b++)
+        for (long h = 0; h < H; h++)
+            for (long l = 0; l < L; l += 16) {
+                int valid = L - l < 16 ? (int)(L - l) : 16;
+                const float* qb = q + (b * L + l) * C + h * D;
+                const float* kb = k + b * S * C + h * D;
+                const float* vb = v + b * S * C + h * D;
+                float* ob = out + (b * L + l) * C + h * D;
+                if (D == 4) attend_lanes(qb, kb, vb, ob, C, S, scale2, scores, valid, 4);
+                else attend_lanes(qb, kb, vb, ob, C, S, scale2, scores, valid, 8);
+            }
+    return 0;
+}
+#endif

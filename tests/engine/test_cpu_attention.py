@@ -7,7 +7,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.cpu_attention import SmallHeadAttnProcessor, SmallHeadKernel
+from engine.cpu_attention import FLAGS, SmallHeadAttnProcessor, SmallHeadKernel
 from engine.loading import ModelStore
 from engine.registry import resolve
 
@@ -19,6 +19,12 @@ def kernel():
     return SmallHeadKernel()
 
 
+@pytest.fixture(scope="module")
+def portable():
+    """The same source built without AVX-512: the any-CPU loop alone, as on a CPU without it."""
+    return SmallHeadKernel(FLAGS + ("-mno-avx512f",))
+
+
 def _sdpa(q, k, v, heads):
     (b, length, inner), dim = q.shape, q.shape[-1] // heads
     split = lambda x: x.view(b, -1, heads, dim).transpose(1, 2)  # noqa: E731  (B, H, L, D)
@@ -27,8 +33,10 @@ def _sdpa(q, k, v, heads):
 
 
 @needs_compiler
-@pytest.mark.parametrize("dim, queries, tokens", [(4, 256, 256), (4, 256, 7), (8, 64, 64), (8, 16, 33)])
-def test_kernel_is_as_accurate_as_sdpa(kernel, dim, queries, tokens):
+@pytest.mark.parametrize("loop", ["kernel", "portable"])
+@pytest.mark.parametrize("dim, queries, tokens", [(4, 256, 256), (4, 256, 7), (8, 64, 64), (8, 16, 33), (4, 37, 5)])
+def test_kernel_is_as_accurate_as_sdpa(request, loop, dim, queries, tokens):
+    kernel = request.getfixturevalue(loop)
     gen = torch.Generator().manual_seed(dim + tokens)
     heads = 8
     q = torch.randn(3, queries, heads * dim, generator=gen) * 3  # scores well beyond +-1, as trained layers give
@@ -38,6 +46,21 @@ def test_kernel_is_as_accurate_as_sdpa(kernel, dim, queries, tokens):
     ours = (kernel(q, k, v, heads) - exact).abs().max().item()
     theirs = (_sdpa(q, k, v, heads) - exact).abs().max().item()  # float32 SDPA's own rounding, about 3e-6
     assert ours < 2 * theirs + 1e-6
+
+
+@needs_compiler
+def test_the_portable_build_has_only_the_row_loop(kernel, portable):
+    assert portable._load().lanes is None and portable._load().rows is not None
+    if "avx512f" in _cpu_flags():
+        assert kernel._load().lanes is not None  # this CPU runs sixteen queries to a register
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    except OSError:
+        return set()
 
 
 def _attention(dim_head: int, cross: bool) -> Attention:
