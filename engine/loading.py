@@ -21,7 +21,9 @@ from diffusers import ControlNetModel, DiffusionPipeline, UNet2DConditionModel
 
 from .allocator import keep_freed_memory
 from .cpu_graph import use_graphs
-from .cpu_attention import SmallHeadKernel, use_small_head_attention
+from .cpu_attention import use_small_head_attention
+from .cpu_geglu import use_fused_geglu
+from .cpu_kernels import CpuKernels
 from .errors import EngineError
 from .registry import FAMILIES, ModelSpec, available_offline, detect_family
 
@@ -153,7 +155,7 @@ class ModelStore:
         self._guard = threading.Lock()
         self._resident: OrderedDict[tuple, None] = OrderedDict()  # ControlNets on the GPU, least recent first
         self.loads = 0  # how many loads actually ran; the tests hold the cache to it
-        self.attention_kernel = SmallHeadKernel() if self.device.type == "cpu" else None
+        self.kernels = CpuKernels() if self.device.type == "cpu" else None
         if self.device.type == "cpu":
             keep_freed_memory()  # activations reuse the heap instead of faulting in fresh pages (engine/allocator.py)
 
@@ -218,13 +220,15 @@ class ModelStore:
                               f"or an unknown id); the offline models that work here are: {offline}.") from exc
 
     def _speed_up(self, obj: Any) -> Any:
-        """On the CPU, the UNet and ControlNets attend through the small-head kernel (engine/cpu_attention.py), and
-        a small UNet's plain calls run as frozen graphs (engine/cpu_graph.py)."""
-        if self.attention_kernel is not None:
+        """On the CPU, the UNet and ControlNets attend through the small-head kernel (engine/cpu_attention.py) and
+        run their GEGLUs in one pass (engine/cpu_geglu.py), and a small UNet's plain calls run as frozen graphs
+        (engine/cpu_graph.py)."""
+        if self.kernels is not None:
             bare = obj if isinstance(obj, (ControlNetModel, UNet2DConditionModel)) else None
             for model in (getattr(obj, "unet", None), bare):
                 if model is not None:
-                    use_small_head_attention(model, self.attention_kernel)
+                    use_small_head_attention(model, self.kernels)
+                    use_fused_geglu(model, self.kernels)
                     if isinstance(model, UNet2DConditionModel):
                         use_graphs(model)
         return obj

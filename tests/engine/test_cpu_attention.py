@@ -7,7 +7,8 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.cpu_attention import FLAGS, SmallHeadAttnProcessor, SmallHeadKernel
+from engine.cpu_attention import SmallHeadAttnProcessor
+from engine.cpu_kernels import FLAGS, CpuKernels
 from engine.loading import ModelStore
 from engine.registry import resolve
 
@@ -16,13 +17,13 @@ needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C com
 
 @pytest.fixture(scope="module")
 def kernel():
-    return SmallHeadKernel()
+    return CpuKernels()
 
 
 @pytest.fixture(scope="module")
 def portable():
     """The same source built without AVX-512: the any-CPU loop alone, as on a CPU without it."""
-    return SmallHeadKernel(FLAGS + ("-mno-avx512f",))
+    return CpuKernels(FLAGS + ("-mno-avx512f",))
 
 
 def _sdpa(q, k, v, heads):
@@ -43,7 +44,7 @@ def test_kernel_is_as_accurate_as_sdpa(request, loop, dim, queries, tokens):
     k = torch.randn(3, tokens, heads * dim, generator=gen) * 3
     v = torch.randn(3, tokens, heads * dim, generator=gen)
     exact = _sdpa(q.double(), k.double(), v.double(), heads)
-    ours = (kernel(q, k, v, heads) - exact).abs().max().item()
+    ours = (kernel.attention(q, k, v, heads) - exact).abs().max().item()
     theirs = (_sdpa(q, k, v, heads) - exact).abs().max().item()  # float32 SDPA's own rounding, about 3e-6
     assert ours < 2 * theirs + 1e-6
 
@@ -80,12 +81,12 @@ def test_processor_matches_diffusers_sdpa_processor(kernel, cross):
     torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5)
 
 
-class _CountingKernel(SmallHeadKernel):
+class _CountingKernel(CpuKernels):
     calls = 0
 
-    def __call__(self, *args):
+    def attention(self, *args):
         self.calls += 1
-        return super().__call__(*args)
+        return super().attention(*args)
 
 
 @needs_compiler
@@ -110,7 +111,7 @@ def test_everything_else_goes_to_sdpa_unchanged():
 
 def test_without_a_compiler_attention_stays_sdpa(monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler")
-    kernel = SmallHeadKernel()
+    kernel = CpuKernels()
     assert not kernel.available
     attn = _attention(4, False)
     x = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(4))

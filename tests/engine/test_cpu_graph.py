@@ -11,7 +11,9 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine import cpu_graph
-from engine.cpu_attention import SmallHeadKernel, use_small_head_attention
+from engine.cpu_attention import use_small_head_attention
+from engine.cpu_geglu import use_fused_geglu
+from engine.cpu_kernels import CpuKernels
 from engine.cpu_graph import GraphForward, use_graphs
 from tests.tiny_models import tiny_sd
 
@@ -23,7 +25,7 @@ def _unet():
     """The tiny UNet as the store serves it on the CPU: small-head processors (their heads do not fit the kernel
     here, so they attend through SDPA), then graphs."""
     unet = tiny_sd().unet.eval()
-    use_small_head_attention(unet, SmallHeadKernel())
+    use_small_head_attention(unet, CpuKernels())
     assert use_graphs(unet)
     return unet
 
@@ -56,17 +58,20 @@ def test_graph_gives_diffusers_numbers_and_is_kept_per_signature():
 
 
 @needs_compiler
-def test_the_graph_calls_the_attention_kernel_rather_than_keeping_its_output():
+def test_the_graph_calls_the_c_loops_rather_than_keeping_their_output():
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(LAB_UNET).eval()  # heads of 4 and 8 channels: the kernel's
-    use_small_head_attention(unet, SmallHeadKernel())
+    kernels = CpuKernels()
+    use_small_head_attention(unet, kernels)
+    fused = use_fused_geglu(unet, kernels)
     assert use_graphs(unet)
     x, t, embeds = _inputs(2, unet)
     with torch.no_grad():
         unet(x, t, encoder_hidden_states=embeds)
         graph = next(g for g in unet.forward._graphs.values())
         assert "guidance_lab::small_head_attention" in str(graph.inlined_graph)
+        assert ("guidance_lab::geglu" in str(graph.inlined_graph)) == (fused > 0)
         x2, _, e2 = _inputs(2, unet, seed=7)  # same signature, new values: the graph must not replay old ones
         torch.testing.assert_close(unet(x2, t, encoder_hidden_states=e2).sample, _eager(unet, x2, t, e2),
                                    atol=1e-5, rtol=1e-5)

@@ -1,0 +1,88 @@
+"""The fused GEGLU: torch's numbers to float32 rounding where the C loop exists, diffusers' forward everywhere else."""
+
+import copy
+import shutil
+
+import pytest
+import torch
+from diffusers.models.activations import GEGLU
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.cpu_geglu import FusedGEGLUForward, use_fused_geglu
+from engine.cpu_kernels import FLAGS, CpuKernels
+from engine.loading import ModelStore
+from engine.registry import resolve
+
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the loops")
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    built = CpuKernels()
+    if not built.has_geglu:
+        pytest.skip("this CPU has no AVX-512: the GEGLU loop is not built, diffusers' GEGLU runs")
+    return built
+
+
+def _geglu(dim: int, seed: int = 0) -> GEGLU:
+    torch.manual_seed(seed)
+    module = GEGLU(dim, 4 * dim).eval()
+    torch.nn.init.normal_(module.proj.bias, std=0.5)  # a bias that matters
+    return module
+
+
+def _fused(module: GEGLU, kernels: CpuKernels) -> GEGLU:
+    fused = copy.deepcopy(module)
+    assert use_fused_geglu(fused, kernels) == 1
+    return fused
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(3, 256, 32), (2, 64, 64), (5, 7, 16)])
+def test_fused_geglu_is_as_accurate_as_torch(kernels, shape):
+    module = _geglu(shape[-1])
+    fused = _fused(module, kernels)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 2
+    with torch.no_grad():
+        exact = copy.deepcopy(module).double()(x.double())
+        theirs = (module(x) - exact).abs().max().item()
+        ours = (fused(x) - exact).abs().max().item()
+    assert ours < 2 * theirs + 1e-6
+
+
+@needs_compiler
+def test_other_calls_run_diffusers_geglu(kernels, monkeypatch):
+    module = _geglu(32)
+    fused = _fused(module, kernels)
+    calls = []
+    monkeypatch.setattr(kernels, "geglu", lambda *args: calls.append(args) or CpuKernels.geglu(kernels, *args))
+    x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(fused(x), module(x))  # autograd on
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fused(x)
+    with FlopCounterMode(display=False) as theirs, torch.no_grad():
+        module(x)
+    assert counter.get_total_flops() == theirs.get_total_flops() > 0 and not calls  # counted as diffusers'
+    handle = fused.proj.register_forward_hook(lambda *args: None)
+    with torch.no_grad():
+        assert torch.equal(fused(x), module(x))  # a hook on the projection must run
+    handle.remove()
+    with torch.no_grad():
+        fused(x)
+    assert len(calls) == 1  # the guards above count
+
+
+@needs_compiler
+def test_without_the_loop_geglu_is_left_alone():
+    portable = CpuKernels(FLAGS + ("-mno-avx512f",))
+    assert portable.available and not portable.has_geglu
+    module = _geglu(32)
+    assert use_fused_geglu(module, portable) == 0 and "forward" not in vars(module)
+
+
+@needs_compiler
+def test_the_store_gives_the_lab_unet_the_fused_geglu(kernels):
+    store = ModelStore(torch.device("cpu"))
+    unet = store.get(resolve("lab-sd", "text")).obj.unet
+    modules = [m for m in unet.modules() if isinstance(m, GEGLU)]
+    assert modules and all(isinstance(vars(m).get("forward"), FusedGEGLUForward) for m in modules)
