@@ -2,6 +2,7 @@
 CLI's help and flags, the checks, the PNG text, the reproduce command, the UI's method list, the endpoints'
 parameters and the Compare rows, and it runs through the engine."""
 
+import numpy as np
 import pytest
 
 from engine.cli import build_parser
@@ -74,4 +75,9 @@ def test_it_runs_through_the_engine(throwaway, tiny_folders):
     images = {mix: engine.generate(Request(**base, guidance=halfway(mix))).images[0] for mix in (0.0, 1.0)}
     cfg = engine.generate(Request(**base, guidance=GuidanceSettings("cfg", 6.0))).images[0]
     cond = engine.generate(Request(**base, guidance=GuidanceSettings("cfg", 1.0))).images[0]
-    assert images[1.0].tobytes() == cfg.tobytes() and images[0.0].tobytes() == cond.tobytes()
+    # Equal up to float rounding: c + 1 * (cfg - c) is not cfg bit for bit, and scale 1 runs the conditional branch
+    # alone, a batch of one (a batch's images equal their single runs within one level; README, Reliability).
+    for ours, theirs in ((images[1.0], cfg), (images[0.0], cond)):
+        gap = np.abs(np.asarray(ours, dtype=int) - np.asarray(theirs, dtype=int))
+        assert gap.max() <= 1 and (gap > 0).mean() < 0.01
+    assert np.abs(np.asarray(cfg, dtype=int) - np.asarray(cond, dtype=int)).max() > 10  # the mix matters
