@@ -24,9 +24,8 @@ def throwaway():
         paper = "this test"
         params = (Param("halfway_mix", 0.5, 0.0, 1.0, "Halfway mix", "how far toward CFG"),)
 
-        def guide(self, c, u, step):
-            cfg = u + self.scale_like(c) * (c - u)
-            return c + self.values["halfway_mix"] * (cfg - c)
+        def guide(self, c, u, step):  # CFG at a scale moved toward 1: at mix 1 CFG's own arithmetic
+            return u + (1 + self.values["halfway_mix"] * (self.scale_like(c) - 1)) * (c - u)
 
     yield Halfway
     unregister("halfway")
@@ -75,9 +74,9 @@ def test_it_runs_through_the_engine(throwaway, tiny_folders):
     images = {mix: engine.generate(Request(**base, guidance=halfway(mix))).images[0] for mix in (0.0, 1.0)}
     cfg = engine.generate(Request(**base, guidance=GuidanceSettings("cfg", 6.0))).images[0]
     cond = engine.generate(Request(**base, guidance=GuidanceSettings("cfg", 1.0))).images[0]
-    # Equal up to float rounding: c + 1 * (cfg - c) is not cfg bit for bit, and scale 1 runs the conditional branch
-    # alone, a batch of one (a batch's images equal their single runs within one level; README, Reliability).
-    for ours, theirs in ((images[1.0], cfg), (images[0.0], cond)):
-        gap = np.abs(np.asarray(ours, dtype=int) - np.asarray(theirs, dtype=int))
-        assert gap.max() <= 1 and (gap > 0).mean() < 0.01
-    assert np.abs(np.asarray(cfg, dtype=int) - np.asarray(cond, dtype=int)).max() > 10  # the mix matters
+    assert images[1.0].tobytes() == cfg.tobytes()  # the same batch of two, the same arithmetic
+    # Mix 0 is the conditional prediction, but scale 1 runs that branch alone, a batch of one: a batch's images equal
+    # their single runs within one level (README, Reliability), as the CPU's kernels sum a batch in its own order.
+    gap = np.abs(np.asarray(images[0.0], dtype=int) - np.asarray(cond, dtype=int))
+    assert gap.max() <= 1 and (gap > 0).mean() < 0.01
+    assert np.abs(np.asarray(cfg, dtype=int) - np.asarray(cond, dtype=int)).max() > 3  # the mix matters (about 10)
