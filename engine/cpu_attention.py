@@ -8,8 +8,8 @@ engine/cpu_kernels.c has two loops. Where the CPU has AVX-512 it takes sixteen q
 per lane of a register, over keys and values as the projections give them, with the exponential as a power of two:
 no sums across lanes and no transposes (a 30-image batch's self-attention at 16x16 on one Xeon core: 4.0 ms against
 6.8 for the row loop; its cross-attention 0.44 against 1.53). Elsewhere it takes one query row at a time with keys
-and values laid out token-last, so that each of its loops runs along the tokens in vector registers. It is built
-with the system's C compiler for this machine the first time a model needs it (a fraction of a second).
+and values laid out token-last, so that each of its loops runs along the tokens in vector registers. Both are
+torch operators in C++ (engine/cpu_kernels.py builds them once a machine and keeps them in a cache folder).
 Everything else - other head sizes, masks, autograd, GPUs, half precision, no compiler, torch dispatch modes such
 as FLOP counting - keeps diffusers' SDPA processor.
 """
@@ -36,16 +36,13 @@ class SmallHeadAttnProcessor(AttnProcessor2_0):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states  # (B, S, C)
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)  # (B, L|S, H*D)
-        if torch.jit.is_tracing():  # the graph keeps the call, not this call's output
-            out = torch.ops.guidance_lab.small_head_attention(query, key, value, attn.heads, self.kernel.key)
-        else:
-            out = self.kernel.attention(query, key, value, attn.heads)  # (B, L, H*D)
+        out = self.kernel.attention(query, key, value, attn.heads)  # (B, L, H*D); a traced graph keeps the call
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
         return out / attn.rescale_output_factor
 
     def graph_key(self) -> tuple:
         """What this processor computes, for engine/cpu_graph.py: the same for every processor on one kernel."""
-        return "small-head", self.kernel.key
+        return "small-head", self.kernel.namespace
 
     def _fits(self, attn: Attention, hidden_states: torch.Tensor, attention_mask) -> bool:
         plain = (attention_mask is None and attn.spatial_norm is None and attn.group_norm is None

@@ -156,6 +156,8 @@ class ModelStore:
         self._resident: OrderedDict[tuple, None] = OrderedDict()  # ControlNets on the GPU, least recent first
         self.loads = 0  # how many loads actually ran; the tests hold the cache to it
         self.kernels = CpuKernels() if self.device.type == "cpu" else None
+        if self.kernels is not None:
+            self.kernels.prepare()  # a machine's first build takes seconds: under way before the first model loads
         if self.device.type == "cpu":
             keep_freed_memory()  # activations reuse the heap instead of faulting in fresh pages (engine/allocator.py)
 

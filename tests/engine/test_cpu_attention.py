@@ -12,7 +12,8 @@ from engine.cpu_kernels import FLAGS, CpuKernels
 from engine.loading import ModelStore
 from engine.registry import resolve
 
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernel")
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
+                                    reason="no C and C++ compilers to build the kernel")
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +52,9 @@ def test_kernel_is_as_accurate_as_sdpa(request, loop, dim, queries, tokens):
 
 @needs_compiler
 def test_the_portable_build_has_only_the_row_loop(kernel, portable):
-    assert portable._load().lanes is None and portable._load().rows is not None
+    assert portable.available and not portable.lanes and portable.namespace != kernel.namespace
     if "avx512f" in _cpu_flags():
-        assert kernel._load().lanes is not None  # this CPU runs sixteen queries to a register
+        assert kernel.lanes  # this CPU runs sixteen queries to a register
 
 
 def _cpu_flags() -> set[str]:
@@ -109,9 +110,10 @@ def test_everything_else_goes_to_sdpa_unchanged():
     assert kernel.calls == 1  # the guard above counts
 
 
-def test_without_a_compiler_attention_stays_sdpa(monkeypatch):
-    monkeypatch.setenv("CC", "no-such-compiler")
-    kernel = CpuKernels()
+@pytest.mark.parametrize("compiler", ["CC", "CXX"])
+def test_without_a_compiler_attention_stays_sdpa(monkeypatch, compiler):
+    monkeypatch.setenv(compiler, "no-such-compiler")
+    kernel = CpuKernels(FLAGS + ("-DNO_SUCH_BUILD",))  # flags of its own: no library this process has loaded
     assert not kernel.available
     attn = _attention(4, False)
     x = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(4))

@@ -13,7 +13,8 @@ from engine.cpu_kernels import FLAGS, CpuKernels
 from engine.loading import ModelStore
 from engine.registry import resolve
 
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the loops")
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
+                                    reason="no C and C++ compilers to build the loops")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,90 @@
+/* The C loops of engine/cpu_kernels.c as torch operators, registered in C++ so that a frozen graph calls them
+ * without Python: an operator written in Python takes the GIL for every call, and with two graphs running side by
+ * side (the Compare grid's rows, a split batch) each waited on the other's calls.
+ *
+ * GL_NAMESPACE names the operators' namespace (engine/cpu_kernels.py gives one per set of compiler flags). The
+ * sixteen-lane attention loop and the GEGLU loop exist where the loops were compiled with AVX-512; elsewhere their
+ * weak symbols stay null, the attention takes the row loop and `loops()` says that GEGLU has none.
+ */
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+extern "C" {
+int attention(const float* q, const float* kt, const float* vt, float* out, long B, long L, long S, long H, long D,
+              float scale, float* scores);
+int attention_lanes(const float* q, const float* k, const float* v, float* out, long B, long L, long S, long H,
+                    long D, float scale, float* scores) __attribute__((weak));
+int geglu(const float* h, const float* bias, float* out, long N, long F) __attribute__((weak));
+}
+
+namespace {
+
+constexpr int64_t ROWS = 1, LANES = 2, GEGLU = 4;
+
+void check_float_cpu(const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor.");
+}
+
+/* softmax(q k^T / sqrt(D)) v per head, for q (B, L, H*D) and k, v (B, S, H*D); returns (B, L, H*D). */
+at::Tensor small_head_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                int64_t heads) {
+    check_float_cpu(query, "q");
+    check_float_cpu(key, "k");
+    check_float_cpu(value, "v");
+    TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && key.sizes() == value.sizes() && heads > 0 &&
+                    query.size(0) == key.size(0) && query.size(2) == key.size(2) && query.size(2) % heads == 0,
+                "q must be (B, L, H*D) and k, v (B, S, H*D).");
+    const int64_t batch = query.size(0), queries = query.size(1), tokens = key.size(1);
+    const int64_t dim = query.size(2) / heads;
+    TORCH_CHECK_VALUE(dim == 4 || dim == 8, "The attention kernel has no loop for heads of ", dim, " channels.");
+    at::Tensor q = query.contiguous();
+    at::Tensor out = at::empty(q.sizes(), q.options());
+    const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    int status;
+    if (attention_lanes != nullptr) {  // sixteen queries to a register, keys and values as they come
+        at::Tensor k = key.contiguous(), v = value.contiguous();
+        at::Tensor scores = at::empty({16 * tokens}, q.options());
+        status = attention_lanes(q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+                                 out.data_ptr<float>(), batch, queries, tokens, heads, dim, scale,
+                                 scores.data_ptr<float>());
+    } else {  // one query row at a time, keys and values token-last (B, H*D, S)
+        at::Tensor k = key.transpose(1, 2).contiguous(), v = value.transpose(1, 2).contiguous();
+        at::Tensor scores = at::empty({tokens}, q.options());
+        status = attention(q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), out.data_ptr<float>(),
+                           batch, queries, tokens, heads, dim, scale, scores.data_ptr<float>());
+    }
+    TORCH_CHECK_VALUE(status == 0, "The attention kernel has no loop for heads of ", dim, " channels.");
+    return out;
+}
+
+/* (a + bias[:F]) * gelu(g + bias[F:]) for h = [a | g] (..., 2F), F a multiple of 16. */
+at::Tensor fused_geglu(const at::Tensor& hidden, const at::Tensor& bias) {
+    TORCH_CHECK(geglu != nullptr, "The GEGLU loop was not built: the CPU has no AVX-512.");
+    check_float_cpu(hidden, "h");
+    check_float_cpu(bias, "bias");
+    TORCH_CHECK(hidden.dim() >= 1 && bias.dim() == 1 && bias.size(0) == hidden.size(-1) && hidden.size(-1) % 2 == 0,
+                "h must be (..., 2F) and bias (2F,).");
+    const int64_t features = hidden.size(-1) / 2;
+    TORCH_CHECK_VALUE(features % 16 == 0, "The GEGLU loop has no case for ", features, " features.");
+    at::Tensor h = hidden.contiguous(), b = bias.contiguous();
+    std::vector<int64_t> shape(h.sizes().begin(), h.sizes().end());
+    shape.back() = features;
+    at::Tensor out = at::empty(shape, h.options());
+    geglu(h.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(), h.numel() / h.size(-1), features);
+    return out;
+}
+
+int64_t loops() {
+    return ROWS | (attention_lanes != nullptr ? LANES : 0) | (geglu != nullptr ? GEGLU : 0);
+}
+
+}  // namespace
+
+#define GL_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)  // expands GL_NAMESPACE before TORCH_LIBRARY pastes it
+
+GL_LIBRARY(GL_NAMESPACE, m) {
+    m.def("small_head_attention(Tensor q, Tensor k, Tensor v, int heads) -> Tensor", &small_head_attention);
+    m.def("geglu(Tensor h, Tensor bias) -> Tensor", &fused_geglu);
+    m.def("loops() -> int", &loops);
+}
