@@ -38,7 +38,8 @@ class SmallHeadAttnProcessor(AttnProcessor2_0):
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)  # (B, L|S, H*D)
         out = self.kernel.attention(query, key, value, attn.heads)  # (B, L, H*D); a traced graph keeps the call
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
-        return out / attn.rescale_output_factor
+        # x / 1 is x: a graph need not run that pass over the output (20 of them a forward in the lab UNet)
+        return out if attn.rescale_output_factor == 1 else out / attn.rescale_output_factor
 
     def graph_key(self) -> tuple:
         """What this processor computes, for engine/cpu_graph.py: the same for every processor on one kernel."""

@@ -89,36 +89,87 @@ static inline __m512 exp2_nonpositive(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* Up to 16 queries (`valid`) of one head, rows `stride` floats apart in q, k, v and out; scores: scratch, 16 S. */
+/* 2^x for |x| <= EXP2_BOUND: exp2_nonpositive's fit without its clamp, which such an x never needs. */
+static inline __m512 exp2_bounded(__m512 x) {
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.4990867930464447e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3393088011071086e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61967371404171e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503472685813904e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402263730764389e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471824645996e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* Scores of at most this size (base 2) are taken as they are, without subtracting their max: 2^60 leaves room for
+ * sums over 2^60 / max|v| keys before a float overflows, and 2^-60 is far from the subnormals. */
+#define EXP2_BOUND 60.0f
+
+/* Up to 16 queries (`valid`) of one head, rows `stride` floats apart in q, k, v and out; scores: scratch, 16 S.
+ * `bounded`: every score of these queries is known to lie within +-EXP2_BOUND (a bound from |q| max|k|), so one pass
+ * over the keys does it all - score, 2^score, its sum and the weighted values - with no max and no scores kept.
+ * Otherwise two: the scores and their running max, then 2^(s - max) and the sums. */
 static inline __attribute__((always_inline)) void attend_lanes(
-        const float* q, const float* k, const float* v, float* out, long stride, long S, float scale, float* scores,
-        int valid, const int D) {
+        const float* q, const float* k, const float* v, float* out, long stride, long S, float scale, float kmax,
+        float* scores, int valid, const int D) {
     __mmask16 mask = (__mmask16)((1u << valid) - 1u);
     __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                       _mm512_set1_epi32((int)stride));
-    __m512 qv[8], o[8];
+    __m512 qv[8], o[8], norm = _mm512_setzero_ps();
     for (int c = 0; c < D; c++) {
         qv[c] = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, rows, q + c, 4),
                               _mm512_set1_ps(scale));
+        norm = _mm512_fmadd_ps(qv[c], qv[c], norm);
         o[c] = _mm512_setzero_ps();
     }
-    __m512 m = _mm512_set1_ps(-FLT_MAX);
-    _Pragma("GCC unroll 4") for (long j = 0; j < S; j++) {
-        const float* kj = k + j * stride;
-        __m512 s = _mm512_mul_ps(qv[0], _mm512_set1_ps(kj[0]));
-        for (int c = 1; c < D; c++) s = _mm512_fmadd_ps(qv[c], _mm512_set1_ps(kj[c]), s);
-        _mm512_storeu_ps(scores + j * 16, s);
-        m = _mm512_max_ps(m, s);
-    }
     __m512 z = _mm512_setzero_ps();
-    _Pragma("GCC unroll 4") for (long j = 0; j < S; j++) {
-        const float* vj = v + j * stride;
-        __m512 e = exp2_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + j * 16), m));
-        z = _mm512_add_ps(z, e);
-        for (int c = 0; c < D; c++) o[c] = _mm512_fmadd_ps(e, _mm512_set1_ps(vj[c]), o[c]);
+    /* |q . k| <= |q| max|k|, with a margin for the rounding of both */
+    if (__builtin_sqrtf(_mm512_reduce_max_ps(norm)) * kmax * 1.0001f <= EXP2_BOUND) {
+        _Pragma("GCC unroll 4") for (long j = 0; j < S; j++) {
+            const float* kj = k + j * stride;
+            const float* vj = v + j * stride;
+            __m512 s = _mm512_mul_ps(qv[0], _mm512_set1_ps(kj[0]));
+            for (int c = 1; c < D; c++) s = _mm512_fmadd_ps(qv[c], _mm512_set1_ps(kj[c]), s);
+            __m512 e = exp2_bounded(s);
+            z = _mm512_add_ps(z, e);
+            for (int c = 0; c < D; c++) o[c] = _mm512_fmadd_ps(e, _mm512_set1_ps(vj[c]), o[c]);
+        }
+    } else {
+        __m512 m = _mm512_set1_ps(-FLT_MAX);
+        _Pragma("GCC unroll 4") for (long j = 0; j < S; j++) {
+            const float* kj = k + j * stride;
+            __m512 s = _mm512_mul_ps(qv[0], _mm512_set1_ps(kj[0]));
+            for (int c = 1; c < D; c++) s = _mm512_fmadd_ps(qv[c], _mm512_set1_ps(kj[c]), s);
+            _mm512_storeu_ps(scores + j * 16, s);
+            m = _mm512_max_ps(m, s);
+        }
+        _Pragma("GCC unroll 4") for (long j = 0; j < S; j++) {
+            const float* vj = v + j * stride;
+            __m512 e = exp2_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + j * 16), m));
+            z = _mm512_add_ps(z, e);
+            for (int c = 0; c < D; c++) o[c] = _mm512_fmadd_ps(e, _mm512_set1_ps(vj[c]), o[c]);
+        }
     }
     __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), z);
     for (int c = 0; c < D; c++) _mm512_mask_i32scatter_ps(out + c, mask, rows, _mm512_mul_ps(o[c], inv), 4);
+}
+
+/* max over a head's keys of |k|, times (S max|v|) / 2^60 folded in: where the weighted sums could come near a
+ * float's range, a bound of infinity sends every query block to the two passes. */
+static float key_bound(const float* k, const float* v, long stride, long S, int D) {
+    float kk = 0.0f, vmax = 0.0f;
+    for (long j = 0; j < S; j++) {
+        float n = 0.0f;
+        for (int c = 0; c < D; c++) {
+            n += k[j * stride + c] * k[j * stride + c];
+            float a = __builtin_fabsf(v[j * stride + c]);
+            vmax = a > vmax ? a : vmax;
+        }
+        kk = n > kk ? n : kk;
+    }
+    return (float)S * vmax < 0x1p60f ? __builtin_sqrtf(kk) : __builtin_inff();
 }
 
 /* Returns 0, or 1 for a head size it has no loop for (4 and 8); scores is scratch for 16 S floats. */
@@ -128,16 +179,18 @@ int attention_lanes(const float* q, const float* k, const float* v, float* out, 
     const float scale2 = scale * 1.44269504088896341f;  /* e^(scale s) = 2^(scale log2(e) s) */
     const long C = H * D;
     for (long b = 0; b < B; b++)
-        for (long h = 0; h < H; h++)
+        for (long h = 0; h < H; h++) {
+            const float* kb = k + b * S * C + h * D;
+            const float* vb = v + b * S * C + h * D;
+            const float kmax = key_bound(kb, vb, C, S, (int)D);
             for (long l = 0; l < L; l += 16) {
                 int valid = L - l < 16 ? (int)(L - l) : 16;
                 const float* qb = q + (b * L + l) * C + h * D;
-                const float* kb = k + b * S * C + h * D;
-                const float* vb = v + b * S * C + h * D;
                 float* ob = out + (b * L + l) * C + h * D;
-                if (D == 4) attend_lanes(qb, kb, vb, ob, C, S, scale2, scores, valid, 4);
-                else attend_lanes(qb, kb, vb, ob, C, S, scale2, scores, valid, 8);
+                if (D == 4) attend_lanes(qb, kb, vb, ob, C, S, scale2, kmax, scores, valid, 4);
+                else attend_lanes(qb, kb, vb, ob, C, S, scale2, kmax, scores, valid, 8);
             }
+        }
     return 0;
 }
 

@@ -37,17 +37,31 @@ def _sdpa(q, k, v, heads):
 @needs_compiler
 @pytest.mark.parametrize("loop", ["kernel", "portable"])
 @pytest.mark.parametrize("dim, queries, tokens", [(4, 256, 256), (4, 256, 7), (8, 64, 64), (8, 16, 33), (4, 37, 5)])
-def test_kernel_is_as_accurate_as_sdpa(request, loop, dim, queries, tokens):
+@pytest.mark.parametrize("size", [1.0, 3.0, 10.0])  # scores within the one-pass bound, both, beyond it
+def test_kernel_is_as_accurate_as_sdpa(request, loop, dim, queries, tokens, size):
     kernel = request.getfixturevalue(loop)
     gen = torch.Generator().manual_seed(dim + tokens)
     heads = 8
-    q = torch.randn(3, queries, heads * dim, generator=gen) * 3  # scores well beyond +-1, as trained layers give
-    k = torch.randn(3, tokens, heads * dim, generator=gen) * 3
+    q = torch.randn(3, queries, heads * dim, generator=gen) * size  # 3: scores beyond +-1, as trained layers give
+    k = torch.randn(3, tokens, heads * dim, generator=gen) * size
     v = torch.randn(3, tokens, heads * dim, generator=gen)
     exact = _sdpa(q.double(), k.double(), v.double(), heads)
     ours = (kernel.attention(q, k, v, heads) - exact).abs().max().item()
     theirs = (_sdpa(q, k, v, heads) - exact).abs().max().item()  # float32 SDPA's own rounding, about 3e-6
     assert ours < 2 * theirs + 1e-6
+
+
+@needs_compiler
+def test_huge_values_take_the_two_passes(kernel):
+    """Scores near a float's range, and values whose weighted sum would overflow without the max taken out."""
+    gen = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(2, 40, 32, generator=gen) * 6 for _ in range(2))
+    v = torch.randn(2, 40, 32, generator=gen) * 1e30
+    exact = _sdpa(q.double(), k.double(), v.double(), 8)
+    ours = kernel.attention(q, k, v, 8)
+    assert torch.isfinite(ours).all()
+    error = lambda out: ((out - exact).abs().max() / 1e30).item()  # noqa: E731
+    assert error(ours) < 2 * error(_sdpa(q, k, v, 8)) + 1e-6
 
 
 @needs_compiler
