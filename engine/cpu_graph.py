@@ -39,24 +39,71 @@ log = logging.getLogger(__name__)
 
 class _Plain(torch.nn.Module):
     """The UNet's call as a module with tensor inputs and one tensor out: what gets traced. PAG's and SEG's row
-    marks are a constant of the graph (its signature holds them)."""
+    marks are a constant of the graph (its signature holds them). `channels_last`: the sample goes in channels-last
+    and the prediction comes back in torch's default layout."""
 
-    def __init__(self, unet: torch.nn.Module, perturb: torch.Tensor | None):
+    def __init__(self, unet: torch.nn.Module, perturb: torch.Tensor | None, channels_last: bool = False):
         super().__init__()
         self.unet = unet
         self.kwargs = None if perturb is None else {"perturb": perturb}
+        self.channels_last = channels_last
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
-        return type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states,
-                                       cross_attention_kwargs=self.kwargs, return_dict=False)[0]
+        if self.channels_last:
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        out = type(self.unet).forward(self.unet, sample, timestep, encoder_hidden_states,
+                                      cross_attention_kwargs=self.kwargs, return_dict=False)[0]
+        return out.contiguous() if self.channels_last else out
+
+
+# Group norms, and the SiLU after one, as the C loop (engine/cpu_norm.c) on channels-last activations.
+_NORM_SILU = """graph(%x, %groups, %weight, %bias, %eps, %cudnn):
+    %y = aten::group_norm(%x, %groups, %weight, %bias, %eps, %cudnn)
+    %z = aten::silu(%y)
+    return (%z)"""
+_NORM = """graph(%x, %groups, %weight, %bias, %eps, %cudnn):
+    %z = aten::group_norm(%x, %groups, %weight, %bias, %eps, %cudnn)
+    return (%z)"""
+_LOOP = """graph(%x, %groups, %weight, %bias, %eps, %cudnn):
+    %silu : bool = prim::Constant[value={silu}]()
+    %z = {namespace}::group_norm(%x, %weight, %bias, %groups, %eps, %silu)
+    return (%z)"""
+
+
+def _norms_as_loops(graph: torch._C.Graph, namespace: str) -> int:
+    """Rewrite a frozen graph's group norms (with the SiLU that follows, where one does) into calls of the norm
+    loop; returns how many calls the graph then makes. Weights and biases must be constants (a frozen graph's)."""
+    for node in graph.findAllNodes("aten::group_norm"):
+        if any(node.inputsAt(i).node().kind() != "prim::Constant" or node.inputsAt(i).type().kind() != "TensorType"
+               for i in (2, 3)):
+            return 0  # a norm without weights (or with computed ones) stays torch's, and so do all the others
+    torch._C._jit_pass_custom_pattern_based_rewrite_graph(_NORM_SILU, _LOOP.format(silu=1, namespace=namespace),
+                                                           graph)
+    torch._C._jit_pass_custom_pattern_based_rewrite_graph(_NORM, _LOOP.format(silu=0, namespace=namespace), graph)
+    return len(graph.findAllNodes(f"{namespace}::group_norm"))
+
+
+def _drop_layout_copies(graph: torch._C.Graph) -> int:
+    """Drop the `.contiguous()` calls whose every use is a convolution's input: a convolution reads any layout, and
+    with channels-last weights it would only copy such an input back (diffusers' transformers end so, before
+    proj_out). Returns how many were dropped."""
+    dropped = 0
+    for node in graph.findAllNodes("aten::contiguous"):
+        uses = node.output().uses()
+        if uses and all(use.user.kind() == "aten::_convolution" and use.offset == 0 for use in uses):
+            node.output().replaceAllUsesWith(node.inputsAt(0))
+            node.destroy()
+            dropped += 1
+    return dropped
 
 
 class GraphForward:
     """Installed as a UNet's `forward`: the frozen graph for a plain call, diffusers' forward for every other. The
     module's hooks still run around it (they run in `Module.__call__`)."""
 
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, kernels=None):
         self.unet = unet
+        self.kernels = kernels  # engine/cpu_kernels.py's CpuKernels: channels-last graphs with the norm loop
         self._graphs: OrderedDict[tuple, torch.jit.ScriptModule | None] = OrderedDict()
         self._lock = threading.Lock()
         # The attention layers, found on the first call: a deep copy installs its GraphForward before its modules.
@@ -72,7 +119,8 @@ class GraphForward:
         return inspect.signature(self.eager)
 
     def __deepcopy__(self, memo) -> GraphForward:
-        return GraphForward(memo[id(self.unet)])  # a copied UNet traces its own graphs, for its own processors
+        # a copied UNet traces its own graphs, for its own processors
+        return GraphForward(memo[id(self.unet)], self.kernels)
 
     @property
     def graphs(self) -> int:
@@ -140,12 +188,32 @@ class GraphForward:
             with warnings.catch_warnings():  # the tracer's notes on values it keeps constant: the key holds them
                 warnings.simplefilter("ignore")
                 marks = None if perturb is None else perturb.clone()
-                traced = torch.jit.trace(_Plain(self.unet, marks).eval(), (sample, timestep, encoder_hidden_states),
-                                         check_trace=False)
-                return torch.jit.freeze(traced)
+                inputs = (sample, timestep, encoder_hidden_states)
+                if self.kernels is not None and self.kernels.has_norm:
+                    frozen = self._channels_last(marks, inputs)
+                    if frozen is not None:
+                        return frozen
+                return torch.jit.freeze(torch.jit.trace(_Plain(self.unet, marks).eval(), inputs, check_trace=False))
         except Exception as exc:  # TorchScript cannot take this model: it keeps diffusers' forward
             log.warning("The UNet keeps its Python forward: tracing it failed (%s).", exc)
             return None
+
+    def _channels_last(self, marks, inputs) -> torch.jit.ScriptModule | None:
+        """The graph with channels-last activations and weights (the weights as copies, held by the graph alone:
+        the module keeps its own layout) and its group norms as the C loop; None where a norm cannot be one."""
+        weights = [(m, m.weight) for m in self.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+        try:
+            for module, weight in weights:
+                module.weight = torch.nn.Parameter(weight.contiguous(memory_format=torch.channels_last), False)
+            traced = torch.jit.trace(_Plain(self.unet, marks, True).eval(), inputs, check_trace=False)
+            frozen = torch.jit.freeze(traced)
+        finally:
+            for module, weight in weights:
+                module.weight = weight
+        if not _norms_as_loops(frozen.graph, self.kernels.namespace):
+            return None
+        _drop_layout_copies(frozen.graph)
+        return frozen
 
 
 def _row_marks(kwargs: dict) -> torch.Tensor | None | bool:
@@ -163,10 +231,11 @@ def _row_marks(kwargs: dict) -> torch.Tensor | None | bool:
     return marks
 
 
-def use_graphs(unet: torch.nn.Module) -> bool:
-    """Give a CPU float32 UNet below MAX_PARAMETERS the graph forward; True where it got it."""
+def use_graphs(unet: torch.nn.Module, kernels=None) -> bool:
+    """Give a CPU float32 UNet below MAX_PARAMETERS the graph forward; True where it got it. With `kernels` whose
+    norm loop exists, its graphs run channels-last with their group norms as that loop."""
     small = sum(p.numel() for p in unet.parameters()) <= MAX_PARAMETERS
     if not small or unet.device.type != "cpu" or unet.dtype != torch.float32:
         return False
-    unet.forward = GraphForward(unet)
+    unet.forward = GraphForward(unet, kernels)
     return True

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_suffix(".c")
+SOURCES = (Path(__file__).with_suffix(".c"), Path(__file__).with_name("cpu_norm.c"))  # the loops, in C
 OPERATORS = Path(__file__).with_name("cpu_ops.cpp")
 TORCH = Path(torch.__file__).parent  # its include/ and lib/ folders, as torch.utils.cpp_extension finds them
 HEAD_DIMS = (4, 8)  # the head sizes the attention loops serve
@@ -68,6 +68,11 @@ class CpuKernels:
         return self._load() is not None and bool(self._loops & _LANES)
 
     @property
+    def has_norm(self) -> bool:
+        """Whether the group norm loop exists (everywhere the library builds)."""
+        return self._load() is not None
+
+    @property
     def has_geglu(self) -> bool:
         return self._load() is not None and bool(self._loops & _GEGLU)
 
@@ -82,6 +87,11 @@ class CpuKernels:
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
         """softmax(q k^T / sqrt(D)) v per head, for q (B, L, H*D) and k, v (B, S, H*D); returns (B, L, H*D)."""
         return self._load().small_head_attention(q, k, v, heads)
+
+    def group_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float,
+                   silu: bool = False) -> torch.Tensor:
+        """torch's group_norm of an (N, C, H, W) float32 tensor, then SiLU where `silu`; channels-last out."""
+        return self._load().group_norm(x, weight, bias, groups, eps, silu)
 
     def geglu(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """(a + bias[:F]) * gelu(g + bias[F:]) for h = [a | g] (..., 2F) float32, F a multiple of 16."""
@@ -129,7 +139,8 @@ def _build(flags: tuple[str, ...], namespace: str) -> Path:
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
     cxx_flags = ["-O2", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden", f"-DGL_NAMESPACE={namespace}", abi,
                  f"-I{TORCH / 'include'}", f"-L{TORCH / 'lib'}", f"-Wl,-rpath,{TORCH / 'lib'}"]
-    recipe = [SOURCE.read_text(), OPERATORS.read_text(), cc, cxx, *flags, *cxx_flags, torch.__version__]
+    recipe = [*(source.read_text() for source in SOURCES), OPERATORS.read_text(), cc, cxx, *flags, *cxx_flags,
+              torch.__version__]
     name = f"cpu_kernels-{hashlib.sha256(chr(0).join(recipe).encode()).hexdigest()[:16]}.so"
     folder = cache_folder()
     try:
@@ -140,10 +151,11 @@ def _build(flags: tuple[str, ...], namespace: str) -> Path:
     if library.exists():
         return library
     with tempfile.TemporaryDirectory(prefix="build-", dir=folder) as scratch:
-        loops, built = Path(scratch) / "loops.o", Path(scratch) / name
-        subprocess.run([cc, *flags, "-c", "-fPIC", "-fvisibility=hidden", str(SOURCE), "-o", str(loops)],
-                       check=True, capture_output=True, timeout=60)
-        subprocess.run([cxx, *cxx_flags, str(OPERATORS), str(loops), "-o", str(built), "-ltorch_cpu", "-lc10"],
-                       check=True, capture_output=True, timeout=300)
+        objects, built = [Path(scratch) / f"{source.stem}.o" for source in SOURCES], Path(scratch) / name
+        for source, obj in zip(SOURCES, objects):
+            subprocess.run([cc, *flags, "-c", "-fPIC", "-fvisibility=hidden", str(source), "-o", str(obj)],
+                           check=True, capture_output=True, timeout=60)
+        subprocess.run([cxx, *cxx_flags, str(OPERATORS), *map(str, objects), "-o", str(built), "-ltorch_cpu",
+                        "-lc10"], check=True, capture_output=True, timeout=300)
         os.replace(built, library)  # whole or not at all, for another process building the same
     return library

@@ -16,6 +16,8 @@ int attention(const float* q, const float* kt, const float* vt, float* out, long
 int attention_lanes(const float* q, const float* k, const float* v, float* out, long B, long L, long S, long H,
                     long D, float scale, float* scores) __attribute__((weak));
 int geglu(const float* h, const float* bias, float* out, long N, long F) __attribute__((weak));
+int group_norm_nhwc(const float* x, const float* gamma, const float* beta, float* out, long N, long HW, long C,
+                    long G, float eps, int silu);
 }
 
 namespace {
@@ -75,6 +77,26 @@ at::Tensor fused_geglu(const at::Tensor& hidden, const at::Tensor& bias) {
     return out;
 }
 
+/* torch's group_norm (then SiLU where `silu`) for a channels-last (N, C, H, W) float32 tensor, in one call of
+ * engine/cpu_norm.c; the result is channels-last too. Other layouts are made channels-last first. */
+at::Tensor group_norm(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, int64_t groups,
+                      double eps, bool silu) {
+    check_float_cpu(input, "x");
+    check_float_cpu(weight, "weight");
+    check_float_cpu(bias, "bias");
+    TORCH_CHECK(input.dim() == 4 && groups > 0 && input.size(1) % groups == 0 && weight.numel() == input.size(1) &&
+                    bias.numel() == input.size(1),
+                "x must be (N, C, H, W) with C a multiple of the groups, and weight and bias (C,).");
+    at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+    at::Tensor w = weight.contiguous(), b = bias.contiguous();
+    at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+    const int status = group_norm_nhwc(x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
+                                       out.data_ptr<float>(), n, hw, c, groups, static_cast<float>(eps), silu ? 1 : 0);
+    TORCH_CHECK_VALUE(status == 0, "The group norm loop has no case for ", c, " channels.");
+    return out;
+}
+
 int64_t loops() {
     return ROWS | (attention_lanes != nullptr ? LANES : 0) | (geglu != nullptr ? GEGLU : 0);
 }
@@ -86,5 +108,7 @@ int64_t loops() {
 GL_LIBRARY(GL_NAMESPACE, m) {
     m.def("small_head_attention(Tensor q, Tensor k, Tensor v, int heads) -> Tensor", &small_head_attention);
     m.def("geglu(Tensor h, Tensor bias) -> Tensor", &fused_geglu);
+    m.def("group_norm(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu) -> Tensor",
+          &group_norm);
     m.def("loops() -> int", &loops);
 }

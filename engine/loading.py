@@ -232,5 +232,5 @@ class ModelStore:
                     use_small_head_attention(model, self.kernels)
                     use_fused_geglu(model, self.kernels)
                     if isinstance(model, UNet2DConditionModel):
-                        use_graphs(model)
+                        use_graphs(model, self.kernels)
         return obj

@@ -18,7 +18,8 @@ from engine.cpu_graph import GraphForward, use_graphs
 from tests.tiny_models import tiny_sd
 
 LAB_UNET = Path(__file__).resolve().parents[2] / "assets" / "models" / "lab-sd" / "unet"
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernel")
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
+                                    reason="no C and C++ compilers to build the kernel")
 
 
 def _unet():
@@ -77,6 +78,29 @@ def test_the_graph_calls_the_c_loops_rather_than_keeping_their_output():
         x2, _, e2 = _inputs(2, unet, seed=7)  # same signature, new values: the graph must not replay old ones
         torch.testing.assert_close(unet(x2, t, encoder_hidden_states=e2).sample, _eager(unet, x2, t, e2),
                                    atol=1e-5, rtol=1e-5)
+
+
+@needs_compiler
+def test_with_the_norm_loop_the_graph_runs_channels_last():
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(LAB_UNET).eval()
+    kernels = CpuKernels()
+    use_small_head_attention(unet, kernels)
+    assert use_graphs(unet, kernels)
+    x, t, embeds = _inputs(3, unet)
+    with torch.no_grad():
+        out = unet(x, t, encoder_hidden_states=embeds).sample
+        expected = _eager(unet, x, t, embeds)
+    graph = str(next(g for g in unet.forward._graphs.values()).inlined_graph)
+    norms = sum(isinstance(m, torch.nn.GroupNorm) for m in unet.modules())
+    # every group norm is the loop, the SiLU after a resnet's norm and the last one's inside it (two SiLUs stay:
+    # the time embedding's); no copy back to NCHW before a transformer's proj_out
+    assert graph.count(f"{kernels.namespace}::group_norm") == norms and "aten::group_norm" not in graph
+    assert graph.count("aten::silu") == 2 and graph.count("aten::contiguous") == 2  # the sample in, the prediction out
+    assert out.is_contiguous() and out.shape == x.shape
+    assert all(m.weight.is_contiguous() for m in unet.modules() if isinstance(m, torch.nn.Conv2d))  # the module's own
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
 
 
 def test_other_calls_run_diffusers_forward():
