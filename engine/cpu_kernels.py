@@ -2,11 +2,13 @@
 system's C and C++ compilers for the machine they run on and kept in a cache folder, so that a machine builds them
 once (about ten seconds: torch's headers are most of it); a model store starts the build when it is made.
 
-Two jobs, each where torch's general kernels lose most of their time on the lab's small shapes:
+Three jobs, each where torch's general kernels lose most of their time on the lab's small shapes:
 - softmax attention for heads of 4 and 8 channels (engine/cpu_attention.py installs it in the attention layers);
 - the feed-forward GEGLU's bias, GELU and gate in one pass over the projection's output, where the CPU has AVX-512
   (engine/cpu_geglu.py): torch's linear fills its output with the bias before the product and then runs the GELU
-  and the product as two more passes, 2.53 ms for a 30-image batch at 16x16 on one core, 1.39 ms fused.
+  and the product as two more passes, 2.53 ms for a 30-image batch at 16x16 on one core, 1.39 ms fused;
+- group norm, with the SiLU after it where a resnet has one, on channels-last activations (engine/cpu_norm.c),
+  which torch normalises 4x slower than NCHW ones; the frozen graphs call it (engine/cpu_graph.py).
 The operators are C++, not Python: a frozen graph (engine/cpu_graph.py) then calls them without taking the GIL.
 Written in Python, each of a forward's 300 calls took it, and of two graphs running side by side one ran 17-20%
 slower than alone, waiting on the other's calls.
