@@ -73,34 +73,17 @@ int attention(const float* q, const float* kt, const float* vt, float* out, long
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-/* 2^x for x <= 0 as 2^n p(f), n = round(x), f = x - n in [-1/2, 1/2], p a degree-6 fit (relative error 1.3e-8);
- * x is held above -125 so that no result is subnormal. */
-static inline __m512 exp2_nonpositive(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f));
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.4990867930464447e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3393088011071086e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61967371404171e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503472685813904e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402263730764389e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471824645996e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
+#include "cpu_exp2.h"
 
-/* 2^x for |x| <= EXP2_BOUND: exp2_nonpositive's fit without its clamp, which such an x never needs. */
+/* 2^x for |x| <= EXP2_BOUND as 2^n p(f), n = round(x), f = x - n in [-1/2, 1/2]. */
 static inline __m512 exp2_bounded(__m512 x) {
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.4990867930464447e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3393088011071086e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61967371404171e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503472685813904e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402263730764389e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471824645996e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_scalef_ps(exp2_fraction16(_mm512_sub_ps(x, n)), n);
+}
+
+/* 2^x for x <= 0, x held above -125 so that no result is subnormal. */
+static inline __m512 exp2_nonpositive(__m512 x) {
+    return exp2_bounded(_mm512_max_ps(x, _mm512_set1_ps(-125.0f)));
 }
 
 /* Scores of at most this size (base 2) are taken as they are, without subtracting their max: 2^60 leaves room for

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 SOURCES = (Path(__file__).with_suffix(".c"), Path(__file__).with_name("cpu_norm.c"))  # the loops, in C
+HEADERS = (Path(__file__).with_name("cpu_exp2.h"),)  # what they include
 OPERATORS = Path(__file__).with_name("cpu_ops.cpp")
 TORCH = Path(torch.__file__).parent  # its include/ and lib/ folders, as torch.utils.cpp_extension finds them
 HEAD_DIMS = (4, 8)  # the head sizes the attention loops serve
@@ -141,8 +142,8 @@ def _build(flags: tuple[str, ...], namespace: str) -> Path:
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
     cxx_flags = ["-O2", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden", f"-DGL_NAMESPACE={namespace}", abi,
                  f"-I{TORCH / 'include'}", f"-L{TORCH / 'lib'}", f"-Wl,-rpath,{TORCH / 'lib'}"]
-    recipe = [*(source.read_text() for source in SOURCES), OPERATORS.read_text(), cc, cxx, *flags, *cxx_flags,
-              torch.__version__]
+    recipe = [*(source.read_text() for source in (*SOURCES, *HEADERS)), OPERATORS.read_text(), cc, cxx, *flags,
+              *cxx_flags, torch.__version__]
     name = f"cpu_kernels-{hashlib.sha256(chr(0).join(recipe).encode()).hexdigest()[:16]}.so"
     folder = cache_folder()
     try:
