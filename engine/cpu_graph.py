@@ -196,7 +196,7 @@ class GraphForward:
                 warnings.simplefilter("ignore")
                 marks = None if perturb is None else perturb.clone()
                 inputs = (sample, timestep, encoder_hidden_states)
-                if self.kernels is not None and self.kernels.has_norm:
+                if self.kernels is not None and self.kernels.available:
                     frozen = self._channels_last(marks, inputs)
                     if frozen is not None:
                         return frozen

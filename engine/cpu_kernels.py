@@ -63,17 +63,13 @@ class CpuKernels:
 
     @property
     def available(self) -> bool:
+        """Whether the library built: the row attention loop and the group norm loop exist wherever it did."""
         return self._load() is not None
 
     @property
     def lanes(self) -> bool:
         """Whether attention runs sixteen queries to a register (the CPU has AVX-512)."""
         return self._load() is not None and bool(self._loops & _LANES)
-
-    @property
-    def has_norm(self) -> bool:
-        """Whether the group norm loop exists (everywhere the library builds)."""
-        return self._load() is not None
 
     @property
     def has_geglu(self) -> bool:
