@@ -19,11 +19,12 @@ from .guiders import GuidanceSettings
 from .registry import default_model, resolve
 from .meter import units
 from .request import Request, check_request, evals_per_step
-from .roofline import Roofline, counting_samples, matmul_peak, unet_flops_per_sample
+from .roofline import Roofline, counting_samples, matmul_peak, stolen_share, unet_flops_per_sample
 from .schedulers import make_scheduler
 
 BATCH = 15  # one row of the default compare grid: five guided scales times three seeds
 GRID_PROMPT = "a large red circle on the left on a white background"
+STEAL_IDLE = 0.02  # more of the CPU time than this taken by the hypervisor: the machine was not idle
 
 
 def _seconds(fn) -> float:
@@ -143,7 +144,9 @@ def run_threads(*, model: str | None, steps: int, runs: int, scale: float,
 
 def run_grid(*, model: str | None, steps: int, runs: int, prompt: str = GRID_PROMPT) -> Roofline:
     """The default Compare grid through the engine: median seconds, the UNet FLOPs it performed (FLOPs per sample
-    times the samples evaluated), and that rate against a matmul peak measured on the model thread."""
+    times the samples evaluated), and that rate against a matmul peak measured on the model thread before the runs
+    and after each one (the best of them: a measurement the hypervisor interrupts reads low), with the share of
+    the CPU time each run lost to other guests of the host."""
     engine = Engine()
     spec = resolve(model or default_model("text"), "text")
     base = Request(model=spec.name, prompt=prompt, steps=steps, scheduler="ddim", seed=0)
@@ -151,19 +154,26 @@ def run_grid(*, model: str | None, steps: int, runs: int, prompt: str = GRID_PRO
     print(f"model {spec.name}, default Compare grid, {steps} DDIM steps, device {engine.device}, "
           f"{torch.get_num_threads()} threads, {runs} runs after a warm-up", flush=True)
     compare(engine, base)
-    times, samples = [], []
+    times, samples, stolen = [], [], []
+    peaks = [engine.runner.call(matmul_peak)]
     for _ in range(runs):
-        with counting_samples(pipe.unet) as sizes:
+        with counting_samples(pipe.unet) as sizes, stolen_share() as share:
             times.append(_seconds(lambda: compare(engine, base)))
         samples.append(sum(sizes))
+        stolen += share
+        peaks.append(engine.runner.call(matmul_peak))
     embeds = engine.runner.call(lambda: pipe.encode_prompt(prompt, engine.device, 1, False)[0])  # (1, L, D)
     per_sample = engine.runner.call(unet_flops_per_sample, pipe.unet, embeds)
-    peak = engine.runner.call(matmul_peak)
+    peak = max(peaks)
     result = Roofline(statistics.median(times), per_sample * samples[0], peak)
     print(f"grid: median {result.seconds:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in times)})")
+    if stolen:
+        note = f" (above {STEAL_IDLE:.0%}: not an idle machine)" if max(stolen) > STEAL_IDLE else ""
+        print(f"hypervisor steal during the runs: {', '.join(f'{s:.0%}' for s in stolen)} of the CPU time{note}")
     print(f"UNet work: {samples[0]} sample evaluations x {per_sample / 1e6:.2f} MFLOP = {result.flops / 1e9:.1f} GFLOP")
     print(f"achieved {result.flops_per_s / 1e9:.1f} GFLOP/s; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s "
-          f"({torch.get_num_threads()} threads); the same work at the peak: {result.floor_s:.2f} s")
+          f"({torch.get_num_threads()} threads, the best of {len(peaks)} measurements: "
+          f"{', '.join(f'{p / 1e9:.0f}' for p in peaks)}); the same work at the peak: {result.floor_s:.2f} s")
     print(f"grid roofline fraction: {result.fraction:.3f}")
     return result
 

@@ -3,6 +3,11 @@
 The work is counted, not timed: torch's FlopCounterMode gives the FLOPs of one UNet sample (convolutions,
 matmuls, attention), and a forward hook counts how many samples the run evaluated. The peak is a large square
 torch.mm on the calling thread with torch's current thread count, the best of a few.
+
+On a virtual machine the hypervisor may run other guests on the same cores: Linux counts the time it took as
+`steal` in /proc/stat. A run it interrupts is slower for reasons the code has nothing to do with, and a peak it
+interrupts reads low, which raises the fraction. So the bench measures the peak several times across its runs
+and keeps the best, and `stolen_share` tells how much of the CPU time the runs lost to steal.
 """
 
 from __future__ import annotations
@@ -52,6 +57,35 @@ def matmul_peak(side: int = PEAK_SIDE, repeats: int = 5) -> float:
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - start)
     return 2 * side**3 / best
+
+
+@contextmanager
+def stolen_share():
+    """Yields a list that holds, once the block ends, the share of the machine's CPU time the hypervisor took from
+    it during the block (0.0 on bare metal or an idle host); empty where /proc/stat is not there to say."""
+    before = _cpu_ticks()
+    share: list[float] = []
+    try:
+        yield share
+    finally:
+        after = _cpu_ticks()
+        if before is not None and after is not None:
+            total = sum(after) - sum(before)
+            share.append((after[-1] - before[-1]) / total if total > 0 else 0.0)
+
+
+def _cpu_ticks() -> list[int] | None:
+    """The machine's CPU ticks so far: user, nice, system, idle, iowait, irq, softirq, steal (last); None where
+    the system does not report them."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return [int(f) for f in fields[1:9]]
+
 
 
 def unet_flops_per_sample(unet, encoder_hidden_states: torch.Tensor) -> int:

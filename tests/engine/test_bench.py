@@ -1,11 +1,12 @@
 """The Compare grid's roofline: UNet FLOPs counted per sample and per evaluation, against a measured peak."""
 
 import re
+from pathlib import Path
 
 import torch
 
 from engine.bench import run_grid
-from engine.roofline import Roofline, counting_samples, unet_flops_per_sample
+from engine.roofline import Roofline, counting_samples, stolen_share, unet_flops_per_sample
 from tests.tiny_models import tiny_sd
 
 
@@ -41,5 +42,15 @@ def test_grid_bench_counts_every_unet_sample_and_ends_with_the_roofline_line(tin
     # scale-1 conditional images the rows share.
     samples = steps * (4 * 5 * 3 * 2 + 3)
     assert re.search(rf"UNet work: {samples} sample evaluations", "\n".join(lines))
+    assert re.search(r"fp32 matmul peak [\d.]+ GFLOP/s \(\d+ threads, the best of 2 measurements", "\n".join(lines))
     assert re.fullmatch(r"grid roofline fraction: \d+\.\d{3}", lines[-1])
     assert float(lines[-1].split()[-1]) == round(result.fraction, 3) and 0 < result.fraction < 1
+
+
+def test_stolen_share_reads_proc_stat_or_says_nothing():
+    with stolen_share() as share:
+        sum(range(10000))
+    if Path("/proc/stat").exists():
+        assert len(share) == 1 and 0.0 <= share[0] <= 1.0
+    else:
+        assert share == []
