@@ -87,6 +87,9 @@ class Engine:
         # A fast tokenizer keeps its truncation settings between calls: requests running side by side
         # (generate_many) encode their prompts one at a time, or one may tokenize with the other's settings.
         self._encoding = threading.Lock()
+        # A server's model folder (LAB_MODEL_DIR): requests name the folders under it by their relative names,
+        # which is all that PNG text, reproduce commands and errors then show.
+        self.model_root: Path | None = None
         weakref.finalize(self, self.runner.close)
 
     @property
@@ -99,8 +102,12 @@ class Engine:
         return self.runner.call(self.store.get, spec).obj
 
     # 1. Check inputs and resolve the models.
+    def resolve(self, name: str, kind: str | None = None) -> ModelSpec:
+        """The spec of a registry name, folder (one under `model_root` by its relative name) or hub id."""
+        return resolve(name, kind, self.model_root)
+
     def model_spec(self, req: Request) -> ModelSpec:
-        return resolve(req.model or default_model(req.model_kind), req.model_kind)
+        return self.resolve(req.model or default_model(req.model_kind), req.model_kind)
 
     def default_scheduler(self, req: Request) -> str:
         """The scheduler a request that names none runs (engine/registry.py, recommended_scheduler)."""
@@ -108,7 +115,7 @@ class Engine:
 
     def native_size(self, model: str | None = None, kind: str = "text") -> tuple[int, int]:
         """(width, height) the model generates at by default: its latent size times the VAE's factor."""
-        pipe = self.loaded(resolve(model or default_model(kind), kind))
+        pipe = self.loaded(self.resolve(model or default_model(kind), kind))
         return _native_size(pipe)
 
     def generate(self, req: Request, callback: Callable[[dict], None] | None = None,
@@ -233,7 +240,7 @@ class Engine:
         if req.controls:
             raise EngineError("AutoGuidance does not combine with ControlNet here: the weak model cannot take the "
                               "ControlNet's features.")
-        return self.loaded(resolve(spec.weak, "unet"))
+        return self.loaded(self.resolve(spec.weak, "unet"))
 
     def _text_denoiser(self, pipe, req: Request, guidance: GuidanceSettings):
         family = model_family(pipe)
@@ -301,7 +308,7 @@ class Engine:
     def _control_branch(self, control: ControlSpec, height: int, width: int, batch: int, dtype,
                         unet) -> ControlBranch:
         name = control.controlnet or default_model("controlnet", control.control_type)
-        controlnet = self.loaded(resolve(name, "controlnet"))
+        controlnet = self.loaded(self.resolve(name, "controlnet"))
         _check_fits(controlnet, unet, name)
         processor = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
         image = processor.preprocess(control.image, height=height, width=width).to(dtype=torch.float32)
@@ -348,7 +355,7 @@ class Engine:
         return denoiser, (req.num_images, channels, size, size), transformer.dtype
 
     def _with_classifier(self, model_fn, req: Request, pipe, record: list):
-        classifier = self.loaded(resolve(req.classifier or default_model("classifier"), "classifier"))
+        classifier = self.loaded(self.resolve(req.classifier or default_model("classifier"), "classifier"))
         label = req.class_label
         if label is None:
             raise EngineError("Classifier guidance needs a class to steer toward.")

@@ -154,19 +154,33 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/")) and " " not in name
 
 
-def resolve(name: str, kind: str | None = None) -> ModelSpec:
-    """Turn a registry name, local folder or hub id into a ModelSpec, checking it serves `kind` if given."""
-    if name in REGISTRY:
+def folder_under(root: Path | None, name: str) -> Path | None:
+    """The model folder `name` names under `root` (a folder holding model_index.json or config.json, never a path
+    that leaves `root`), or None."""
+    if root is None or not isinstance(name, str) or not name:
+        return None
+    try:
+        base = Path(root).resolve()
+        target = (base / name).resolve()
+        inside = target.is_relative_to(base) and target != base
+        return target if inside and any((target / f).is_file() for f in ("model_index.json", "config.json")) else None
+    except (OSError, ValueError):  # a name the file system refuses (too long, a NUL byte) names no folder of ours
+        return None
+
+
+def resolve(name: str, kind: str | None = None, root: Path | None = None) -> ModelSpec:
+    """Turn a registry name, local folder or hub id into a ModelSpec, checking it serves `kind` if given. With
+    `root`, a folder under it is named by its path relative to it, and keeps that name: what a server offers from
+    its model folder never shows where that folder is."""
+    if (folder := folder_under(root, name)) is not None:
+        spec = _folder_spec(str(folder), name)
+    elif name in REGISTRY:
         spec = REGISTRY[name]
         if spec.offline and not spec.is_local:
             raise EngineError(f"The project's model '{name}' is not in assets/models/; train it with the recipes in "
                               f"training/ or pick another model ({', '.join(available_offline()) or 'none shipped'}).")
     elif _is_dir(name):
-        folder_kind = _folder_kind(Path(name))
-        if folder_kind is None:
-            raise EngineError(f"The folder '{name}' holds no diffusers model_index.json or config.json the lab "
-                              f"knows how to load.")
-        spec = ModelSpec(name, str(Path(name).resolve()), folder_kind, family=detect_family(name))
+        spec = _folder_spec(name, name)
     elif _looks_like_hub_id(name):
         spec = ModelSpec(name, name, kind or "text")
     else:
@@ -176,6 +190,15 @@ def resolve(name: str, kind: str | None = None) -> ModelSpec:
     if kind is not None and spec.kind != kind:
         raise EngineError(f"The model '{name}' is a {spec.kind} model, but a {kind} model is needed here.")
     return spec
+
+
+def _folder_spec(folder: str, name: str) -> ModelSpec:
+    """The spec of a diffusers folder, named `name`."""
+    folder_kind = _folder_kind(Path(folder))
+    if folder_kind is None:
+        raise EngineError(f"The folder '{name}' holds no diffusers model_index.json or config.json the lab "
+                          f"knows how to load.")
+    return ModelSpec(name, str(Path(folder).resolve()), folder_kind, family=detect_family(folder))
 
 
 def is_project_model(name: str | None) -> bool:

@@ -9,7 +9,6 @@ from engine.errors import EngineError
 from engine.generate import Engine, Result
 from engine.guiders import GuidanceSettings
 from engine.request import Request
-from engine.registry import resolve
 
 from .models import ModelChoices
 from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, both, check_budget, gallery, gallery_items, guarded,
@@ -25,7 +24,7 @@ def class_names(engine: Engine, model: str | None) -> list[str]:
     if not model:
         return []
     try:
-        return engine.class_names(engine.loaded(resolve(model, "class")))
+        return engine.class_names(engine.loaded(engine.resolve(model, "class")))
     except EngineError:
         return []
 
@@ -34,7 +33,7 @@ def usable_classifier(models: ModelChoices) -> str:
     """The first offered classifier that resolves here, else 'none'."""
     for name in models.classifier:
         try:
-            resolve(models.path(name), "classifier")
+            models.resolve(name, "classifier")
             return name
         except EngineError:
             continue

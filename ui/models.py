@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.control.prepare import CONTROL_TYPES
 from engine.errors import EngineError
-from engine.registry import REGISTRY, default_model, resolve
+from engine.registry import REGISTRY, ModelSpec, default_model, folder_under, resolve
 
 KINDS = ("text", "class", "classifier")
 
@@ -35,32 +35,19 @@ class ModelChoices:
         default), a folder under LAB_MODEL_DIR, or anything when the operator allows any model. Anything else gets
         one sentence listing what is offered; nothing is looked up on disk or on the hub before that."""
         if name is None or name == "":
-            return self.path(default if default is not None else (self.default(kind) if kind != "controlnet" else None))
+            return default if default is not None else (self.default(kind) if kind != "controlnet" else None)
         offered = self.offered(kind)
         valid = isinstance(name, str) and len(name) <= 1024 and name.isprintable() and _encodable(name)
-        if valid and (name in offered or self.allow_any or self._under_root(name)):
-            return self.path(name)
+        if valid and (name in offered or self.allow_any or folder_under(self.root, name) is not None):
+            return name
         label = {"text": "text-to-image model", "class": "class-conditional model", "classifier": "classifier",
                  "controlnet": "ControlNet"}[kind]
         raise EngineError(f"Unknown {label} {shown_name(name)}; this app offers: {', '.join(offered) or 'none'}.")
 
-    def path(self, name: str | None) -> str | None:
-        """What the engine loads for an offered name: the folder under LAB_MODEL_DIR, or the registry name."""
-        if name is None or self.root is None or not self._under_root(name):
-            return name
-        return str(self.root / name)
-
-    def _under_root(self, name: str) -> bool:
-        """A model folder under LAB_MODEL_DIR (never a path that leaves it)."""
-        if self.root is None:
-            return False
-        root = self.root.resolve()
-        try:
-            target = (root / name).resolve()
-            inside = target.is_relative_to(root) and target != root
-            return inside and any((target / f).is_file() for f in ("model_index.json", "config.json"))
-        except OSError:  # a name the file system refuses (too long, ...) names no folder of ours
-            return False
+    def resolve(self, name: str, kind: str | None = None) -> ModelSpec:
+        """The spec of a name this app may serve; folders under LAB_MODEL_DIR by their names there, as the engine
+        (given the same root) resolves them."""
+        return resolve(name, kind, self.root)
 
     def default(self, kind: str) -> str | None:
         names = {"text": self.text, "class": self.classes, "classifier": self.classifier}[kind]
@@ -76,7 +63,7 @@ class ModelChoices:
         reasons = []
         for name in dict.fromkeys(n for n in names if n):
             try:
-                resolve(self.path(name))
+                self.resolve(name)
             except EngineError as exc:
                 reasons.append(str(exc))
         return reasons
@@ -120,7 +107,7 @@ def folder_choices(root: Path, steps: int = 25) -> ModelChoices:
     found: dict[str, list[str]] = {"text": [], "class": [], "classifier": [], "controlnet": []}
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
         try:
-            found[resolve(str(folder)).kind].append(folder.name)  # offered by name; pick() gives the path
+            found[resolve(str(folder)).kind].append(folder.name)  # offered by name, resolved under the root
         except EngineError:
             continue
     if not found["text"]:

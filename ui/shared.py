@@ -23,7 +23,7 @@ from engine.generate import Engine, Result, Stopped
 from engine.guiders import GUIDERS, GuidanceSettings, Param, all_params, method_names
 from engine.guiders.registry import owners
 from engine.request import MAX_CONTROLS, MAX_IMAGES, MAX_SEED, Request, command_for
-from engine.registry import recommended_scheduler, resolve
+from engine.registry import recommended_scheduler
 from engine.schedulers import ALL_SCHEDULERS, SCHEDULERS
 
 from .inputs import SeedInput, sentence, shown
@@ -473,7 +473,7 @@ def scheduler_choice(models, model, value, kind: str = "text") -> str:
     if value not in ("", "auto"):
         return value
     try:
-        return recommended_scheduler(resolve(models.pick(model, kind), kind))
+        return recommended_scheduler(models.resolve(models.pick(model, kind), kind))
     except EngineError:
         return "ddim"
 

@@ -19,7 +19,6 @@ from typing import Callable
 from engine.compare import parse_scales
 from engine.control.prepare import CONTROL_TYPES
 from engine.errors import EngineError
-from engine.registry import resolve
 
 from .models import ModelChoices
 
@@ -99,7 +98,7 @@ def _controls(values: dict) -> int:
 def _step_seconds(values: dict, models: ModelChoices) -> float:
     kind = "class" if "class_label" in values else "text"
     name = models.pick(values.get("model"), kind)
-    return STEP_S.get(resolve(name, kind).family, UNKNOWN_STEP_S)
+    return STEP_S.get(models.resolve(name, kind).family, UNKNOWN_STEP_S)
 
 
 def load_defaults(engine, models: ModelChoices) -> list[str]:
@@ -112,7 +111,7 @@ def load_defaults(engine, models: ModelChoices) -> list[str]:
     loaded = []
     for name, kind in dict.fromkeys((n, k) for n, k in names if n):
         try:
-            engine.loaded(resolve(models.path(name), kind))
+            engine.loaded(models.resolve(name, kind))
             loaded.append(name)
         except EngineError as exc:
             log.warning("start-up load of %s failed: %s", name, exc)

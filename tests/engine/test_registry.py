@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from engine.errors import EngineError
 from engine.registry import (GPU_CONTROL_DEFAULTS, GPU_DEFAULTS, REGISTRY, ModelSpec, default_model, detect_family,
-                             resolve)
+                             folder_under, resolve)
 from engine.schedulers import ALL_SCHEDULERS
 
 
@@ -42,6 +43,23 @@ def test_unknown_or_broken_folders_have_no_family(tmp_path):
     (broken / "model_index.json").write_text("{not json")
     assert detect_family(broken) is None
     assert detect_family(tmp_path / "absent") is None
+
+
+def test_folders_under_a_root_keep_their_names_and_never_leave_it(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    _folder(root, "mine", "model_index.json", {"_class_name": "StableDiffusionPipeline"})
+    _folder(root, "odd", "model_index.json", {"_class_name": "FluxPipeline"})
+    _folder(tmp_path, "outside", "model_index.json", {"_class_name": "StableDiffusionPipeline"})
+    spec = resolve("mine", "text", root)
+    assert spec.name == "mine" and spec.source == str((root / "mine").resolve()) and spec.family == "sd"
+    assert resolve(str(root / "mine"), "text").name == str(root / "mine")  # without the root: the path as given
+    with pytest.raises(EngineError) as odd:
+        resolve("odd", "text", root)
+    assert "'odd'" in str(odd.value) and str(root) not in str(odd.value)
+    for escape in ("../outside", str(tmp_path / "outside"), "", ".", "mine/../../outside", "a\x00b", "x" * 5000):
+        assert folder_under(root, escape) is None, escape
+    assert folder_under(None, "mine") is None
 
 
 def test_tiny_folders_in_the_hub_layout(tiny_folders):

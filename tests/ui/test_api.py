@@ -28,7 +28,7 @@ def test_endpoints_need_only_their_main_input(client):
         assert all(p["parameter_has_default"] for p in params[1:]), endpoint
 
 
-def test_text2img_png_info_trajectory_and_attention(client):
+def test_text2img_png_info_trajectory_and_attention(client, tiny_root):
     images, command, trajectory, attention = client.predict(
         "a red circle on the left", num_images=2, trajectory=True, attention=True, seed=7, api_name="/text2img",
         **FAST)
@@ -36,6 +36,9 @@ def test_text2img_png_info_trajectory_and_attention(client):
     params = png_parameters(images[1]["image"])
     assert params["Prompt"] == "a red circle on the left" and params["Seed"] == "8" and params["Steps"] == "2"
     assert command.count("python -m engine generate") == 2 and "--seed 8" in command
+    # Models from the server's folder are named as the dropdown names them; where that folder is never shows.
+    assert params["Model"] == "tiny-sd" and "--model tiny-sd " in command
+    assert str(tiny_root) not in command and str(tiny_root) not in str(params)
     assert png_parameters(trajectory)["Seed"] == "7"
     assert [item["caption"] for item in attention] == ["a", "red", "circle", "on", "the", "left"]
 
@@ -65,6 +68,7 @@ def test_controlnet_from_sketch_and_pose(client, tmp_path):
                                            control_type="scribble", api_name="/controlnet", **FAST)
     params = png_parameters(images[0]["image"])
     assert params["ControlNet"].startswith("scribble") and params["Prompt"] == "a small star"
+    assert params["Model"] == "tiny-sd" and "/" not in params["ControlNet"] and "/" not in command
     assert Image.open(used).size == (32, 32)
     pose_map, control_type = client.predict("[[0.5, 0.1]" + ", [0.5, 0.2]" * 17 + "]", None,
                                             api_name="/preview_pose")
