@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -201,6 +202,8 @@ def run_generate(args) -> int:
     from .loading import ModelStore
 
     engine = Engine(ModelStore(offload=args.offload or None))
+    if os.environ.get("LAB_MODEL_DIR"):  # as the app does: the folders under it by their names there
+        engine.model_root = Path(os.environ["LAB_MODEL_DIR"])
     req = request_from_args(args, engine)
     result = engine.generate(req)
     for image, params, path in zip(result.images, result.parameters, output_paths(Path(args.out), result.seeds)):

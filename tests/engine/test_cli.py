@@ -30,6 +30,13 @@ def test_generate_writes_png_with_parameters(tiny_folders, tmp_path):
     assert params["APG momentum"] == "-0.5" and params["Guidance eta"] == "0.2"
 
 
+def test_a_served_folder_name_reproduces_under_lab_model_dir(tiny_folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_MODEL_DIR", str(tiny_folders["sd"].parent))
+    out = tmp_path / "named.png"
+    assert run_cli("generate", "--model", tiny_folders["sd"].name, "--steps", "2", "--out", out) == 0
+    assert parse_parameters(Image.open(out).info["parameters"])["Model"] == tiny_folders["sd"].name
+
+
 def test_num_images_writes_one_file_per_seed_equal_to_single_runs(tiny_folders, tmp_path):
     common = ["--model", tiny_folders["sd"], "--prompt", "a red circle", "--steps", "3", "--scheduler", "euler-a"]
     assert run_cli("generate", *common, "--seed", "7", "--num-images", "3", "--out", tmp_path / "b.png") == 0
