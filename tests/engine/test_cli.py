@@ -33,7 +33,7 @@ def test_generate_writes_png_with_parameters(tiny_folders, tmp_path):
 def test_a_served_folder_name_reproduces_under_lab_model_dir(tiny_folders, tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_MODEL_DIR", str(tiny_folders["sd"].parent))
     out = tmp_path / "named.png"
-    assert run_cli("generate", "--model", tiny_folders["sd"].name, "--steps", "2", "--out", out) == 0
+    assert run_cli("generate", "--model", tiny_folders["sd"].name, "--prompt", "a dot", "--steps", "2", "--out", out) == 0
     assert parse_parameters(Image.open(out).info["parameters"])["Model"] == tiny_folders["sd"].name
 
 
