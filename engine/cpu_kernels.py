@@ -2,13 +2,15 @@
 system's C and C++ compilers for the machine they run on and kept in a cache folder, so that a machine builds them
 once (about ten seconds: torch's headers are most of it); a model store starts the build when it is made.
 
-Three jobs, each where torch's general kernels lose most of their time on the lab's small shapes:
+Four jobs, each where torch's general kernels lose most of their time on the lab's small shapes:
 - softmax attention for heads of 4 and 8 channels (engine/cpu_attention.py installs it in the attention layers);
 - the feed-forward GEGLU's bias, GELU and gate in one pass over the projection's output, where the CPU has AVX-512
   (engine/cpu_geglu.py): torch's linear fills its output with the bias before the product and then runs the GELU
   and the product as two more passes, 2.53 ms for a 30-image batch at 16x16 on one core, 1.39 ms fused;
 - group norm, with the SiLU after it where a resnet has one, on channels-last activations (engine/cpu_norm.c),
-  which torch normalises 4x slower than NCHW ones; the frozen graphs call it (engine/cpu_graph.py).
+  which torch normalises 4x slower than NCHW ones; the frozen graphs call it (engine/cpu_graph.py);
+- layer norm over rows of 32 or 64 channels (engine/cpu_norm.c), where torch's kernel spends 8x an addition's
+  time; the frozen graphs call it too.
 The operators are C++, not Python: a frozen graph (engine/cpu_graph.py) then calls them without taking the GIL.
 Written in Python, each of a forward's 300 calls took it, and of two graphs running side by side one ran 17-20%
 slower than alone, waiting on the other's calls.
@@ -95,6 +97,11 @@ class CpuKernels:
     def geglu(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """(a + bias[:F]) * gelu(g + bias[F:]) for h = [a | g] (..., 2F) float32, F a multiple of 16."""
         return self._load().geglu(h, bias)
+
+    def layer_norm(self, x: torch.Tensor, shape: list[int], weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   eps: float) -> torch.Tensor:
+        """torch's layer_norm, as one loop where it normalises float32 rows with weight and bias."""
+        return self._load().layer_norm(x, shape, weight, bias, eps)
 
     def _load(self):
         with self._lock:

@@ -7,7 +7,9 @@
  * weak symbols stay null, the attention takes the row loop and `loops()` says that GEGLU has none.
  */
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/layer_norm.h>
 #include <torch/library.h>
 
 extern "C" {
@@ -18,6 +20,7 @@ int attention_lanes(const float* q, const float* k, const float* v, float* out, 
 int geglu(const float* h, const float* bias, float* out, long N, long F) __attribute__((weak));
 int group_norm_nhwc(const float* x, const float* gamma, const float* beta, float* out, long N, long HW, long C,
                     long G, float eps, int silu);
+int layer_norm_rows(const float* x, const float* gamma, const float* beta, float* out, long N, long C, float eps);
 }
 
 namespace {
@@ -97,6 +100,27 @@ at::Tensor group_norm(const at::Tensor& input, const at::Tensor& weight, const a
     return out;
 }
 
+/* aten::layer_norm, in one call of engine/cpu_norm.c's loop where it normalises a float32 CPU tensor over its last
+ * dimension with float32 weight and bias; torch's own kernel for everything else. */
+at::Tensor layer_norm(const at::Tensor& input, c10::IntArrayRef shape, const std::optional<at::Tensor>& weight,
+                      const std::optional<at::Tensor>& bias, double eps) {
+    const bool affine = weight.has_value() && weight->defined() && bias.has_value() && bias->defined();
+    const bool ours = input.device().is_cpu() && input.scalar_type() == at::kFloat && input.dim() >= 1 &&
+                      shape.size() == 1 && shape[0] == input.size(-1) && input.numel() > 0 && affine &&
+                      weight->scalar_type() == at::kFloat && bias->scalar_type() == at::kFloat &&
+                      weight->device().is_cpu() && bias->device().is_cpu() && weight->numel() == shape[0] &&
+                      bias->numel() == shape[0] && !at::GradMode::is_enabled();
+    if (ours) {
+        at::Tensor x = input.contiguous(), w = weight->contiguous(), b = bias->contiguous();
+        at::Tensor out = at::empty(x.sizes(), x.options());
+        const int64_t c = x.size(-1);
+        if (layer_norm_rows(x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(),
+                            x.numel() / c, c, static_cast<float>(eps)) == 0)
+            return out;
+    }
+    return at::layer_norm(input, shape, weight, bias, eps);
+}
+
 int64_t loops() {
     return ROWS | (attention_lanes != nullptr ? LANES : 0) | (geglu != nullptr ? GEGLU : 0);
 }
@@ -110,5 +134,6 @@ GL_LIBRARY(GL_NAMESPACE, m) {
     m.def("geglu(Tensor h, Tensor bias) -> Tensor", &fused_geglu);
     m.def("group_norm(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu) -> Tensor",
           &group_norm);
+    m.def("layer_norm(Tensor x, int[] shape, Tensor? weight, Tensor? bias, float eps) -> Tensor", &layer_norm);
     m.def("loops() -> int", &loops);
 }

@@ -94,6 +94,9 @@ def test_with_the_norm_loop_the_graph_runs_channels_last():
         expected = _eager(unet, x, t, embeds)
     graph = str(next(g for g in unet.forward._graphs.values()).inlined_graph)
     norms = sum(isinstance(m, torch.nn.GroupNorm) for m in unet.modules())
+    layer_norms = sum(isinstance(m, torch.nn.LayerNorm) for m in unet.modules())
+    assert layer_norms and graph.count(f"{kernels.namespace}::layer_norm") == layer_norms
+    assert "aten::layer_norm" not in graph
     # every group norm is the loop, the SiLU after a resnet's norm and the last one's inside it (two SiLUs stay:
     # the time embedding's); no copy back to NCHW before a transformer's proj_out
     assert graph.count(f"{kernels.namespace}::group_norm") == norms and "aten::group_norm" not in graph
