@@ -23,6 +23,7 @@ from .allocator import keep_freed_memory
 from .cpu_graph import use_graphs
 from .cpu_attention import use_small_head_attention
 from .cpu_geglu import use_fused_geglu
+from .cpu_layer_norm import use_layer_norm_loop
 from .cpu_kernels import CpuKernels
 from .errors import EngineError
 from .registry import FAMILIES, ModelSpec, available_offline, detect_family
@@ -223,14 +224,15 @@ class ModelStore:
 
     def _speed_up(self, obj: Any) -> Any:
         """On the CPU, the UNet and ControlNets attend through the small-head kernel (engine/cpu_attention.py) and
-        run their GEGLUs in one pass (engine/cpu_geglu.py), and a small UNet's plain calls run as frozen graphs
-        (engine/cpu_graph.py)."""
+        run their GEGLUs in one pass (engine/cpu_geglu.py) and their layer norms as a loop
+        (engine/cpu_layer_norm.py), and a small UNet's plain calls run as frozen graphs (engine/cpu_graph.py)."""
         if self.kernels is not None:
             bare = obj if isinstance(obj, (ControlNetModel, UNet2DConditionModel)) else None
             for model in (getattr(obj, "unet", None), bare):
                 if model is not None:
                     use_small_head_attention(model, self.kernels)
                     use_fused_geglu(model, self.kernels)
+                    use_layer_norm_loop(model, self.kernels)
                     if isinstance(model, UNet2DConditionModel):
                         use_graphs(model, self.kernels)
         return obj

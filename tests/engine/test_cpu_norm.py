@@ -74,3 +74,23 @@ def test_other_layer_norms_and_layouts_give_torchs_result(kernels):
     out = kernels.layer_norm(grad, [16], weight[0], bias[0], 1e-5)  # autograd: torch's, so it differentiates
     out.sum().backward()
     assert grad.grad is not None
+
+
+@needs_compiler
+def test_a_models_layer_norms_run_the_loop_outside_dispatch_modes():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.cpu_layer_norm import use_layer_norm_loop
+
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LayerNorm(32), torch.nn.LayerNorm(32, bias=False))
+    x = torch.randn(5, 7, 32, generator=torch.Generator().manual_seed(0)) * 3 + 2
+    with torch.no_grad():
+        expected = model(x)
+        assert use_layer_norm_loop(model, CpuKernels()) == 2
+        looped = model(x)
+        with FlopCounterMode(display=False):
+            counted = model(x)
+        norm = model[1]
+        assert not torch.equal(norm(x), torch.nn.functional.layer_norm(x, (32,), norm.weight, norm.bias))  # the loop
+    torch.testing.assert_close(looped, expected, atol=2e-6, rtol=1e-5)
+    assert torch.equal(counted, expected)  # a dispatch mode sees torch's own ops
