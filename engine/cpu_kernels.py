@@ -98,6 +98,11 @@ class CpuKernels:
         """(a + bias[:F]) * gelu(g + bias[F:]) for h = [a | g] (..., 2F) float32, F a multiple of 16."""
         return self._load().geglu(h, bias)
 
+    def feed_forward(self, x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
+                     b_out: torch.Tensor, rows: int) -> torch.Tensor:
+        """linear(geglu(linear(x, w_in) + b_in), w_out, b_out), `rows` rows at a time, F a multiple of 16."""
+        return self._load().feed_forward(x, w_in, b_in, w_out, b_out, rows)
+
     def layer_norm(self, x: torch.Tensor, shape: list[int], weight: torch.Tensor | None, bias: torch.Tensor | None,
                    eps: float) -> torch.Tensor:
         """torch's layer_norm, as one loop where it normalises float32 rows with weight and bias."""

@@ -1,4 +1,4 @@
-"""The fused GEGLU: torch's numbers to float32 rounding where the C loop exists, diffusers' forward everywhere else."""
+"""The fused GEGLU and the blocked feed-forward around it: torch's numbers to float32 rounding where the C loop exists, diffusers' forward everywhere else."""
 
 import copy
 import shutil
@@ -6,9 +6,10 @@ import shutil
 import pytest
 import torch
 from diffusers.models.activations import GEGLU
+from diffusers.models.attention import FeedForward
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.cpu_geglu import FusedGEGLUForward, use_fused_geglu
+from engine.cpu_geglu import ROWS, FusedFeedForward, FusedGEGLUForward, use_fused_geglu
 from engine.cpu_kernels import FLAGS, CpuKernels
 from engine.loading import ModelStore
 from engine.registry import resolve
@@ -87,3 +88,28 @@ def test_the_store_gives_the_lab_unet_the_fused_geglu(kernels):
     unet = store.get(resolve("lab-sd", "text")).obj.unet
     modules = [m for m in unet.modules() if isinstance(m, GEGLU)]
     assert modules and all(isinstance(vars(m).get("forward"), FusedGEGLUForward) for m in modules)
+    blocks = [m for m in unet.modules() if type(m) is FeedForward]
+    assert blocks and all(isinstance(vars(m).get("forward"), FusedFeedForward) for m in blocks)
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(30, 256, 32), (3, 64, 64), (1, 1, 16)])
+def test_the_blocked_feed_forward_gives_the_unblocked_bits(kernels, shape):
+    torch.manual_seed(3)
+    block = FeedForward(shape[-1], activation_fn="geglu").eval()
+    use_fused_geglu(block, kernels)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(4))
+    calls = []
+    with torch.no_grad():
+        unblocked = type(block).forward(block, x)  # the fused GEGLU between torch's two linears
+        weights = (block.net[0].proj.weight, block.net[0].proj.bias, block.net[2].weight, block.net[2].bias)
+        for rows in (ROWS, 10**6):  # MKL's products of 64 rows or more round as the whole product does
+            assert torch.equal(kernels.feed_forward(x, *weights, rows), unblocked)
+        # a few rows take MKL's small-matrix path: the same numbers to float32 rounding
+        torch.testing.assert_close(kernels.feed_forward(x, *weights, 7), unblocked, atol=1e-6, rtol=1e-5)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kernels, "feed_forward", lambda *a: calls.append(a) or CpuKernels.feed_forward(kernels, *a))
+            assert torch.equal(block(x), unblocked) and len(calls) == 1
+            block.train()
+            block.net[1].p = 0.1
+            assert block(x).shape == unblocked.shape and len(calls) == 1  # an active dropout: diffusers' forward
