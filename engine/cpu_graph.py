@@ -77,21 +77,6 @@ _LOOP = """graph(%x, %groups, %weight, %bias, %eps, %cudnn):
     return (%z)"""
 
 
-_LAYER_NORM = """graph(%x, %shape, %weight, %bias, %eps, %cudnn):
-    %z = aten::layer_norm(%x, %shape, %weight, %bias, %eps, %cudnn)
-    return (%z)"""
-_LAYER_LOOP = """graph(%x, %shape, %weight, %bias, %eps, %cudnn):
-    %z = {namespace}::layer_norm(%x, %shape, %weight, %bias, %eps)
-    return (%z)"""
-
-
-def _layer_norms_as_loops(graph: torch._C.Graph, namespace: str) -> int:
-    """Rewrite a frozen graph's layer norms into the operator that runs the row loop where it can and torch's
-    kernel elsewhere; returns how many calls the graph then makes."""
-    torch._C._jit_pass_custom_pattern_based_rewrite_graph(_LAYER_NORM, _LAYER_LOOP.format(namespace=namespace), graph)
-    return len(graph.findAllNodes(f"{namespace}::layer_norm"))
-
-
 def _norms_as_loops(graph: torch._C.Graph, namespace: str) -> int:
     """Rewrite a frozen graph's group norms (with the SiLU that follows, where one does) into calls of the norm
     loop; returns how many calls the graph then makes. Weights and biases must be constants (a frozen graph's)."""
@@ -234,7 +219,6 @@ class GraphForward:
                 module.weight = weight
         if not _norms_as_loops(frozen.graph, self.kernels.namespace):
             return None
-        _layer_norms_as_loops(frozen.graph, self.kernels.namespace)
         _drop_layout_copies(frozen.graph)
         return frozen
 

@@ -10,7 +10,7 @@ Four jobs, each where torch's general kernels lose most of their time on the lab
 - group norm, with the SiLU after it where a resnet has one, on channels-last activations (engine/cpu_norm.c),
   which torch normalises 4x slower than NCHW ones; the frozen graphs call it (engine/cpu_graph.py);
 - layer norm over rows of 32 or 64 channels (engine/cpu_norm.c), where torch's kernel spends 8x an addition's
-  time; the frozen graphs call it too.
+  time; a model's LayerNorm modules call it (engine/cpu_layer_norm.py), in its frozen graphs as in Python.
 The operators are C++, not Python: a frozen graph (engine/cpu_graph.py) then calls them without taking the GIL.
 Written in Python, each of a forward's 300 calls took it, and of two graphs running side by side one ran 17-20%
 slower than alone, waiting on the other's calls.
