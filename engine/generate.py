@@ -142,7 +142,7 @@ class Engine:
         # smaller request (the grid's 3-image conditional run) joins only where two or more big ones keep both
         # cores busy: it then runs on one core while the other finishes, where after them it would run on both,
         # and a 3-image batch gains nothing from a second OpenMP thread (22-25 ms a forward on one core, 22-106
-        # on two, measured on a 2-core VM whose host took 15-30% of its CPU time). Alone beside one big request
+        # on two, six rounds on a 2-core VM shared with other guests). Alone beside one big request
         # it would leave a core idle; it then runs after, as before.
         candidates = [i for i, req in enumerate(reqs) if self.device.type == "cpu" and _leaves_model_as_is(req)]
         candidates.sort(key=lambda i: -evals_per_step(reqs[i]))
