@@ -1,0 +1,109 @@
+"""The Winograd loop for 3x3 convolutions (engine/cpu_winograd.c): torch's convolution to float32 rounding, the same
+bits on any number of threads, and the frozen graphs calling it for the convolutions it serves."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.cpu_attention import use_small_head_attention
+from engine.cpu_graph import _convolutions_as_winograd, use_graphs
+from engine.cpu_kernels import FLAGS, CpuKernels, winograd_weights
+from engine.cpu_layer_norm import use_layer_norm_loop
+
+LAB_UNET = Path(__file__).resolve().parents[2] / "assets" / "models" / "lab-sd" / "unet"
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
+                                    reason="no C and C++ compilers to build the loops")
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    built = CpuKernels()
+    if not built.has_winograd:
+        pytest.skip("the Winograd loop needs AVX-512")
+    return built
+
+
+def _case(n, c, o, h, w, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(o, c, 3, 3, generator=gen) / (3 * c ** 0.5)
+    return x, weight, torch.randn(o, generator=gen)
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(30, 32, 32, 16, 16), (3, 96, 64, 8, 8), (2, 64, 48, 5, 7), (1, 16, 128, 1, 1),
+                                   (4, 128, 16, 4, 4), (1, 32, 32, 2, 9)])
+@pytest.mark.parametrize("biased", [True, False])
+def test_the_loop_is_as_accurate_as_torchs_convolution(kernels, shape, biased):
+    x, weight, bias = _case(*shape, seed=sum(shape))
+    bias = bias if biased else None
+    exact = torch.nn.functional.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
+    theirs = torch.nn.functional.conv2d(x, weight, bias, padding=1)
+    ours = kernels.winograd_conv(x, winograd_weights(weight), bias)
+    assert ours.shape == exact.shape and ours.is_contiguous(memory_format=torch.channels_last)
+    assert (ours - exact).abs().max().item() < 2 * (theirs - exact).abs().max().item() + 1e-6
+    assert not torch.equal(ours, theirs)  # the loop ran, not torch's kernel
+
+
+@needs_compiler
+def test_threads_share_a_call_and_give_the_same_bits(kernels):
+    x, weight, bias = _case(30, 64, 64, 8, 8, seed=3)  # 480 tiles: ten blocks to share
+    u, threads = winograd_weights(weight), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = kernels.winograd_conv(x, u, bias)
+        torch.set_num_threads(2)
+        shared = kernels.winograd_conv(x.contiguous(), u, bias)  # an NCHW input is read as channels-last
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, shared)
+
+
+@needs_compiler
+def test_shapes_it_has_no_case_for_are_refused_in_a_sentence(kernels):
+    x, weight, bias = _case(1, 24, 32, 4, 4, seed=0)
+    with pytest.raises(ValueError, match="no case for 24 -> 32 channels"):
+        kernels.winograd_conv(x, winograd_weights(weight), bias)
+    with pytest.raises(RuntimeError, match=r"u \(16, C, O\)"):
+        kernels.winograd_conv(torch.randn(1, 32, 4, 4), torch.randn(9, 32, 32), None)
+
+
+@needs_compiler
+def test_the_lab_unets_graph_runs_its_3x3_convolutions_through_the_loop(kernels):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(LAB_UNET).eval()
+    use_small_head_attention(unet, kernels)
+    use_layer_norm_loop(unet, kernels)
+    assert use_graphs(unet, kernels)
+    gen = torch.Generator().manual_seed(0)
+    x, embeds = torch.randn(3, 4, 16, 16, generator=gen), torch.randn(3, 8, 64, generator=gen)
+    t = torch.tensor(500)
+    with torch.no_grad():
+        out = unet(x, t, encoder_hidden_states=embeds).sample
+        expected = type(unet).forward(unet, x, t, embeds, return_dict=False)[0]
+    graph = str(next(g for g in unet.forward._graphs.values()).inlined_graph)
+    served = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+              and m.stride == (1, 1) and m.padding == (1, 1) and m.in_channels % 16 == 0 and m.out_channels % 16 == 0]
+    assert len(served) == 24 and graph.count(f"{kernels.namespace}::winograd_conv") == len(served)
+    # what stays torch's: conv_in and conv_out (4 channels), the two downsamplers (stride 2), the 1x1 convolutions
+    assert graph.count("aten::_convolution") == sum(isinstance(m, torch.nn.Conv2d) for m in unet.modules()) - 24
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+
+
+@needs_compiler
+def test_without_the_loop_the_graph_keeps_torchs_convolutions():
+    portable = CpuKernels(FLAGS + ("-mno-avx512f",))
+    assert portable.available and not portable.has_winograd
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1).eval()
+    frozen = torch.jit.freeze(torch.jit.trace(conv, torch.randn(1, 32, 4, 4)).eval())
+    assert "aten::_convolution" in str(frozen.graph)
+    kernels = CpuKernels()
+    if kernels.has_winograd:  # the rewrite itself: the call replaces the convolution
+        assert _convolutions_as_winograd(frozen.graph, kernels) == 1
+        assert "aten::_convolution" not in str(frozen.graph)
+        x = torch.randn(2, 32, 4, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(frozen(x), conv(x), atol=1e-5, rtol=1e-5)
