@@ -112,22 +112,28 @@ def _constant(value: torch._C.Value):
     return value.toIValue() if value.node().kind() == "prim::Constant" else None
 
 
-def _convolutions_as_winograd(graph: torch._C.Graph, kernels) -> int:
-    """Rewrite a frozen graph's 3x3 convolutions of stride 1 and padding 1 between multiples of 16 channels into
-    calls of the Winograd loop (engine/cpu_winograd.c), their kernels transformed once, here; returns how many."""
+def _convolutions_as_calls(graph: torch._C.Graph, kernels) -> int:
+    """Rewrite a frozen graph's plain convolutions (stride 1, groups 1, constant float32 weights) into the loops'
+    calls: 1x1 ones into one matrix product each (`pointwise_conv`), 3x3 ones of padding 1 between multiples of 16
+    channels into the Winograd loop (engine/cpu_winograd.c) where it was built, their kernels transformed once, here.
+    Returns how many."""
     rewritten = 0
     for node in graph.findAllNodes("aten::_convolution"):
         weight, bias = _constant(node.inputsAt(1)), _constant(node.inputsAt(2))
         stride, padding, dilation, transposed, _, groups = (_constant(node.inputsAt(i)) for i in range(3, 9))
-        plain = (stride == [1, 1] and padding == [1, 1] and dilation == [1, 1] and transposed is False
-                 and groups == 1)
-        if not (plain and isinstance(weight, torch.Tensor) and weight.shape[2:] == (3, 3)
-                and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0 and weight.dtype == torch.float32
-                and (bias is None or isinstance(bias, torch.Tensor))):
+        plain = (stride == [1, 1] and dilation == [1, 1] and transposed is False and groups == 1
+                 and isinstance(weight, torch.Tensor) and weight.dtype == torch.float32 and weight.ndim == 4
+                 and (bias is None or isinstance(bias, torch.Tensor)))
+        if plain and weight.shape[2:] == (1, 1) and padding == [0, 0]:
+            op, kernel = "pointwise_conv", weight.reshape(weight.shape[:2]).t().contiguous()  # (C, O)
+        elif (plain and weight.shape[2:] == (3, 3) and padding == [1, 1] and weight.shape[0] % 16 == 0
+              and weight.shape[1] % 16 == 0 and kernels.has_winograd):
+            op, kernel = "winograd_conv", winograd_weights(weight)
+        else:
             continue
         with graph.insert_point_guard(node):
-            u = graph.insertConstant(winograd_weights(weight))
-            call = graph.create(f"{kernels.namespace}::winograd_conv", [node.inputsAt(0), u, node.inputsAt(2)], 1)
+            constant = graph.insertConstant(kernel)
+            call = graph.create(f"{kernels.namespace}::{op}", [node.inputsAt(0), constant, node.inputsAt(2)], 1)
             graph.insertNode(call)
         call.output().setType(node.output().type())
         node.output().replaceAllUsesWith(call.output())
@@ -252,8 +258,7 @@ class GraphForward:
         if not _norms_as_loops(frozen.graph, self.kernels.namespace):
             return None
         _drop_layout_copies(frozen.graph)
-        if self.kernels.has_winograd:
-            _convolutions_as_winograd(frozen.graph, self.kernels)
+        _convolutions_as_calls(frozen.graph, self.kernels)
         return frozen
 
 

@@ -118,6 +118,11 @@ class CpuKernels:
         channels-last out."""
         return self._load().winograd_conv(x, u, bias)
 
+    def pointwise_conv(self, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """conv2d(x, weight, bias) for a 1x1 kernel, weight_t = weight[:, :, 0, 0].t(), as one matrix product;
+        channels-last out."""
+        return self._load().pointwise_conv(x, weight_t, bias)
+
     def layer_norm(self, x: torch.Tensor, shape: list[int], weight: torch.Tensor | None, bias: torch.Tensor | None,
                    eps: float) -> torch.Tensor:
         """torch's layer_norm, as one loop where it normalises float32 rows with weight and bias."""

@@ -1,5 +1,6 @@
-"""The Winograd loop for 3x3 convolutions (engine/cpu_winograd.c): torch's convolution to float32 rounding, the same
-bits on any number of threads, and the frozen graphs calling it for the convolutions it serves."""
+"""The graphs' convolutions: the Winograd loop for 3x3 ones (engine/cpu_winograd.c) gives torch's convolution to
+float32 rounding and the same bits on any number of threads; 1x1 ones are one matrix product; the frozen graphs call
+both for the convolutions they serve."""
 
 import shutil
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from engine.cpu_attention import use_small_head_attention
-from engine.cpu_graph import _convolutions_as_winograd, use_graphs
+from engine.cpu_graph import _convolutions_as_calls, use_graphs
 from engine.cpu_kernels import FLAGS, CpuKernels, winograd_weights
 from engine.cpu_layer_norm import use_layer_norm_loop
 
@@ -88,22 +89,36 @@ def test_the_lab_unets_graph_runs_its_3x3_convolutions_through_the_loop(kernels)
     served = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
               and m.stride == (1, 1) and m.padding == (1, 1) and m.in_channels % 16 == 0 and m.out_channels % 16 == 0]
     assert len(served) == 24 and graph.count(f"{kernels.namespace}::winograd_conv") == len(served)
-    # what stays torch's: conv_in and conv_out (4 channels), the two downsamplers (stride 2), the 1x1 convolutions
-    assert graph.count("aten::_convolution") == sum(isinstance(m, torch.nn.Conv2d) for m in unet.modules()) - 24
+    pointwise = sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in unet.modules())
+    assert pointwise == 27 and graph.count(f"{kernels.namespace}::pointwise_conv") == pointwise
+    # what stays torch's: conv_in and conv_out (4 channels) and the two downsamplers (stride 2)
+    assert graph.count("aten::_convolution") == 4
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
 
 
 @needs_compiler
-def test_without_the_loop_the_graph_keeps_torchs_convolutions():
+@pytest.mark.parametrize("shape", [(30, 32, 32, 16, 16), (30, 64, 64, 4, 4), (2, 96, 32, 3, 5), (1, 4, 3, 1, 1)])
+def test_a_1x1_convolution_is_one_matrix_product(shape):
+    x, weight, bias = _case(*shape, seed=1)
+    weight = weight[:, :, 1:2, 1:2].contiguous()
+    ops = CpuKernels()
+    for b in (bias, None):
+        expected = torch.nn.functional.conv2d(x, weight, b)
+        out = ops.pointwise_conv(x, weight[:, :, 0, 0].t().contiguous(), b)
+        assert out.shape == expected.shape and out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+@needs_compiler
+def test_without_the_winograd_loop_the_graph_keeps_torchs_3x3_convolutions():
     portable = CpuKernels(FLAGS + ("-mno-avx512f",))
     assert portable.available and not portable.has_winograd
-    conv = torch.nn.Conv2d(32, 32, 3, padding=1).eval()
-    frozen = torch.jit.freeze(torch.jit.trace(conv, torch.randn(1, 32, 4, 4)).eval())
-    assert "aten::_convolution" in str(frozen.graph)
-    kernels = CpuKernels()
-    if kernels.has_winograd:  # the rewrite itself: the call replaces the convolution
-        assert _convolutions_as_winograd(frozen.graph, kernels) == 1
-        assert "aten::_convolution" not in str(frozen.graph)
-        x = torch.randn(2, 32, 4, 4)
-        with torch.no_grad():
-            torch.testing.assert_close(frozen(x), conv(x), atol=1e-5, rtol=1e-5)
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Conv2d(32, 16, 1)).eval()
+    x = torch.randn(2, 32, 4, 4)
+    with torch.no_grad():
+        expected = model(x)
+        for kernels, left in ((portable, 1), (CpuKernels(), 0 if CpuKernels().has_winograd else 1)):
+            frozen = torch.jit.freeze(torch.jit.trace(model, x).eval())
+            assert _convolutions_as_calls(frozen.graph, kernels) == 2 - left
+            assert str(frozen.graph).count("aten::_convolution") == left
+            torch.testing.assert_close(frozen(x), expected, atol=1e-5, rtol=1e-5)
