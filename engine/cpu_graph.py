@@ -125,15 +125,15 @@ def _convolutions_as_calls(graph: torch._C.Graph, kernels) -> int:
                  and isinstance(weight, torch.Tensor) and weight.dtype == torch.float32 and weight.ndim == 4
                  and (bias is None or isinstance(bias, torch.Tensor)))
         if plain and weight.shape[2:] == (1, 1) and padding == [0, 0]:
-            op, kernel = "pointwise_conv", weight.reshape(weight.shape[:2]).t().contiguous()  # (C, O)
+            op, constants = "pointwise_conv", (weight.reshape(weight.shape[:2]).t().contiguous(),)  # (C, O)
         elif (plain and weight.shape[2:] == (3, 3) and padding == [1, 1] and weight.shape[0] % 16 == 0
               and weight.shape[1] % 16 == 0 and kernels.has_winograd):
-            op, kernel = "winograd_conv", winograd_weights(weight)
+            op, constants = "winograd_conv", winograd_weights(weight)
         else:
             continue
         with graph.insert_point_guard(node):
-            constant = graph.insertConstant(kernel)
-            call = graph.create(f"{kernels.namespace}::{op}", [node.inputsAt(0), constant, node.inputsAt(2)], 1)
+            values = [graph.insertConstant(constant) for constant in constants]
+            call = graph.create(f"{kernels.namespace}::{op}", [node.inputsAt(0), *values, node.inputsAt(2)], 1)
             graph.insertNode(call)
         call.output().setType(node.output().type())
         node.output().replaceAllUsesWith(call.output())

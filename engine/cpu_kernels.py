@@ -47,8 +47,10 @@ FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno",
          "-fassociative-math", "-fno-signed-zeros", "-ffinite-math-only")
 NAMESPACE = "guidance_lab"  # the operators' namespace for FLAGS; other flags get one of their own
 _ROWS, _LANES, _GEGLU, _WINOGRAD = 1, 2, 4, 8  # the bits of the library's loops()
-# Winograd's F(2x2, 3x3) kernel transform G (engine/cpu_winograd.c)
-_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+# Winograd's kernel transforms G for F(2x2, 3x3) and F(4x4, 3x3), points 0, +-1, +-2 (engine/cpu_winograd.c)
+_WINOGRAD_G2 = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+_WINOGRAD_G4 = ((1 / 4, 0.0, 0.0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+                (1 / 24, -1 / 12, 1 / 6), (0.0, 0.0, 1.0))
 
 log = logging.getLogger(__name__)
 _LOADED: dict[str, object] = {}  # namespace -> its operators, once this process has loaded their library
@@ -113,10 +115,11 @@ class CpuKernels:
         """linear(geglu(linear(x, w_in) + b_in), w_out, b_out), `rows` rows at a time, F a multiple of 16."""
         return self._load().feed_forward(x, w_in, b_in, w_out, b_out, rows)
 
-    def winograd_conv(self, x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def winograd_conv(self, x: torch.Tensor, u: tuple[torch.Tensor, torch.Tensor],
+                      bias: torch.Tensor | None) -> torch.Tensor:
         """conv2d(x, weight, bias, padding=1) for u = winograd_weights(weight), C and O multiples of 16;
         channels-last out."""
-        return self._load().winograd_conv(x, u, bias)
+        return self._load().winograd_conv(x, *u, bias)
 
     def pointwise_conv(self, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """conv2d(x, weight, bias) for a 1x1 kernel, weight_t = weight[:, :, 0, 0].t(), as one matrix product;
@@ -140,12 +143,15 @@ class CpuKernels:
             return self._ops
 
 
-def winograd_weights(weight: torch.Tensor) -> torch.Tensor:
-    """A 3x3 kernel (O, C, 3, 3) as the Winograd loop takes it: U = G g G^T, (16, C, O) float32, computed in float64
-    so that U is g's transform rounded once."""
-    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64)
-    u = torch.einsum("ik,ockl,jl->ijco", g, weight.detach().to(torch.float64), g)  # (4, 4, C, O)
-    return u.reshape(16, weight.shape[1], weight.shape[0]).to(torch.float32).contiguous()
+def winograd_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3x3 kernel (O, C, 3, 3) as the Winograd loop takes it, U = G g G^T for F(2x2, 3x3) and for F(4x4, 3x3):
+    (16, C, O) and (36, C, O) float32, computed in float64 so that each U is g's transform rounded once."""
+    return tuple(_transform(torch.tensor(g, dtype=torch.float64), weight) for g in (_WINOGRAD_G2, _WINOGRAD_G4))
+
+
+def _transform(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    u = torch.einsum("ik,ockl,jl->ijco", g, weight.detach().to(torch.float64), g)  # (a, a, C, O)
+    return u.reshape(g.shape[0] ** 2, weight.shape[1], weight.shape[0]).to(torch.float32).contiguous()
 
 
 def cache_folder() -> Path:

@@ -27,9 +27,9 @@ int group_norm_nhwc(const float* x, const float* gamma, const float* beta, float
                     long G, float eps, int silu);
 int layer_norm_rows(const float* x, const float* gamma, const float* beta, float* out, long N, long C, float eps);
 int winograd_conv3x3(const float* x, const float* u, const float* bias, float* out, long N, long H, long W, long C,
-                     long O, long first, long last, float* scratch) __attribute__((weak));
-long winograd_blocks(long N, long H, long W) __attribute__((weak));
-long winograd_scratch(long C, long O) __attribute__((weak));
+                     long O, long m, long first, long last, float* scratch) __attribute__((weak));
+long winograd_blocks(long N, long H, long W, long m) __attribute__((weak));
+long winograd_scratch(long C, long O, long m) __attribute__((weak));
 }
 
 namespace {
@@ -161,32 +161,38 @@ at::Tensor layer_norm(const at::Tensor& input, c10::IntArrayRef shape, const std
     return at::layer_norm(input, shape, weight, bias, eps);
 }
 
-/* A 3x3 convolution, stride 1, padding 1, as Winograd's F(2x2, 3x3) (engine/cpu_winograd.c): x (N, C, H, W), read
- * channels-last; u (16, C, O), the kernel as G g G^T (engine/cpu_kernels.py's winograd_weights); bias (O,) or none.
- * Returns (N, O, H, W) channels-last. The tiles' blocks are shared among torch's threads; each tile's numbers are
- * the same whichever thread takes it. */
-at::Tensor winograd_conv(const at::Tensor& input, const at::Tensor& u, const std::optional<at::Tensor>& bias) {
+/* A 3x3 convolution, stride 1, padding 1, as Winograd's F(4x4, 3x3) where the image is at least 8x8, F(2x2, 3x3)
+ * below (engine/cpu_winograd.c): x (N, C, H, W), read channels-last; u2 (16, C, O) and u4 (36, C, O), the kernel as
+ * G g G^T for each (engine/cpu_kernels.py's winograd_weights); bias (O,) or none. Returns (N, O, H, W)
+ * channels-last. The tiles' blocks are shared among torch's threads; each tile's numbers are the same whichever
+ * thread takes it. */
+at::Tensor winograd_conv(const at::Tensor& input, const at::Tensor& u2, const at::Tensor& u4,
+                         const std::optional<at::Tensor>& bias) {
     TORCH_CHECK(winograd_conv3x3 != nullptr, "The Winograd loop was not built: the CPU has no AVX-512.");
     check_float_cpu(input, "x");
-    check_float_cpu(u, "u");
+    check_float_cpu(u2, "u2");
+    check_float_cpu(u4, "u4");
     const bool biased = bias.has_value() && bias->defined();
     if (biased) check_float_cpu(*bias, "bias");
-    TORCH_CHECK(input.dim() == 4 && u.dim() == 3 && u.size(0) == 16 && u.size(1) == input.size(1) &&
-                    (!biased || (bias->dim() == 1 && bias->size(0) == u.size(2))),
-                "x must be (N, C, H, W), u (16, C, O) and bias (O,).");
-    const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), o = u.size(2);
+    TORCH_CHECK(input.dim() == 4 && u2.dim() == 3 && u2.size(0) == 16 && u2.size(1) == input.size(1) &&
+                    u4.dim() == 3 && u4.size(0) == 36 && u4.size(1) == u2.size(1) && u4.size(2) == u2.size(2) &&
+                    (!biased || (bias->dim() == 1 && bias->size(0) == u2.size(2))),
+                "x must be (N, C, H, W), u2 (16, C, O), u4 (36, C, O) and bias (O,).");
+    const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), o = u2.size(2);
     TORCH_CHECK_VALUE(c % 16 == 0 && o % 16 == 0, "The Winograd loop has no case for ", c, " -> ", o, " channels.");
-    at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast), weights = u.contiguous();
+    const bool f4 = h >= 8 && w >= 8;
+    at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast), weights = (f4 ? u4 : u2).contiguous();
     at::Tensor b = biased ? bias->contiguous() : at::Tensor();
     at::Tensor out = at::empty({n, o, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
     const float* xp = x.data_ptr<float>();
     const float* up = weights.data_ptr<float>();
     const float* bp = biased ? b.data_ptr<float>() : nullptr;
     float* op = out.data_ptr<float>();
-    const int64_t scratch = winograd_scratch(c, o);
-    at::parallel_for(0, winograd_blocks(n, h, w), 1, [&](int64_t first, int64_t last) {
+    const long m = f4 ? 4 : 2;
+    const int64_t scratch = winograd_scratch(c, o, m);
+    at::parallel_for(0, winograd_blocks(n, h, w, m), 1, [&](int64_t first, int64_t last) {
         std::unique_ptr<float[]> room(new float[scratch]);  // left unset: every read of it follows a write
-        winograd_conv3x3(xp, up, bp, op, n, h, w, c, o, first, last, room.get());
+        winograd_conv3x3(xp, up, bp, op, n, h, w, c, o, m, first, last, room.get());
     });
     return out;
 }
@@ -222,7 +228,7 @@ GL_LIBRARY(GL_NAMESPACE, m) {
     m.def("layer_norm(Tensor x, int[] shape, Tensor? weight, Tensor? bias, float eps) -> Tensor", &layer_norm);
     m.def("feed_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_out, Tensor b_out, int rows) -> Tensor",
           &feed_forward);
-    m.def("winograd_conv(Tensor x, Tensor u, Tensor? bias) -> Tensor", &winograd_conv);
+    m.def("winograd_conv(Tensor x, Tensor u2, Tensor u4, Tensor? bias) -> Tensor", &winograd_conv);
     m.def("pointwise_conv(Tensor x, Tensor weight_t, Tensor? bias) -> Tensor", &pointwise_conv);
     m.def("loops() -> int", &loops);
 }

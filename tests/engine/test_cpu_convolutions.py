@@ -34,32 +34,39 @@ def _case(n, c, o, h, w, seed):
 
 
 @needs_compiler
-@pytest.mark.parametrize("shape", [(30, 32, 32, 16, 16), (3, 96, 64, 8, 8), (2, 64, 48, 5, 7), (1, 16, 128, 1, 1),
-                                   (4, 128, 16, 4, 4), (1, 32, 32, 2, 9)])
+@pytest.mark.parametrize("shape", [(30, 32, 32, 16, 16), (3, 96, 64, 8, 8), (2, 64, 48, 9, 11), (1, 16, 128, 1, 1),
+                                   (4, 128, 16, 4, 4), (1, 32, 32, 2, 9), (2, 48, 64, 13, 8)])
 @pytest.mark.parametrize("biased", [True, False])
-def test_the_loop_is_as_accurate_as_torchs_convolution(kernels, shape, biased):
+def test_the_loop_is_near_torchs_convolution_in_float64(kernels, shape, biased):
     x, weight, bias = _case(*shape, seed=sum(shape))
     bias = bias if biased else None
     exact = torch.nn.functional.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
     theirs = torch.nn.functional.conv2d(x, weight, bias, padding=1)
     ours = kernels.winograd_conv(x, winograd_weights(weight), bias)
     assert ours.shape == exact.shape and ours.is_contiguous(memory_format=torch.channels_last)
-    assert (ours - exact).abs().max().item() < 2 * (theirs - exact).abs().max().item() + 1e-6
+    errors = [(y.double() - exact).abs() for y in (ours, theirs)]
+    rms, worst = ([e.pow(2).mean().sqrt().item() for e in errors], [e.max().item() for e in errors])
+    if min(shape[3:]) >= 8:  # F(4x4, 3x3): factors up to 8 in its transforms, a few times the direct error
+        assert rms[0] < 8 * rms[1] and worst[0] < 16 * worst[1] + 1e-6
+    else:  # F(2x2, 3x3): sums and differences, the direct error or below
+        assert rms[0] < 2 * rms[1] + 1e-7 and worst[0] < 2 * worst[1] + 1e-6
     assert not torch.equal(ours, theirs)  # the loop ran, not torch's kernel
 
 
 @needs_compiler
 def test_threads_share_a_call_and_give_the_same_bits(kernels):
-    x, weight, bias = _case(30, 64, 64, 8, 8, seed=3)  # 480 tiles: ten blocks to share
-    u, threads = winograd_weights(weight), torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        alone = kernels.winograd_conv(x, u, bias)
-        torch.set_num_threads(2)
-        shared = kernels.winograd_conv(x.contiguous(), u, bias)  # an NCHW input is read as channels-last
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(alone, shared)
+    threads = torch.get_num_threads()
+    for size in (4, 16):  # 480 tiles of 2x2 (ten blocks to share), 480 of 4x4 (twenty)
+        x, weight, bias = _case(30, 64, 64, size, 4 * size, seed=3)
+        u = winograd_weights(weight)
+        try:
+            torch.set_num_threads(1)
+            alone = kernels.winograd_conv(x, u, bias)
+            torch.set_num_threads(2)
+            shared = kernels.winograd_conv(x.contiguous(), u, bias)  # an NCHW input is read as channels-last
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(alone, shared)
 
 
 @needs_compiler
@@ -67,8 +74,8 @@ def test_shapes_it_has_no_case_for_are_refused_in_a_sentence(kernels):
     x, weight, bias = _case(1, 24, 32, 4, 4, seed=0)
     with pytest.raises(ValueError, match="no case for 24 -> 32 channels"):
         kernels.winograd_conv(x, winograd_weights(weight), bias)
-    with pytest.raises(RuntimeError, match=r"u \(16, C, O\)"):
-        kernels.winograd_conv(torch.randn(1, 32, 4, 4), torch.randn(9, 32, 32), None)
+    with pytest.raises(RuntimeError, match=r"u2 \(16, C, O\), u4 \(36, C, O\)"):
+        kernels.winograd_conv(torch.randn(1, 32, 4, 4), (torch.randn(9, 32, 32), torch.randn(36, 32, 32)), None)
 
 
 @needs_compiler
