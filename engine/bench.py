@@ -169,7 +169,7 @@ def run_grid(*, model: str | None, steps: int, runs: int, prompt: str = GRID_PRO
     print(f"grid: median {result.seconds:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in times)})")
     if stolen:
         note = f" (above {STEAL_IDLE:.0%}: not an idle machine)" if max(stolen) > STEAL_IDLE else ""
-        print(f"hypervisor steal during the runs: {', '.join(f'{s:.0%}' for s in stolen)} of the CPU time{note}")
+        print(f"hypervisor steal during the runs: {', '.join(f'{s:.1%}' for s in stolen)} of the CPU time{note}")
     print(f"UNet work: {samples[0]} sample evaluations x {per_sample / 1e6:.2f} MFLOP = {result.flops / 1e9:.1f} GFLOP")
     print(f"achieved {result.flops_per_s / 1e9:.1f} GFLOP/s; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s "
           f"({torch.get_num_threads()} threads, the best of {len(peaks)} measurements: "

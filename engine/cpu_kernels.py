@@ -115,11 +115,11 @@ class CpuKernels:
         """linear(geglu(linear(x, w_in) + b_in), w_out, b_out), `rows` rows at a time, F a multiple of 16."""
         return self._load().feed_forward(x, w_in, b_in, w_out, b_out, rows)
 
-    def winograd_conv(self, x: torch.Tensor, u: tuple[torch.Tensor, torch.Tensor],
-                      bias: torch.Tensor | None) -> torch.Tensor:
-        """conv2d(x, weight, bias, padding=1) for u = winograd_weights(weight), C and O multiples of 16;
+    def winograd_conv(self, x: torch.Tensor, u: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
+                      add: torch.Tensor | None = None) -> torch.Tensor:
+        """conv2d(x, weight, bias, padding=1) (+ add) for u = winograd_weights(weight), C and O multiples of 16;
         channels-last out."""
-        return self._load().winograd_conv(x, *u, bias)
+        return self._load().winograd_conv(x, *u, bias, add)
 
     def pointwise_conv(self, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """conv2d(x, weight, bias) for a 1x1 kernel, weight_t = weight[:, :, 0, 0].t(), as one matrix product;

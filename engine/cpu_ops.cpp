@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/mm.h>
@@ -26,8 +27,9 @@ int geglu(const float* h, const float* bias, float* out, long N, long F) __attri
 int group_norm_nhwc(const float* x, const float* gamma, const float* beta, float* out, long N, long HW, long C,
                     long G, float eps, int silu);
 int layer_norm_rows(const float* x, const float* gamma, const float* beta, float* out, long N, long C, float eps);
-int winograd_conv3x3(const float* x, const float* u, const float* bias, float* out, long N, long H, long W, long C,
-                     long O, long m, long first, long last, float* scratch) __attribute__((weak));
+int winograd_conv3x3(const float* x, const float* u, const float* bias, const float* per_sample, const float* residual,
+                     float* out, long N, long H, long W, long C, long O, long m, long first, long last,
+                     float* scratch) __attribute__((weak));
 long winograd_blocks(long N, long H, long W, long m) __attribute__((weak));
 long winograd_scratch(long C, long O, long m) __attribute__((weak));
 }
@@ -163,11 +165,13 @@ at::Tensor layer_norm(const at::Tensor& input, c10::IntArrayRef shape, const std
 
 /* A 3x3 convolution, stride 1, padding 1, as Winograd's F(4x4, 3x3) where the image is at least 8x8, F(2x2, 3x3)
  * below (engine/cpu_winograd.c): x (N, C, H, W), read channels-last; u2 (16, C, O) and u4 (36, C, O), the kernel as
- * G g G^T for each (engine/cpu_kernels.py's winograd_weights); bias (O,) or none. Returns (N, O, H, W)
+ * G g G^T for each (engine/cpu_kernels.py's winograd_weights); bias (O,) or none; `add`, a tensor added to the
+ * result as torch's addition would add it (a resnet's time embedding, (N, O, 1, 1), or its residual, (N, O, H, W)):
+ * in the loop where it is one of those two float32 shapes, by torch after it otherwise. Returns (N, O, H, W)
  * channels-last. The tiles' blocks are shared among torch's threads; each tile's numbers are the same whichever
  * thread takes it. */
 at::Tensor winograd_conv(const at::Tensor& input, const at::Tensor& u2, const at::Tensor& u4,
-                         const std::optional<at::Tensor>& bias) {
+                         const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& add) {
     TORCH_CHECK(winograd_conv3x3 != nullptr, "The Winograd loop was not built: the CPU has no AVX-512.");
     check_float_cpu(input, "x");
     check_float_cpu(u2, "u2");
@@ -187,14 +191,24 @@ at::Tensor winograd_conv(const at::Tensor& input, const at::Tensor& u2, const at
     const float* xp = x.data_ptr<float>();
     const float* up = weights.data_ptr<float>();
     const float* bp = biased ? b.data_ptr<float>() : nullptr;
+    // the tensor to add, where the loop can add it: per sample and channel, or whole
+    const bool adds = add.has_value() && add->defined();
+    const bool ours = adds && add->device().is_cpu() && add->scalar_type() == at::kFloat && add->dim() == 4 &&
+                      add->size(0) == n && add->size(1) == o;
+    const bool per_sample = ours && add->size(2) == 1 && add->size(3) == 1;
+    const bool residual = ours && add->size(2) == h && add->size(3) == w;
+    at::Tensor extra = per_sample ? add->reshape({n, o}).contiguous()
+                                  : residual ? add->contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
+    const float* sp = per_sample ? extra.data_ptr<float>() : nullptr;
+    const float* rp = residual ? extra.data_ptr<float>() : nullptr;
     float* op = out.data_ptr<float>();
     const long m = f4 ? 4 : 2;
     const int64_t scratch = winograd_scratch(c, o, m);
     at::parallel_for(0, winograd_blocks(n, h, w, m), 1, [&](int64_t first, int64_t last) {
         std::unique_ptr<float[]> room(new float[scratch]);  // left unset: every read of it follows a write
-        winograd_conv3x3(xp, up, bp, op, n, h, w, c, o, m, first, last, room.get());
+        winograd_conv3x3(xp, up, bp, sp, rp, op, n, h, w, c, o, m, first, last, room.get());
     });
-    return out;
+    return adds && !per_sample && !residual ? at::add(out, *add) : out;
 }
 
 /* A 1x1 convolution (stride 1, no padding) as one matrix product: x (N, C, H, W), read channels-last, is (N H W, C)
@@ -228,7 +242,7 @@ GL_LIBRARY(GL_NAMESPACE, m) {
     m.def("layer_norm(Tensor x, int[] shape, Tensor? weight, Tensor? bias, float eps) -> Tensor", &layer_norm);
     m.def("feed_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_out, Tensor b_out, int rows) -> Tensor",
           &feed_forward);
-    m.def("winograd_conv(Tensor x, Tensor u2, Tensor u4, Tensor? bias) -> Tensor", &winograd_conv);
+    m.def("winograd_conv(Tensor x, Tensor u2, Tensor u4, Tensor? bias, Tensor? add=None) -> Tensor", &winograd_conv);
     m.def("pointwise_conv(Tensor x, Tensor weight_t, Tensor? bias) -> Tensor", &pointwise_conv);
     m.def("loops() -> int", &loops);
 }

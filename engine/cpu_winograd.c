@@ -18,12 +18,17 @@
  * come. The products take 6 tiles against 64 output channels at once (12 against 32, 8 against 48): 24 registers of
  * sums, each channel step 4 loads of U's row shared by 6 broadcasts of V.
  *
- * x (N, H, W, C) channels-last; u (a^2, C, O); bias (O) or NULL; out (N, H, W, O); C and O multiples of 16; m 2 or 4.
+ * x (N, H, W, C) channels-last; u (a^2, C, O); bias (O), per_sample (N, O) and residual (N, H, W, O), each or NULL,
+ * added in that order; out (N, H, W, O); C and O multiples of 16; m 2 or 4.
  * Tiles in (n, ty, tx) row order; the caller gives [first, last) blocks of them, so threads can share a call, and
  * scratch for winograd_scratch(C, O, m) floats. Returns 0, or 1 where C or O is not a multiple of 16 or m not 2 or 4.
  */
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+/* The sums here are written in the order that gives torch's roundings (the epilogue's above all): the compiler
+ * may not reorder them, whatever the library's flags allow in the other loops. */
+#pragma GCC optimize("no-associative-math")
 
 /* tiles a block: multiples of 24, every product step's rows (6, 8, 12) */
 #define BLOCK2 48 /* F(2x2, 3x3): 16 positions */
@@ -74,10 +79,27 @@ static inline __attribute__((always_inline)) void product_rows(const float* v, c
         for (int b = 0; b < NB; b++) _mm512_storeu_ps(m + r * O + 16 * b, acc[r][b]);
 }
 
-/* F(2x2, 3x3): the tile's outputs from its products, channels [o, o + 16): A^T M A, plus the bias, where inside
+/* What is added to the convolution's outputs, in this order, each where not NULL: the bias (O), a value per sample
+ * and channel (N, O: a resnet's time embedding), a tensor of the output's shape and layout (a residual). Each sum is
+ * rounded as torch's additions one after another would round it. */
+struct epilogue {
+    const float* bias;
+    const float* per_sample;
+    const float* residual;
+};
+
+/* out[at .. at + 16) = y plus the epilogue's terms; n the sample, o the first channel. */
+static inline void finish(float* out, long at, __m512 y, const struct epilogue* e, long n, long o, long O) {
+    y = _mm512_add_ps(y, e->bias ? _mm512_loadu_ps(e->bias + o) : _mm512_setzero_ps());
+    if (e->per_sample) y = _mm512_add_ps(y, _mm512_loadu_ps(e->per_sample + n * O + o));
+    if (e->residual) y = _mm512_add_ps(y, _mm512_loadu_ps(e->residual + at));
+    _mm512_storeu_ps(out + at, y);
+}
+
+/* F(2x2, 3x3): the tile's outputs from its products, channels [o, o + 16): A^T M A and the epilogue, where inside
  * the image. */
-static inline void output_tile(const float* m, long stride, const float* bias, float* out, long H, long W, long O,
-                               long n, long ty, long tx, long o) {
+static inline void output_tile(const float* m, long stride, const struct epilogue* e, float* out, long H, long W,
+                               long O, long n, long ty, long tx, long o) {
     __m512 s[2][4];
     for (int j = 0; j < 4; j++) {  /* A^T M: rows */
         const __m512 m0 = _mm512_loadu_ps(m + (0 + j) * stride), m1 = _mm512_loadu_ps(m + (4 + j) * stride);
@@ -85,15 +107,12 @@ static inline void output_tile(const float* m, long stride, const float* bias, f
         s[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
         s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
     }
-    const __m512 b = bias ? _mm512_loadu_ps(bias + o) : _mm512_setzero_ps();
     for (int i = 0; i < 2; i++) {
         const long y = 2 * ty + i;
         if (y >= H) break;
-        const __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]), b);
-        const __m512 y1 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]), b);
-        float* row = out + ((n * H + y) * W + 2 * tx) * O + o;
-        _mm512_storeu_ps(row, y0);
-        if (2 * tx + 1 < W) _mm512_storeu_ps(row + O, y1);
+        const long at = ((n * H + y) * W + 2 * tx) * O + o;
+        finish(out, at, _mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]), e, n, o, O);
+        if (2 * tx + 1 < W) finish(out, at + O, _mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]), e, n, o, O);
     }
 }
 
@@ -146,8 +165,8 @@ static inline void at6(const __m512 m[6], __m512 y[4]) {
 }
 
 /* F(4x4, 3x3): the tile's outputs, as output_tile's. */
-static inline void output_tile4(const float* m, long stride, const float* bias, float* out, long H, long W, long O,
-                                long n, long ty, long tx, long o) {
+static inline void output_tile4(const float* m, long stride, const struct epilogue* e, float* out, long H, long W,
+                                long O, long n, long ty, long tx, long o) {
     __m512 s[4][6];
     for (int j = 0; j < 6; j++) {  /* A^T M: along each column */
         __m512 col[6], y[4];
@@ -155,21 +174,21 @@ static inline void output_tile4(const float* m, long stride, const float* bias, 
         at6(col, y);
         for (int i = 0; i < 4; i++) s[i][j] = y[i];
     }
-    const __m512 b = bias ? _mm512_loadu_ps(bias + o) : _mm512_setzero_ps();
     for (int i = 0; i < 4; i++) {
         const long y = 4 * ty + i;
         if (y >= H) break;
         __m512 r[4];
         at6(s[i], r);
-        float* row = out + ((n * H + y) * W + 4 * tx) * O + o;
-        for (int j = 0; j < 4 && 4 * tx + j < W; j++) _mm512_storeu_ps(row + j * O, _mm512_add_ps(r[j], b));
+        const long at = ((n * H + y) * W + 4 * tx) * O + o;
+        for (int j = 0; j < 4 && 4 * tx + j < W; j++) finish(out, at + j * O, r[j], e, n, o, O);
     }
 }
 
 /* One call's blocks with tiles of m x m outputs (m a constant where it is inlined). */
-static inline __attribute__((always_inline)) void winograd(const float* x, const float* u, const float* bias,
-                                                           float* out, long N, long H, long W, long C, long O,
-                                                           long first, long last, float* scratch, const int m) {
+static inline __attribute__((always_inline)) void winograd(const float* x, const float* u,
+                                                           const struct epilogue* e, float* out, long N, long H,
+                                                           long W, long C, long O, long first, long last,
+                                                           float* scratch, const int m) {
     const int a = m + 2, positions = a * a;
     const long block = m == 2 ? BLOCK2 : BLOCK4, th = (H + m - 1) / m, tw = (W + m - 1) / m, tiles = N * th * tw;
     float* v = scratch;                          /* (positions, block, C) */
@@ -209,18 +228,20 @@ static inline __attribute__((always_inline)) void winograd(const float* x, const
         for (long t = 0; t < count; t++) {
             const long tile = t0 + t, n = tile / (th * tw), ty = tile / tw % th, tx = tile % tw;
             for (long o = 0; o < O; o += 16) {
-                if (m == 2) output_tile(mm + t * O + o, block * O, bias, out, H, W, O, n, ty, tx, o);
-                else output_tile4(mm + t * O + o, block * O, bias, out, H, W, O, n, ty, tx, o);
+                if (m == 2) output_tile(mm + t * O + o, block * O, e, out, H, W, O, n, ty, tx, o);
+                else output_tile4(mm + t * O + o, block * O, e, out, H, W, O, n, ty, tx, o);
             }
         }
     }
 }
 
-int winograd_conv3x3(const float* x, const float* u, const float* bias, float* out, long N, long H, long W, long C,
-                     long O, long m, long first, long last, float* scratch) {
+int winograd_conv3x3(const float* x, const float* u, const float* bias, const float* per_sample, const float* residual,
+                     float* out, long N, long H, long W, long C, long O, long m, long first, long last,
+                     float* scratch) {
     if (C % 16 || O % 16 || (m != 2 && m != 4)) return 1;
-    if (m == 2) winograd(x, u, bias, out, N, H, W, C, O, first, last, scratch, 2);
-    else winograd(x, u, bias, out, N, H, W, C, O, first, last, scratch, 4);
+    const struct epilogue e = {bias, per_sample, residual};
+    if (m == 2) winograd(x, u, &e, out, N, H, W, C, O, first, last, scratch, 2);
+    else winograd(x, u, &e, out, N, H, W, C, O, first, last, scratch, 4);
     return 0;
 }
 

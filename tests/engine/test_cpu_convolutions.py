@@ -70,6 +70,21 @@ def test_threads_share_a_call_and_give_the_same_bits(kernels):
 
 
 @needs_compiler
+@pytest.mark.parametrize("size", [4, 8])
+def test_an_addition_after_the_convolution_gives_torchs_bits(kernels, size):
+    x, weight, bias = _case(3, 32, 48, size, size, seed=size)
+    u = winograd_weights(weight)
+    alone = kernels.winograd_conv(x, u, bias)
+    gen = torch.Generator().manual_seed(1)
+    for add in (torch.randn(3, 48, 1, 1, generator=gen),  # a time embedding: in the loop
+                torch.randn(3, 48, size, size, generator=gen),  # a residual, NCHW or channels-last: in the loop
+                torch.randn(3, 48, size, size, generator=gen).contiguous(memory_format=torch.channels_last),
+                torch.randn(48, 1, 1, generator=gen), torch.randn(3, 48, size, size, generator=gen).double()):  # after
+        out = kernels.winograd_conv(x, u, bias, add)
+        assert out.dtype == (alone + add).dtype and torch.equal(out, alone + add)
+
+
+@needs_compiler
 def test_shapes_it_has_no_case_for_are_refused_in_a_sentence(kernels):
     x, weight, bias = _case(1, 24, 32, 4, 4, seed=0)
     with pytest.raises(ValueError, match="no case for 24 -> 32 channels"):
@@ -100,7 +115,33 @@ def test_the_lab_unets_graph_runs_its_3x3_convolutions_through_the_loop(kernels)
     assert pointwise == 27 and graph.count(f"{kernels.namespace}::pointwise_conv") == pointwise
     # what stays torch's: conv_in and conv_out (4 channels) and the two downsamplers (stride 2)
     assert graph.count("aten::_convolution") == 4
+    # each resnet's time embedding and residual are added by the loop, and its division by 1 is gone
+    resnets = sum(type(m).__name__ == "ResnetBlock2D" for m in unet.modules())
+    assert resnets == 11 and graph.count("aten::div") == 0
+    assert graph.count(f"{kernels.namespace}::winograd_conv") == 24
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+
+
+@needs_compiler
+def test_the_graphs_additions_and_divisions_change_no_bit(kernels, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    from engine import cpu_graph
+
+    unet = UNet2DConditionModel.from_pretrained(LAB_UNET).eval()
+    use_small_head_attention(unet, kernels)
+    gen = torch.Generator().manual_seed(2)
+    x, embeds, t = torch.randn(5, 4, 16, 16, generator=gen), torch.randn(5, 8, 64, generator=gen), torch.tensor(300)
+    outs, adds = [], []
+    for passes in (True, False):
+        if not passes:
+            monkeypatch.setattr(cpu_graph, "_additions_into_convolutions", lambda graph, kernels: 0)
+            monkeypatch.setattr(cpu_graph, "_divisions_by_one", lambda graph, kernels: 0)
+        assert use_graphs(unet, kernels)
+        with torch.no_grad():
+            outs.append(unet(x, t, encoder_hidden_states=embeds).sample)
+        adds.append(str(next(g for g in unet.forward._graphs.values()).inlined_graph).count("aten::add("))
+    assert torch.equal(*outs) and adds[1] - adds[0] == 22  # 11 resnets: a time embedding and a residual each
 
 
 @needs_compiler
