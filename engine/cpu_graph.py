@@ -134,8 +134,7 @@ def _convolutions_as_calls(graph: torch._C.Graph, kernels) -> int:
         with graph.insert_point_guard(node):
             values = [graph.insertConstant(constant) for constant in constants]
             inputs = [node.inputsAt(0), *values, node.inputsAt(2)]
-            if op == "winograd_conv":  # nothing to add yet: _additions_into_convolutions may give it something
-                inputs.append(graph.insertConstant(None))
+            inputs.append(graph.insertConstant(None))  # nothing to add yet: _additions_into_products may give it one
             call = graph.create(f"{kernels.namespace}::{op}", inputs, 1)
             graph.insertNode(call)
         call.output().setType(node.output().type())
@@ -145,28 +144,35 @@ def _convolutions_as_calls(graph: torch._C.Graph, kernels) -> int:
     return rewritten
 
 
-def _additions_into_convolutions(graph: torch._C.Graph, kernels) -> int:
-    """Give the Winograd calls the addition that is their output's one use (a resnet's time embedding after its first
-    convolution, its residual after the second), which the loop then adds as it writes: one pass over the
-    activations fewer, the same bits. Returns how many."""
+def _additions_into_products(graph: torch._C.Graph, kernels) -> int:
+    """Give the addition that is a product's one use to the product's call, which adds it as it writes its output:
+    a resnet's time embedding after its first convolution and its residual after the second (the Winograd loop), a
+    transformer's residuals after its attention's output projection (linear_add), its feed-forward and its proj_out
+    (engine/cpu_epilogue.c). One pass over the activations fewer each, the same bits. Returns how many."""
+    ns = kernels.namespace
+    # each call's inputs before the one it adds, and the call that takes the addition
+    takers = {f"{ns}::winograd_conv": (4, f"{ns}::winograd_conv"), f"{ns}::pointwise_conv": (3, f"{ns}::pointwise_conv"),
+              f"{ns}::feed_forward": (6, f"{ns}::feed_forward"), "aten::linear": (3, f"{ns}::linear_add")}
     fused = 0
-    for node in graph.findAllNodes(f"{kernels.namespace}::winograd_conv"):
-        uses = node.output().uses()
-        if (len(uses) != 1 or uses[0].user.kind() != "aten::add"
-                or node.inputsAt(4).node().kind() != "prim::Constant" or _constant(node.inputsAt(4)) is not None):
-            continue
-        add = uses[0].user
-        other = add.inputsAt(1 - uses[0].offset)
-        if uses[0].offset > 1 or _constant(add.inputsAt(2)) != 1 or not other.type().isSubtypeOf(torch._C.TensorType.get()):
-            continue
-        with graph.insert_point_guard(add):
-            call = graph.create(node.kind(), [*list(node.inputs())[:4], other], 1)
-            graph.insertNode(call)
-        call.output().setType(add.output().type())
-        add.output().replaceAllUsesWith(call.output())
-        add.destroy()
-        node.destroy()
-        fused += 1
+    for kind, (before, call_kind) in takers.items():
+        for node in graph.findAllNodes(kind):
+            uses = node.output().uses()
+            if len(uses) != 1 or uses[0].user.kind() != "aten::add" or uses[0].offset > 1:
+                continue
+            add = uses[0].user
+            other = add.inputsAt(1 - uses[0].offset)
+            if _constant(add.inputsAt(2)) != 1 or not other.type().isSubtypeOf(torch._C.TensorType.get()):
+                continue
+            if any(v.node().kind() != "prim::Constant" or _constant(v) is not None for v in list(node.inputs())[before:]):
+                continue  # it adds something already
+            with graph.insert_point_guard(add):
+                call = graph.create(call_kind, [*list(node.inputs())[:before], other], 1)
+                graph.insertNode(call)
+            call.output().setType(add.output().type())
+            add.output().replaceAllUsesWith(call.output())
+            add.destroy()
+            node.destroy()
+            fused += 1
     return fused
 
 
@@ -309,7 +315,7 @@ class GraphForward:
             return None
         _drop_layout_copies(frozen.graph)
         _convolutions_as_calls(frozen.graph, self.kernels)
-        _additions_into_convolutions(frozen.graph, self.kernels)
+        _additions_into_products(frozen.graph, self.kernels)
         _divisions_by_one(frozen.graph, self.kernels)
         return frozen
 

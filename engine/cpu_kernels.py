@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("cpu_kernels.c", "cpu_norm.c", "cpu_winograd.c"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("cpu_kernels.c", "cpu_norm.c", "cpu_winograd.c", "cpu_epilogue.c"))
 HEADERS = (Path(__file__).with_name("cpu_exp2.h"),)  # what they include
 OPERATORS = Path(__file__).with_name("cpu_ops.cpp")
 TORCH = Path(torch.__file__).parent  # its include/ and lib/ folders, as torch.utils.cpp_extension finds them

@@ -13,6 +13,7 @@
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/layer_norm.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
@@ -32,6 +33,7 @@ int winograd_conv3x3(const float* x, const float* u, const float* bias, const fl
                      float* scratch) __attribute__((weak));
 long winograd_blocks(long N, long H, long W, long m) __attribute__((weak));
 long winograd_scratch(long C, long O, long m) __attribute__((weak));
+void add_bias_residual(float* out, const float* bias, const float* residual, long rows, long cols);
 }
 
 namespace {
@@ -40,6 +42,23 @@ constexpr int64_t ROWS = 1, LANES = 2, GEGLU = 4, WINOGRAD = 8;
 
 void check_float_cpu(const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor.");
+}
+
+/* `rows` (N, O), a product without its bias, plus bias (O,) or none, plus `add`: in one pass of engine/cpu_epilogue.c
+ * where `add` is a float32 CPU tensor of `shape` and `format` (the caller's output: `rows` viewed so), as torch's
+ * two additions would round them; otherwise the bias as torch adds it and then `add`. Returns the result in `rows`'s
+ * memory when fused, viewed by `view` (rows -> the caller's output). */
+template <typename View>
+at::Tensor finish_product(at::Tensor rows, const std::optional<at::Tensor>& bias, const at::Tensor& add,
+                          at::IntArrayRef shape, at::MemoryFormat format, View view) {
+    const bool biased = bias.has_value() && bias->defined();
+    const bool fused = add.device().is_cpu() && add.scalar_type() == at::kFloat && add.sizes() == shape &&
+                       add.is_contiguous(format) && (!biased || (bias->scalar_type() == at::kFloat &&
+                                                                 bias->is_contiguous() && bias->dim() == 1));
+    if (!fused) return at::add(view(biased ? rows.add_(*bias) : rows), add);
+    add_bias_residual(rows.data_ptr<float>(), biased ? bias->data_ptr<float>() : nullptr, add.data_ptr<float>(),
+                      rows.size(0), rows.size(1));
+    return view(rows);
 }
 
 /* softmax(q k^T / sqrt(D)) v per head, for q (B, L, H*D) and k, v (B, S, H*D); returns (B, L, H*D). */
@@ -94,9 +113,12 @@ at::Tensor fused_geglu(const at::Tensor& hidden, const at::Tensor& bias) {
 /* A transformer's feed-forward, proj_out(geglu(proj_in(x))), a block of `rows` rows at a time: the (rows, 2F)
  * projection and its (rows, F) gate stay in the core's cache between the three steps, where the whole (N, 2F)
  * projection of a 30-image batch at 16x16 (7.9 MB) went out to memory and back. x (..., C); w_in (2F, C), b_in
- * (2F,); w_out (O, F), b_out (O,); returns (..., O). Each row's numbers are those of the unblocked steps. */
+ * (2F,); w_out (O, F), b_out (O,); returns (..., O), plus `add` where given (the block's residual), which each
+ * block adds as it finishes where it is a float32 tensor of the output's shape (engine/cpu_epilogue.c), torch
+ * after otherwise. Each row's numbers are those of the unblocked steps and torch's addition. */
 at::Tensor feed_forward(const at::Tensor& input, const at::Tensor& w_in, const at::Tensor& b_in,
-                        const at::Tensor& w_out, const at::Tensor& b_out, int64_t rows) {
+                        const at::Tensor& w_out, const at::Tensor& b_out, int64_t rows,
+                        const std::optional<at::Tensor>& add) {
     TORCH_CHECK(geglu != nullptr, "The GEGLU loop was not built: the CPU has no AVX-512.");
     for (const at::Tensor* t : {&input, &w_in, &b_in, &w_out, &b_out}) check_float_cpu(*t, "every argument");
     const int64_t c = input.size(-1), features = w_out.size(1);
@@ -110,16 +132,42 @@ at::Tensor feed_forward(const at::Tensor& input, const at::Tensor& w_in, const a
     at::Tensor out = at::empty({n, w_out.size(0)}, x.options());
     at::Tensor h = at::empty({block, 2 * features}, x.options()), g = at::empty({block, features}, x.options());
     const at::Tensor w_in_t = w_in.t(), w_out_t = w_out.t();
+    std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+    shape.back() = w_out.size(0);
+    const bool adds = add.has_value() && add->defined();
+    const bool fused = adds && add->device().is_cpu() && add->scalar_type() == at::kFloat &&
+                       add->sizes() == at::IntArrayRef(shape) && add->is_contiguous();
+    const at::Tensor residual = fused ? add->view({n, w_out.size(0)}) : at::Tensor();
+    const at::Tensor bias_out = b_out.contiguous();
     for (int64_t r = 0; r < n; r += block) {
         const int64_t m = std::min(block, n - r);
         at::Tensor hs = h.narrow(0, 0, m), gs = g.narrow(0, 0, m), os = out.narrow(0, r, m);
         at::mm_out(hs, x.narrow(0, r, m), w_in_t);
         geglu(hs.data_ptr<float>(), bias.data_ptr<float>(), gs.data_ptr<float>(), m, features);
-        at::addmm_out(os, b_out, gs, w_out_t);
+        if (fused) {  // the product alone, then its bias and the residual in one pass: torch's bits
+            at::mm_out(os, gs, w_out_t);
+            add_bias_residual(os.data_ptr<float>(), bias_out.data_ptr<float>(),
+                              residual.narrow(0, r, m).data_ptr<float>(), m, w_out.size(0));
+        } else {
+            at::addmm_out(os, b_out, gs, w_out_t);
+        }
     }
+    return adds && !fused ? at::add(out.view(shape), *add) : out.view(shape);
+}
+
+/* linear(x, weight, bias) + add, where `add` has the output's shape: the product alone, then its bias and `add`
+ * in one pass (engine/cpu_epilogue.c), as torch's addmm and addition round them; torch's ops for anything else. */
+at::Tensor linear_add(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      const at::Tensor& add) {
+    const bool ours = input.device().is_cpu() && input.scalar_type() == at::kFloat && input.dim() >= 1 &&
+                      weight.device().is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
+                      weight.size(1) == input.size(-1) && input.numel() > 0 && !at::GradMode::is_enabled();
+    if (!ours) return at::add(at::linear(input, weight, bias), add);
     std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
-    shape.back() = w_out.size(0);
-    return out.view(shape);
+    shape.back() = weight.size(0);
+    at::Tensor rows = at::mm(input.reshape({-1, input.size(-1)}), weight.t());
+    return finish_product(rows, bias, add, shape, at::MemoryFormat::Contiguous,
+                          [&](const at::Tensor& t) { return t.view(shape); });
 }
 
 /* torch's group_norm (then SiLU where `silu`) for a channels-last (N, C, H, W) float32 tensor, in one call of
@@ -214,15 +262,19 @@ at::Tensor winograd_conv(const at::Tensor& input, const at::Tensor& u2, const at
 /* A 1x1 convolution (stride 1, no padding) as one matrix product: x (N, C, H, W), read channels-last, is (N H W, C)
  * rows; weight_t (C, O) is the kernel transposed; returns (N, O, H, W) channels-last, a view of the (N H W, O)
  * product. oneDNN's 1x1 convolution gives the same bits from the same product more slowly on the lab's shapes
- * (a 30-image batch, one core: 32 -> 32 channels at 16x16 415 us against 284, 64 -> 64 at 4x4 185 against 66). */
-at::Tensor pointwise_conv(const at::Tensor& input, const at::Tensor& weight_t, const std::optional<at::Tensor>& bias) {
+ * (a 30-image batch, one core: 32 -> 32 channels at 16x16 415 us against 284, 64 -> 64 at 4x4 185 against 66).
+ * `add`, where given, is added after the bias, as linear_add adds it. */
+at::Tensor pointwise_conv(const at::Tensor& input, const at::Tensor& weight_t, const std::optional<at::Tensor>& bias,
+                          const std::optional<at::Tensor>& add) {
     TORCH_CHECK(input.dim() == 4 && weight_t.dim() == 2 && weight_t.size(0) == input.size(1) &&
                     (!bias.has_value() || !bias->defined() || (bias->dim() == 1 && bias->size(0) == weight_t.size(1))),
                 "x must be (N, C, H, W), weight_t (C, O) and bias (O,).");
     const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), o = weight_t.size(1);
     at::Tensor rows = input.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1}).reshape({-1, c});
-    at::Tensor out = bias.has_value() && bias->defined() ? at::addmm(*bias, rows, weight_t) : at::mm(rows, weight_t);
-    return out.view({n, h, w, o}).permute({0, 3, 1, 2});
+    const auto view = [&](const at::Tensor& t) { return t.view({n, h, w, o}).permute({0, 3, 1, 2}); };
+    if (add.has_value() && add->defined())  // a transformer's residual: added in the product's last pass
+        return finish_product(at::mm(rows, weight_t), bias, *add, {n, o, h, w}, at::MemoryFormat::ChannelsLast, view);
+    return view(bias.has_value() && bias->defined() ? at::addmm(*bias, rows, weight_t) : at::mm(rows, weight_t));
 }
 
 int64_t loops() {
@@ -240,9 +292,11 @@ GL_LIBRARY(GL_NAMESPACE, m) {
     m.def("group_norm(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu) -> Tensor",
           &group_norm);
     m.def("layer_norm(Tensor x, int[] shape, Tensor? weight, Tensor? bias, float eps) -> Tensor", &layer_norm);
-    m.def("feed_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_out, Tensor b_out, int rows) -> Tensor",
+    m.def("feed_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_out, Tensor b_out, int rows, Tensor? add=None) "
+          "-> Tensor",
           &feed_forward);
+    m.def("linear_add(Tensor x, Tensor weight, Tensor? bias, Tensor add) -> Tensor", &linear_add);
     m.def("winograd_conv(Tensor x, Tensor u2, Tensor u4, Tensor? bias, Tensor? add=None) -> Tensor", &winograd_conv);
-    m.def("pointwise_conv(Tensor x, Tensor weight_t, Tensor? bias) -> Tensor", &pointwise_conv);
+    m.def("pointwise_conv(Tensor x, Tensor weight_t, Tensor? bias, Tensor? add=None) -> Tensor", &pointwise_conv);
     m.def("loops() -> int", &loops);
 }

@@ -85,6 +85,34 @@ def test_an_addition_after_the_convolution_gives_torchs_bits(kernels, size):
 
 
 @needs_compiler
+def test_products_with_an_addition_give_torchs_bits():
+    ops = CpuKernels()._load()
+    gen = torch.Generator().manual_seed(4)
+    x, weight, bias = torch.randn(30, 256, 32, generator=gen), torch.randn(48, 32, generator=gen), torch.randn(48)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(x, weight, bias)
+        for add in (torch.randn(30, 256, 48, generator=gen), torch.randn(48, generator=gen),  # fused; broadcast
+                    torch.randn(30, 256, 48, generator=gen).double()):  # promoted: torch's addition
+            assert torch.equal(ops.linear_add(x, weight, bias, add), expected + add)
+        residual = torch.randn(30, 256, 48, generator=gen)
+        assert torch.equal(ops.linear_add(x, weight, None, residual), torch.nn.functional.linear(x, weight) + residual)
+        # a 1x1 convolution and its channels-last residual
+        image = torch.randn(3, 32, 8, 8, generator=gen).contiguous(memory_format=torch.channels_last)
+        conv = torch.nn.functional.conv2d(image, weight[:, :, None, None], bias)
+        for add in (torch.randn(3, 48, 8, 8, generator=gen).contiguous(memory_format=torch.channels_last),
+                    torch.randn(3, 48, 8, 8, generator=gen)):  # NCHW: torch's addition
+            out = ops.pointwise_conv(image, weight.t().contiguous(), bias, add)
+            assert torch.equal(out, ops.pointwise_conv(image, weight.t().contiguous(), bias) + add)
+            torch.testing.assert_close(out, conv + add, atol=1e-5, rtol=1e-5)
+        if CpuKernels().has_geglu:  # the feed-forward's residual, block by block
+            w_in, b_in = torch.randn(256, 32, generator=gen), torch.randn(256, generator=gen)
+            w_out, b_out = torch.randn(32, 128, generator=gen), torch.randn(32, generator=gen)
+            plain = ops.feed_forward(x, w_in, b_in, w_out, b_out, 512)
+            for add in (torch.randn(30, 256, 32, generator=gen), torch.randn(32, generator=gen)):
+                assert torch.equal(ops.feed_forward(x, w_in, b_in, w_out, b_out, 512, add), plain + add)
+
+
+@needs_compiler
 def test_shapes_it_has_no_case_for_are_refused_in_a_sentence(kernels):
     x, weight, bias = _case(1, 24, 32, 4, 4, seed=0)
     with pytest.raises(ValueError, match="no case for 24 -> 32 channels"):
@@ -123,7 +151,7 @@ def test_the_lab_unets_graph_runs_its_3x3_convolutions_through_the_loop(kernels)
 
 
 @needs_compiler
-def test_the_graphs_additions_and_divisions_change_no_bit(kernels, monkeypatch):
+def test_the_graphs_fused_additions_and_dropped_divisions_change_no_bit(kernels, monkeypatch):
     from diffusers import UNet2DConditionModel
 
     from engine import cpu_graph
@@ -135,13 +163,15 @@ def test_the_graphs_additions_and_divisions_change_no_bit(kernels, monkeypatch):
     outs, adds = [], []
     for passes in (True, False):
         if not passes:
-            monkeypatch.setattr(cpu_graph, "_additions_into_convolutions", lambda graph, kernels: 0)
+            monkeypatch.setattr(cpu_graph, "_additions_into_products", lambda graph, kernels: 0)
             monkeypatch.setattr(cpu_graph, "_divisions_by_one", lambda graph, kernels: 0)
         assert use_graphs(unet, kernels)
         with torch.no_grad():
             outs.append(unet(x, t, encoder_hidden_states=embeds).sample)
         adds.append(str(next(g for g in unet.forward._graphs.values()).inlined_graph).count("aten::add("))
-    assert torch.equal(*outs) and adds[1] - adds[0] == 22  # 11 resnets: a time embedding and a residual each
+    # every addition of the graph follows a product: 11 resnets' time embeddings and residuals, 10 transformers' two
+    # attention residuals, feed-forward residual and proj_out residual
+    assert torch.equal(*outs) and adds == [0, 11 * 2 + 10 * 4]
 
 
 @needs_compiler
