@@ -35,17 +35,24 @@
 #define BLOCK4 24 /* F(4x4, 3x3): 36 positions, so fewer tiles stay in L2 */
 
 /* F(2x2, 3x3): the tile (n, ty, tx)'s 4x4 patch, channels [c, c + 16), as V = B^T d B in v[p * stride], p = 4 i + j. */
+/* The a x a patch of sample n from row y0 and column x0 (the padding's zeros outside the image), channels
+ * [c, c + 16), into d[a i + j]. */
+static inline __attribute__((always_inline)) void load_patch(const float* x, long H, long W, long C, long n, long y0,
+                                                             long x0, long c, const int a, __m512* d) {
+    for (int i = 0; i < a; i++)
+        for (int j = 0; j < a; j++) {
+            const long y = y0 + i, xx = x0 + j;
+            d[a * i + j] = (y >= 0 && y < H && xx >= 0 && xx < W)
+                               ? _mm512_loadu_ps(x + ((n * H + y) * W + xx) * C + c) : _mm512_setzero_ps();
+        }
+}
+
 static inline void input_tile(const float* x, long H, long W, long C, long n, long ty, long tx, long c, float* v,
                               long stride) {
-    __m512 d[4][4];
-    for (int i = 0; i < 4; i++) {
-        const long y = 2 * ty - 1 + i;
-        for (int j = 0; j < 4; j++) {
-            const long xx = 2 * tx - 1 + j;
-            d[i][j] = (y >= 0 && y < H && xx >= 0 && xx < W) ? _mm512_loadu_ps(x + ((n * H + y) * W + xx) * C + c)
-                                                            : _mm512_setzero_ps();
-        }
-    }
+    __m512 p[16], d[4][4];
+    load_patch(x, H, W, C, n, 2 * ty - 1, 2 * tx - 1, c, 4, p);
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) d[i][j] = p[4 * i + j];
     __m512 e[4][4];  /* B^T d: rows */
     for (int j = 0; j < 4; j++) {
         e[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
@@ -132,18 +139,11 @@ static inline void bt6(const __m512 d[6], __m512 r[6]) {
 
 static inline void input_tile6(const float* x, long H, long W, long C, long n, long ty, long tx, long c, float* v,
                                long stride) {
-    __m512 d[6][6], e[6][6];
-    for (int i = 0; i < 6; i++) {
-        const long y = 4 * ty - 1 + i;
-        for (int j = 0; j < 6; j++) {
-            const long xx = 4 * tx - 1 + j;
-            d[i][j] = (y >= 0 && y < H && xx >= 0 && xx < W) ? _mm512_loadu_ps(x + ((n * H + y) * W + xx) * C + c)
-                                                            : _mm512_setzero_ps();
-        }
-    }
+    __m512 d[36], e[6][6];
+    load_patch(x, H, W, C, n, 4 * ty - 1, 4 * tx - 1, c, 6, d);
     for (int j = 0; j < 6; j++) {  /* B^T d: along each column */
         __m512 col[6], out[6];
-        for (int i = 0; i < 6; i++) col[i] = d[i][j];
+        for (int i = 0; i < 6; i++) col[i] = d[6 * i + j];
         bt6(col, out);
         for (int i = 0; i < 6; i++) e[i][j] = out[i];
     }

@@ -1,6 +1,5 @@
 """The small-head attention kernel: SDPA's numbers for the head sizes it serves, SDPA itself for everything else."""
 
-import shutil
 
 import pytest
 import torch
@@ -11,9 +10,7 @@ from engine.cpu_attention import SmallHeadAttnProcessor
 from engine.cpu_kernels import FLAGS, CpuKernels
 from engine.loading import ModelStore
 from engine.registry import resolve
-
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
-                                    reason="no C and C++ compilers to build the kernel")
+from tests.engine.kernels import needs_compiler
 
 
 @pytest.fixture(scope="module")

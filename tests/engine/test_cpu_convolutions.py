@@ -1,8 +1,7 @@
-"""The graphs' convolutions: the Winograd loop for 3x3 ones (engine/cpu_winograd.c) gives torch's convolution to
-float32 rounding and the same bits on any number of threads; 1x1 ones are one matrix product; the frozen graphs call
-both for the convolutions they serve."""
+"""The graphs' products: the Winograd loop for 3x3 convolutions (engine/cpu_winograd.c) gives torch's convolution
+to float32 rounding and the same bits on any number of threads; 1x1 ones are one matrix product; an addition after a
+product is done by the product's call with torch's bits; the frozen graphs call them all where they serve."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,14 @@ from engine.cpu_attention import use_small_head_attention
 from engine.cpu_graph import _convolutions_as_calls, use_graphs
 from engine.cpu_kernels import FLAGS, CpuKernels, winograd_weights
 from engine.cpu_layer_norm import use_layer_norm_loop
+from tests.engine.kernels import kernels_with, needs_compiler
 
 LAB_UNET = Path(__file__).resolve().parents[2] / "assets" / "models" / "lab-sd" / "unet"
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
-                                    reason="no C and C++ compilers to build the loops")
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    built = CpuKernels()
-    if not built.has_winograd:
-        pytest.skip("the Winograd loop needs AVX-512")
-    return built
+    return kernels_with("has_winograd", "the Winograd loop needs AVX-512")
 
 
 def _case(n, c, o, h, w, seed):

@@ -1,7 +1,6 @@
 """The fused GEGLU and the blocked feed-forward around it: torch's numbers to float32 rounding where the C loop exists, diffusers' forward everywhere else."""
 
 import copy
-import shutil
 
 import pytest
 import torch
@@ -13,17 +12,12 @@ from engine.cpu_geglu import ROWS, FusedFeedForward, FusedGEGLUForward, use_fuse
 from engine.cpu_kernels import FLAGS, CpuKernels
 from engine.loading import ModelStore
 from engine.registry import resolve
-
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
-                                    reason="no C and C++ compilers to build the loops")
+from tests.engine.kernels import kernels_with, needs_compiler
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    built = CpuKernels()
-    if not built.has_geglu:
-        pytest.skip("this CPU has no AVX-512: the GEGLU loop is not built, diffusers' GEGLU runs")
-    return built
+    return kernels_with("has_geglu", "this CPU has no AVX-512: the GEGLU loop is not built, diffusers' GEGLU runs")
 
 
 def _geglu(dim: int, seed: int = 0) -> GEGLU:

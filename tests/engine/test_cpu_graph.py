@@ -2,7 +2,6 @@
 other call - other arguments, other attention processors, FLOP counting, autograd - left to diffusers' forward."""
 
 import copy
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,10 @@ from engine.cpu_geglu import use_fused_geglu
 from engine.cpu_kernels import CpuKernels
 from engine.cpu_layer_norm import use_layer_norm_loop
 from engine.cpu_graph import GraphForward, use_graphs
+from tests.engine.kernels import needs_compiler
 from tests.tiny_models import tiny_sd
 
 LAB_UNET = Path(__file__).resolve().parents[2] / "assets" / "models" / "lab-sd" / "unet"
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
-                                    reason="no C and C++ compilers to build the kernel")
 
 
 def _unet():

@@ -1,15 +1,12 @@
 """The norm loops (engine/cpu_norm.c): torch's group_norm (and SiLU) and layer_norm to float32 rounding, in both
 builds."""
 
-import shutil
 
 import pytest
 import torch
 
 from engine.cpu_kernels import FLAGS, CpuKernels
-
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
-                                    reason="no C and C++ compilers to build the loops")
+from tests.engine.kernels import needs_compiler
 
 
 @pytest.fixture(scope="module", params=["kernels", "portable"])
