@@ -90,12 +90,51 @@ def _cpu_ticks() -> list[int] | None:
 
 def unet_flops_per_sample(unet, encoder_hidden_states: torch.Tensor) -> int:
     """FLOPs of one UNet evaluation of one latent at the UNet's own sample size, with this (1, L, D) prompt."""
+    return _counted(unet, encoder_hidden_states)[0].get_total_flops()
+
+
+def winograd_flops_per_sample(unet, encoder_hidden_states: torch.Tensor) -> tuple[int, int]:
+    """Of one sample's FLOPs, those of the 3x3 convolutions that the engine's graphs run as Winograd's (stride 1,
+    padding 1, channels multiples of 16: engine/cpu_graph.py), as counted (a direct convolution's), and the
+    FLOPs of the matrix products the loop does for them instead (engine/cpu_winograd.c: F(4x4, 3x3), a quarter of
+    the multiplications, where the image is at least 8x8; F(2x2, 3x3), 1/2.25, below). The transforms' additions
+    are not in either."""
+    counter, sizes = _counted(unet, encoder_hidden_states)
+    counts = counter.get_flop_counts()
+    counted = performed = 0
+    for name, module in unet.named_modules():
+        plain = (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3) and module.stride == (1, 1)
+                 and module.padding == (1, 1) and module.dilation == (1, 1) and module.groups == 1
+                 and module.in_channels % 16 == 0 and module.out_channels % 16 == 0)
+        flops = sum(counts.get(f"{type(unet).__name__}.{name}", {}).values())
+        if plain and name in sizes:
+            counted += flops
+            performed += flops // 4 if min(sizes[name]) >= 8 else round(flops / 2.25)
+    return counted, performed
+
+
+def _counted(unet, encoder_hidden_states: torch.Tensor) -> tuple[FlopCounterMode, dict[str, tuple[int, int]]]:
+    """A FLOP counter over one UNet evaluation of one latent at the UNet's own sample size, with this (1, L, D)
+    prompt, and the output height and width of each of its convolutions."""
     side = unet.config.sample_size
     x = torch.zeros(1, unet.config.in_channels, side, side, dtype=unet.dtype, device=unet.device)
     embeds = encoder_hidden_states[:1].detach()  # (1, L, D); the counter's module hooks trip over a grad graph
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x, torch.tensor(500), encoder_hidden_states=embeds, return_dict=False)
-    return counter.get_total_flops()
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def size_of(name: str):
+        def hook(_module, _args, out) -> None:  # a hook that returned a value would replace the output
+            sizes.setdefault(name, tuple(out.shape[-2:]))
+        return hook
+
+    hooks = [module.register_forward_hook(size_of(name))
+             for name, module in unet.named_modules() if isinstance(module, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            unet(x, torch.tensor(500), encoder_hidden_states=embeds, return_dict=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counter, sizes
 
 
 @contextmanager
