@@ -2,7 +2,7 @@
 system's C and C++ compilers for the machine they run on and kept in a cache folder, so that a machine builds them
 once (about ten seconds: torch's headers are most of it); a model store starts the build when it is made.
 
-Five jobs, each where torch's general kernels lose most of their time on the lab's small shapes:
+Six jobs, each where torch's general kernels lose most of their time on the lab's small shapes:
 - softmax attention for heads of 4 and 8 channels (engine/cpu_attention.py installs it in the attention layers);
 - the feed-forward GEGLU's bias, GELU and gate in one pass over the projection's output, where the CPU has AVX-512
   (engine/cpu_geglu.py): torch's linear fills its output with the bias before the product and then runs the GELU
@@ -10,10 +10,12 @@ Five jobs, each where torch's general kernels lose most of their time on the lab
 - group norm, with the SiLU after it where a resnet has one, on channels-last activations (engine/cpu_norm.c),
   which torch normalises 4x slower than NCHW ones; the frozen graphs call it (engine/cpu_graph.py);
 - layer norm over rows of 32 or 64 channels (engine/cpu_norm.c), where torch's kernel spends 8x an addition's
-  time; a model's LayerNorm modules call it (engine/cpu_layer_norm.py), in its frozen graphs as in Python.
-- 3x3 convolutions of stride 1 as Winograd's F(2x2, 3x3) where the CPU has AVX-512 (engine/cpu_winograd.c): 2.25x
-  fewer multiplications than oneDNN's direct convolution, 1.2-1.8x faster on the lab UNet's shapes at batch 30 on
-  one core, and as accurate; the frozen graphs call it (engine/cpu_graph.py).
+  time; a model's LayerNorm modules call it (engine/cpu_layer_norm.py), in its frozen graphs as in Python;
+- 3x3 convolutions of stride 1 as Winograd's F(4x4, 3x3) and F(2x2, 3x3) where the CPU has AVX-512
+  (engine/cpu_winograd.c): 4x and 2.25x fewer multiplications than oneDNN's direct convolution, 1.3-2.7x faster
+  on the lab UNet's shapes at batch 30 on one core; the frozen graphs call it (engine/cpu_graph.py);
+- the bias and residual after a product, added in one pass as torch rounds them (engine/cpu_epilogue.c), where torch
+  spends three passes; the frozen graphs give each addition to the product before it.
 The operators are C++, not Python: a frozen graph (engine/cpu_graph.py) then calls them without taking the GIL.
 Written in Python, each of a forward's 300 calls took it, and of two graphs running side by side one ran 17-20%
 slower than alone, waiting on the other's calls.
