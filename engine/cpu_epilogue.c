@@ -3,11 +3,9 @@
  * A linear layer followed by a residual addition is, in torch, three passes over its output: the bias broadcast into
  * it, the product accumulated onto it, and the addition into a new tensor. Here the product goes into out alone and
  * this loop adds the bias and the residual as torch rounds them, one after the other: the same bits (the tests
- * compare them), two passes fewer. rows x cols floats; bias (cols) or NULL; residual rows x cols.
+ * compare them), two passes fewer. rows x cols floats; bias (cols) or NULL; residual rows x cols. Built without
+ * licence to reorder sums (engine/cpu_kernels.py's IN_ORDER), so the compiler keeps torch's order.
  */
-
-/* The sums are written in torch's order; the compiler may not reorder them, whatever the library's flags allow. */
-#pragma GCC optimize("no-associative-math")
 
 void add_bias_residual(float* out, const float* bias, const float* residual, long rows, long cols) {
     for (long i = 0; i < rows; i++) {

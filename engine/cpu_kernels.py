@@ -37,6 +37,9 @@ import torch
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("cpu_kernels.c", "cpu_norm.c", "cpu_winograd.c", "cpu_epilogue.c"))
+# Loops whose sums must round as torch's additions do (they stand in for them bit for bit): built without the licence
+# to reorder sums that the others' reductions need.
+IN_ORDER = ("cpu_winograd.c", "cpu_epilogue.c")
 HEADERS = (Path(__file__).with_name("cpu_exp2.h"),)  # what they include
 OPERATORS = Path(__file__).with_name("cpu_ops.cpp")
 TORCH = Path(torch.__file__).parent  # its include/ and lib/ folders, as torch.utils.cpp_extension finds them
@@ -188,7 +191,7 @@ def _build(flags: tuple[str, ...], namespace: str) -> Path:
     cxx_flags = ["-O2", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden", f"-DGL_NAMESPACE={namespace}", abi,
                  f"-I{TORCH / 'include'}", f"-L{TORCH / 'lib'}", f"-Wl,-rpath,{TORCH / 'lib'}"]
     recipe = [*(source.read_text() for source in (*SOURCES, *HEADERS)), OPERATORS.read_text(), cc, cxx, *flags,
-              *cxx_flags, torch.__version__]
+              *IN_ORDER, *cxx_flags, torch.__version__]
     name = f"cpu_kernels-{hashlib.sha256(chr(0).join(recipe).encode()).hexdigest()[:16]}.so"
     folder = cache_folder()
     try:
@@ -201,7 +204,8 @@ def _build(flags: tuple[str, ...], namespace: str) -> Path:
     with tempfile.TemporaryDirectory(prefix="build-", dir=folder) as scratch:
         objects, built = [Path(scratch) / f"{source.stem}.o" for source in SOURCES], Path(scratch) / name
         for source, obj in zip(SOURCES, objects):
-            subprocess.run([cc, *flags, "-c", "-fPIC", "-fvisibility=hidden", str(source), "-o", str(obj)],
+            own = [f for f in flags if f != "-fassociative-math"] if source.name in IN_ORDER else list(flags)
+            subprocess.run([cc, *own, "-c", "-fPIC", "-fvisibility=hidden", str(source), "-o", str(obj)],
                            check=True, capture_output=True, timeout=60)
         subprocess.run([cxx, *cxx_flags, str(OPERATORS), *map(str, objects), "-o", str(built), "-ltorch_cpu",
                         "-lc10"], check=True, capture_output=True, timeout=300)

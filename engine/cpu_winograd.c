@@ -20,15 +20,12 @@
  *
  * x (N, H, W, C) channels-last; u (a^2, C, O); bias (O), per_sample (N, O) and residual (N, H, W, O), each or NULL,
  * added in that order; out (N, H, W, O); C and O multiples of 16; m 2 or 4.
+ * Built without licence to reorder sums (engine/cpu_kernels.py's IN_ORDER): the epilogue rounds as torch's additions.
  * Tiles in (n, ty, tx) row order; the caller gives [first, last) blocks of them, so threads can share a call, and
  * scratch for winograd_scratch(C, O, m) floats. Returns 0, or 1 where C or O is not a multiple of 16 or m not 2 or 4.
  */
 #if defined(__AVX512F__)
 #include <immintrin.h>
-
-/* The sums here are written in the order that gives torch's roundings (the epilogue's above all): the compiler
- * may not reorder them, whatever the library's flags allow in the other loops. */
-#pragma GCC optimize("no-associative-math")
 
 /* tiles a block: multiples of 24, every product step's rows (6, 8, 12) */
 #define BLOCK2 48 /* F(2x2, 3x3): 16 positions */
