@@ -41,7 +41,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from .cpu_kernels import winograd_weights
+from .cpu_kernels import winograd_serves, winograd_weights
 
 MAX_PARAMETERS = 50_000_000
 MAX_GRAPHS = 8  # input signatures kept per model: batch sizes x prompt lengths x timestep dtypes in use
@@ -128,8 +128,7 @@ def _convolutions_as_calls(graph: torch._C.Graph, kernels) -> int:
                  and (bias is None or isinstance(bias, torch.Tensor)))
         if plain and weight.shape[2:] == (1, 1) and padding == [0, 0]:
             op, constants = "pointwise_conv", (weight.reshape(weight.shape[:2]).t().contiguous(),)  # (C, O)
-        elif (plain and weight.shape[2:] == (3, 3) and padding == [1, 1] and weight.shape[0] % 16 == 0
-              and weight.shape[1] % 16 == 0 and kernels.has_winograd):
+        elif plain and winograd_serves(weight.shape, stride, padding, dilation, groups) and kernels.has_winograd:
             op, constants = "winograd_conv", winograd_weights(weight)
         else:
             continue

@@ -92,7 +92,7 @@ class CpuKernels:
 
     @property
     def has_winograd(self) -> bool:
-        """Whether 3x3 convolutions can run as Winograd's F(2x2, 3x3) (the CPU has AVX-512)."""
+        """Whether 3x3 convolutions can run as Winograd's (the CPU has AVX-512)."""
         return self._load() is not None and bool(self._loops & _WINOGRAD)
 
     def prepare(self) -> None:
@@ -147,6 +147,16 @@ class CpuKernels:
                     self._failed = True
                     log.warning("Attention and GEGLU stay torch's: the C loops could not be built (%s).", exc)
             return self._ops
+
+
+WINOGRAD_F4_SIDE = 8  # images this high and wide take F(4x4, 3x3), smaller ones F(2x2, 3x3) (engine/cpu_ops.cpp)
+
+
+def winograd_serves(weight_shape, stride, padding, dilation, groups) -> bool:
+    """Whether the Winograd loop computes a convolution: 3x3, stride 1, padding 1, no dilation or groups, input and
+    output channels multiples of 16. weight_shape (O, C, kh, kw); the rest as torch's conv2d takes them."""
+    return (tuple(weight_shape[2:]) == (3, 3) and list(stride) == [1, 1] and list(padding) == [1, 1]
+            and list(dilation) == [1, 1] and groups == 1 and weight_shape[0] % 16 == 0 and weight_shape[1] % 16 == 0)
 
 
 def winograd_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -232,7 +232,7 @@ at::Tensor winograd_conv(const at::Tensor& input, const at::Tensor& u2, const at
                 "x must be (N, C, H, W), u2 (16, C, O), u4 (36, C, O) and bias (O,).");
     const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), o = u2.size(2);
     TORCH_CHECK_VALUE(c % 16 == 0 && o % 16 == 0, "The Winograd loop has no case for ", c, " -> ", o, " channels.");
-    const bool f4 = h >= 8 && w >= 8;
+    const bool f4 = h >= 8 && w >= 8;  // engine/cpu_kernels.py's WINOGRAD_F4_SIDE
     at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast), weights = (f4 ? u4 : u2).contiguous();
     at::Tensor b = biased ? bias->contiguous() : at::Tensor();
     at::Tensor out = at::empty({n, o, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));

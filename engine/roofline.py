@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .cpu_kernels import WINOGRAD_F4_SIDE, winograd_serves
+
 PEAK_SIDE = 2048  # big enough that the matmul runs at its kernel's full speed, small enough to take ~0.1 s
 
 
@@ -103,13 +105,12 @@ def winograd_flops_per_sample(unet, encoder_hidden_states: torch.Tensor) -> tupl
     counts = counter.get_flop_counts()
     counted = performed = 0
     for name, module in unet.named_modules():
-        plain = (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3) and module.stride == (1, 1)
-                 and module.padding == (1, 1) and module.dilation == (1, 1) and module.groups == 1
-                 and module.in_channels % 16 == 0 and module.out_channels % 16 == 0)
+        served = isinstance(module, torch.nn.Conv2d) and winograd_serves(
+            module.weight.shape, module.stride, module.padding, module.dilation, module.groups)
         flops = sum(counts.get(f"{type(unet).__name__}.{name}", {}).values())
-        if plain and name in sizes:
+        if served and name in sizes:
             counted += flops
-            performed += flops // 4 if min(sizes[name]) >= 8 else round(flops / 2.25)
+            performed += flops // 4 if min(sizes[name]) >= WINOGRAD_F4_SIDE else round(flops / 2.25)
     return counted, performed
 
 
