@@ -15,7 +15,7 @@ import argparse
 import gradio as gr
 
 from engine.generate import Engine
-from engine.loading import ModelStore
+from engine.models.loading import ModelStore
 from ui import class_cond, compare, controlnet, text2img, zerogpu
 from ui.inputs import LabBlocks
 from ui.models import ModelChoices, choices_from_env

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .adapters import model_family
+from .models.adapters import model_family
 from .errors import EngineError
 from .generate import Engine, Result
 from .request import Request
@@ -37,7 +37,7 @@ class _Recorder:
         self.step, self.total, self.calls = 0, None, 0
 
     def cond_row(self, rows: int, perturb: torch.Tensor | None) -> int:
-        """The batch row of the conditional branch's first image: branches come as [u, c, p] (engine/adapters.py),
+        """The batch row of the conditional branch's first image: branches come as [u, c, p] (engine/models/adapters.py),
         and rows marked for the perturbed branch (PAG, SEG) are left out."""
         if perturb is None or not bool(perturb.any()):
             return rows - self.batch
@@ -96,7 +96,7 @@ class _JointRecorder(_Recorder):
 
 class _RecordingProcessor:
     """Records the attention weights, then lets the layer's original processor compute its output. It takes the
-    perturbed branch's row marks (engine/perturb.py hands them to processors that say `takes_row_marks`), so the
+    perturbed branch's row marks (engine/guiders/perturb.py hands them to processors that say `takes_row_marks`), so the
     recorded row is the conditional one in PAG and SEG runs too."""
 
     takes_row_marks = True
@@ -159,7 +159,7 @@ def generate_with_attention(engine: Engine, req: Request, *, last_steps: int | N
                             **kwargs) -> tuple[Result, list[tuple[str, np.ndarray]]]:
     """Generate, and return per prompt token the attention map of image 0 (float HxW in 0..1), averaged over heads,
     layers and the last `last_steps` steps (default 30% of the run); all of it on the engine's model thread
-    (engine/runner.py), the maps' tensor work included.
+    (engine/cpu/runner.py), the maps' tensor work included.
 
     SD 1.x and SDXL: the cross-attention maps, at the latent size. SD3: the joint-attention maps of image tokens to
     text tokens, at the latent patch grid (latent height / patch, latent width / patch). SD3's text sequence is
@@ -167,7 +167,7 @@ def generate_with_attention(engine: Engine, req: Request, *, last_steps: int | N
     maps shown are those of the CLIP positions, named by the CLIP-L tokenizer's tokens (start, end and padding
     left out). With T5 present its positions take part in the softmax but get no maps of their own here.
 
-    The run's batch is not cut across the CPU's cores (engine/parallel.py) while the maps are recorded, so the
+    The run's batch is not cut across the CPU's cores (engine/cpu/parallel.py) while the maps are recorded, so the
     recorders see whole batches; a batch below the split's size (16 rows) runs whole anyway."""
     return engine.runner.call(_generate_with_attention, engine, req, last_steps, callback, **kwargs)
 

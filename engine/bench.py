@@ -16,12 +16,12 @@ from .compare import compare
 from .errors import EngineError
 from .generate import Engine
 from .guiders import GuidanceSettings
-from .registry import default_model, resolve
+from .models.registry import default_model, resolve
 from .meter import units
 from .request import Request, check_request, evals_per_step
-from .roofline import (Roofline, counting_samples, matmul_peak, stolen_share, unet_flops_per_sample,
+from .cpu.roofline import (Roofline, counting_samples, matmul_peak, stolen_share, unet_flops_per_sample,
                        winograd_flops_per_sample)
-from .schedulers import make_scheduler
+from .models.schedulers import make_scheduler
 
 BATCH = 15  # one row of the default compare grid: five guided scales times three seeds
 GRID_PROMPT = "a large red circle on the left on a white background"
@@ -117,7 +117,7 @@ def run_threads(*, model: str | None, steps: int, runs: int, scale: float,
                 prompt: str = "a large red circle on the left") -> int:
     """Seconds per image by calling thread, in an order that keeps each case's OpenMP teams as labelled: the
     engine's model thread while no other thread has a team (what the app does); a BATCH-image compare row on it,
-    split across the cores and whole (engine/parallel.py); then, the model thread ended, the main thread itself;
+    split across the cores and whole (engine/cpu/parallel.py); then, the model thread ended, the main thread itself;
     a worker thread while the main thread's team is alive (a web server's handler without the model thread); and
     the model thread again beside the main thread's team (a script that also runs torch on its main thread)."""
     engine = Engine()
@@ -172,7 +172,7 @@ def run_grid(*, model: str | None, steps: int, runs: int, prompt: str = GRID_PRO
         note = f" (above {STEAL_IDLE:.0%}: not an idle machine)" if max(stolen) > STEAL_IDLE else ""
         print(f"hypervisor steal during the runs: {', '.join(f'{s:.1%}' for s in stolen)} of the CPU time{note}")
     print(f"UNet work: {samples[0]} sample evaluations x {per_sample / 1e6:.2f} MFLOP = {result.flops / 1e9:.1f} GFLOP")
-    kernels = getattr(pipe.unet.forward, "kernels", None)  # engine/cpu_graph.py's GraphForward and its loops
+    kernels = getattr(pipe.unet.forward, "kernels", None)  # engine/cpu/graph.py's GraphForward and its loops
     if kernels is not None and kernels.has_winograd:
         counted, performed = engine.runner.call(winograd_flops_per_sample, pipe.unet, embeds)
         print(f"  (the model's FLOPs, as torch counts them; of them {counted / 1e6:.2f} MFLOP a sample are 3x3 "
@@ -189,13 +189,13 @@ def run_grid(*, model: str | None, steps: int, runs: int, prompt: str = GRID_PRO
 def run_architectures(*, device: str = "cuda", steps: int = 25, runs: int = 3, names: tuple[str, ...] | None = None,
                       prompt: str = "a photo of an astronaut riding a horse on the moon") -> list[dict]:
     """The published SD1.5, SDXL and SD3.5 Medium architectures at their native sizes, random weights built from
-    their configs (engine/architectures.py) and saved as folders: seconds per image through the engine (from the
+    their configs (engine/models/architectures.py) and saved as folders: seconds per image through the engine (from the
     saved folder) and through the diffusers pipeline, peak GPU memory, and the engine/diffusers ratio. Without CUDA,
     or for a family the engine does not serve yet, one sentence instead."""
     import tempfile
 
-    from .architectures import ARCHITECTURES, save
-    from .loading import ModelStore, pick_dtype
+    from .models.architectures import ARCHITECTURES, save
+    from .models.loading import ModelStore, pick_dtype
 
     if device != "cuda" or not torch.cuda.is_available():
         print(f"No CUDA device here, so the {', '.join(names or ARCHITECTURES)} architectures are not timed: run "

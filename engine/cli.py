@@ -12,7 +12,7 @@ from typing import Callable
 from .errors import EngineError
 from .guiders import GuidanceSettings, Param, all_params, method_names
 from .request import MAX_CONTROLS, MICRO_CONDITIONING, output_paths
-from .schedulers import ALL_SCHEDULERS
+from .models.schedulers import ALL_SCHEDULERS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -199,7 +199,7 @@ def run_generate(args) -> int:
     from .generate import Engine
     from .pnginfo import save_png
 
-    from .loading import ModelStore
+    from .models.loading import ModelStore
 
     engine = Engine(ModelStore(offload=args.offload or None))
     if os.environ.get("LAB_MODEL_DIR"):  # as the app does: the folders under it by their names there

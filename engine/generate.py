@@ -18,19 +18,19 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .adapters import (ClassDenoiser, ControlBranch, JointDenoiser, MicroConditioning, PromptCondition, TextDenoiser,
+from .models.adapters import (ClassDenoiser, ControlBranch, JointDenoiser, MicroConditioning, PromptCondition, TextDenoiser,
                        model_family)
 from .errors import EngineError
 from .guiders import GuidanceSettings
-from .loading import ModelStore
-from .parallel import BatchSplitter
-from .perturb import FAMILY_LAYERS, LAYER_PATTERN, perturbed_attention
-from .registry import REGISTRY, ModelSpec, default_model, recommended_scheduler, resolve
+from .models.loading import ModelStore
+from .cpu.parallel import BatchSplitter
+from .guiders.perturb import FAMILY_LAYERS, LAYER_PATTERN, perturbed_attention
+from .models.registry import REGISTRY, ModelSpec, default_model, recommended_scheduler, resolve
 from .meter import WorkMeter, units
 from .request import MICRO_CONDITIONING, ControlSpec, Request, check_request, evals_per_step, png_parameters
-from .runner import Inline, ModelThread
+from .cpu.runner import Inline, ModelThread
 from .sampler import guided_model, sample, with_classifier_guidance
-from .schedulers import check_scheduler, make_scheduler
+from .models.schedulers import check_scheduler, make_scheduler
 
 FAMILY_NAMES = {"sd": "an SD 1.x model", "sdxl": "an SDXL model", "sd3": "an SD3 model", "dit": "a DiT model"}
 
@@ -79,8 +79,8 @@ class Engine:
         """model_thread=False runs model work on each caller's thread: only for measuring what the thread saves."""
         self.store = store or ModelStore()
         self.postprocess = VaeImageProcessor(vae_scale_factor=8)
-        # All model work runs on one thread of the engine's own (engine/runner.py), big batches cut across the
-        # cores from there (engine/parallel.py); the thread ends with the engine.
+        # All model work runs on one thread of the engine's own (engine/cpu/runner.py), big batches cut across the
+        # cores from there (engine/cpu/parallel.py); the thread ends with the engine.
         self.runner = ModelThread() if model_thread else Inline()
         self.splitter = BatchSplitter()
         self.meter = WorkMeter()  # seconds per UNet evaluation, per model, as measured here
@@ -110,7 +110,7 @@ class Engine:
         return self.resolve(req.model or default_model(req.model_kind), req.model_kind)
 
     def default_scheduler(self, req: Request) -> str:
-        """The scheduler a request that names none runs (engine/registry.py, recommended_scheduler)."""
+        """The scheduler a request that names none runs (engine/models/registry.py, recommended_scheduler)."""
         return recommended_scheduler(self.model_spec(req))
 
     def native_size(self, model: str | None = None, kind: str = "text") -> tuple[int, int]:
@@ -121,7 +121,7 @@ class Engine:
     def generate(self, req: Request, callback: Callable[[dict], None] | None = None,
                  preview_steps: set[int] | None = None, *, live_every_s: float | None = None,
                  cancel: threading.Event | None = None) -> Result:
-        """Run the request on the model thread (engine/runner.py), from any thread. `callback` gets each step's
+        """Run the request on the model thread (engine/cpu/runner.py), from any thread. `callback` gets each step's
         dict, with the decoded x0 estimate as "preview" at `preview_steps` and as "live" every `live_every_s`
         seconds from twice that into the run; setting `cancel` stops the run between steps with `Stopped`."""
         watch = _Watch(callback, preview_steps or set(), live_every_s, cancel)
@@ -131,7 +131,7 @@ class Engine:
                       cancel: threading.Event | None = None) -> list[Result | EngineError]:
         """Independent requests (a Compare grid's rows), each with its own step callback: a Result or the request's
         EngineError for each, in order; `Stopped` and other exceptions are raised. On a multi-core CPU the requests
-        that leave the model as it is run side by side, one per core (engine/parallel.py); the others, such as PAG
+        that leave the model as it is run side by side, one per core (engine/cpu/parallel.py); the others, such as PAG
         and SEG, which give the model's attention their own processors for their run, run one after another."""
         callbacks = callbacks or [None] * len(reqs)
         return self.runner.call(self._generate_many, list(reqs), list(callbacks), cancel)
@@ -230,7 +230,7 @@ class Engine:
 
     @staticmethod
     def _perturbed_attention(pipe, guidance: GuidanceSettings, guider):
-        """For PAG and SEG, the model's attention accepts marked rows for the run (engine/perturb.py)."""
+        """For PAG and SEG, the model's attention accepts marked rows for the run (engine/guiders/perturb.py)."""
         if guidance.perturbation != "attention":
             return nullcontext()
         model = getattr(pipe, "unet", None) or pipe.transformer
@@ -437,7 +437,7 @@ def _raise_unexpected(outcomes: list[tuple[bool, Any] | None]) -> None:
 
 def _leaves_model_as_is(req: Request) -> bool:
     """Whether a run leaves the shared model untouched, so that another may use it at the same time: PAG and SEG
-    give its attention layers their own processors for the run (engine/perturb.py)."""
+    give its attention layers their own processors for the run (engine/guiders/perturb.py)."""
     return req.guidance.perturbation != "attention"
 
 

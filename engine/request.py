@@ -14,7 +14,7 @@ from PIL import Image
 from .errors import EngineError
 from .guiders import GuidanceSettings
 from .pnginfo import format_parameters
-from .schedulers import A1111_NAMES, ALL_SCHEDULERS
+from .models.schedulers import A1111_NAMES, ALL_SCHEDULERS
 
 MAX_PROMPT_CHARS = 1000
 MAX_SIDE = 2048

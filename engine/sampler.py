@@ -1,6 +1,6 @@
 """The one denoising loop every tab uses, and the wrappers that turn a denoiser into a guided model function.
 
-A denoiser (engine/adapters.py) answers `denoiser(x, t, step, with_uncond, with_perturbed) -> (pred_cond,
+A denoiser (engine/models/adapters.py) answers `denoiser(x, t, step, with_uncond, with_perturbed) -> (pred_cond,
 pred_uncond | None, pred_perturbed | None)` in the model's own prediction type, all branches in one batch where one
 model serves them. A model function answers `model_fn(x, t, step) -> eps` (a flow model's velocity: engine/spaces.py).
 Guidance is composed by wrapping model functions (k-diffusion's habit), never by flags inside the loop.
@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from .guiders import Guider
-from .schedulers import is_flow
+from .models.schedulers import is_flow
 from .spaces import denoised, eps_from_x0, from_eps, to_eps, velocity_from_x0, x0_from_velocity
 
 

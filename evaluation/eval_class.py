@@ -15,7 +15,7 @@ import numpy as np
 from engine.errors import EngineError
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings
-from engine.registry import resolve
+from engine.models.registry import resolve
 from engine.request import Request
 from training.noise_accuracy import accuracy_by_noise, held_out_latents, print_accuracy
 from world import SHAPES

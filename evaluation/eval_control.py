@@ -21,7 +21,7 @@ from PIL import Image
 from engine.control.maps import canny
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings
-from engine.registry import resolve
+from engine.models.registry import resolve
 from engine.request import ControlSpec, Request
 from training.control_data import TYPES, control_batch
 from world import canonical_caption, evaluate

@@ -11,7 +11,7 @@ import numpy as np
 
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings
-from engine.registry import resolve
+from engine.models.registry import resolve
 from engine.request import Request
 from world import canonical_caption, clipped_fraction, evaluate, is_held_out, sample_scene, saturation
 

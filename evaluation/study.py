@@ -30,10 +30,10 @@ from engine.compare import grid, parse_scales
 from engine.errors import EngineError
 from engine.generate import Engine
 from engine.guiders import GUIDERS, GuidanceSettings, Param
-from engine.loading import ModelStore
+from engine.models.loading import ModelStore
 from engine.pnginfo import save_png
 from engine.request import MAX_IMAGES, Request, check_request
-from engine.schedulers import SCHEDULERS
+from engine.models.schedulers import SCHEDULERS
 from world import HELD_OUT, IMAGE_SIZE, clipped_fraction, diversity, evaluate, parse_caption, saturation
 from world.captions import WHERE
 

@@ -13,8 +13,8 @@ from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DiTPipelin
 from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel,
                           T5Tokenizer)
 
-from engine.registry import write_id2label
-from engine.tokenizer import build_clip_tokenizer
+from engine.models.registry import write_id2label
+from engine.models.tokenizer import build_clip_tokenizer
 
 WORDS = "a an the small large red green blue yellow circle square triangle star on left right top bottom".split()
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from engine.classifier import NoiseAwareClassifier
+from engine.models.classifier import NoiseAwareClassifier
 from world import SHAPES
 
 from . import latents

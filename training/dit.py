@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiTPipeline, 
 from diffusers.models.embeddings import LabelEmbedding
 from torch import nn
 
-from engine.registry import write_id2label
+from engine.models.registry import write_id2label
 from world import SHAPES
 
 from . import latents

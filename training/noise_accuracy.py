@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler
 
-from engine.classifier import NoiseAwareClassifier
+from engine.models.classifier import NoiseAwareClassifier
 from world import SHAPES, render, sample_scene
 
 from .common import to_tensor

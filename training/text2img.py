@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from engine.tokenizer import build_clip_tokenizer
+from engine.models.tokenizer import build_clip_tokenizer
 from world import VOCABULARY, caption
 
 from . import latents

@@ -16,7 +16,7 @@ from engine.compare import (DEFAULT_ROWS, DEFAULT_SCALES, REFERENCE, SWEEPS, com
 from engine.errors import EngineError
 from engine.generate import Engine, Stopped
 from engine.guiders.settings import compare_rows
-from engine.registry import is_project_model
+from engine.models.registry import is_project_model
 from engine.request import Request
 from world.measures import cell_measures
 

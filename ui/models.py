@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.control.prepare import CONTROL_TYPES
 from engine.errors import EngineError
-from engine.registry import REGISTRY, ModelSpec, default_model, folder_under, resolve
+from engine.models.registry import REGISTRY, ModelSpec, default_model, folder_under, resolve
 
 KINDS = ("text", "class", "classifier")
 

@@ -23,8 +23,8 @@ from engine.generate import Engine, Result, Stopped
 from engine.guiders import GUIDERS, GuidanceSettings, Param, all_params, method_names
 from engine.guiders.registry import owners
 from engine.request import MAX_CONTROLS, MAX_IMAGES, MAX_SEED, Request, command_for
-from engine.registry import recommended_scheduler
-from engine.schedulers import ALL_SCHEDULERS, SCHEDULERS
+from engine.models.registry import recommended_scheduler
+from engine.models.schedulers import ALL_SCHEDULERS, SCHEDULERS
 
 from .inputs import SeedInput, sentence, shown
 
@@ -467,7 +467,7 @@ def pair(name: str, value) -> tuple[int, int] | None:
 
 
 def scheduler_choice(models, model, value, kind: str = "text") -> str:
-    """An endpoint's scheduler: 'auto' (the default) is the model's recommended one (engine/registry.py); a name
+    """An endpoint's scheduler: 'auto' (the default) is the model's recommended one (engine/models/registry.py); a name
     this app does not serve gets ddim here and its one sentence from the run."""
     value = text("scheduler", value) if value is not None else "auto"
     if value not in ("", "auto"):

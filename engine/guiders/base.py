@@ -151,7 +151,7 @@ class Guider:
         return False
 
     def attention_perturbation(self):
-        """For perturbation "attention": the engine.perturb.AttentionPerturbation of this run."""
+        """For perturbation "attention": the engine.guiders.perturb.AttentionPerturbation of this run."""
         return None
 
     def early(self, x: torch.Tensor, step: "Step") -> torch.Tensor | None:

@@ -3,7 +3,7 @@ self-attention in chosen layers, as diffusers' StableDiffusionPAGPipeline does."
 
 import torch
 
-from ..perturb import LAYER_PATTERN, AttentionPerturbation
+from .perturb import LAYER_PATTERN, AttentionPerturbation
 from .base import Guider, Param
 from .registry import register
 

@@ -1,7 +1,7 @@
 """Smoothed Energy Guidance, Hong (2024, arXiv 2408.00760): guide away from the model whose self-attention queries
 are blurred by a Gaussian, which smooths the attention's energy landscape."""
 
-from ..perturb import INFINITE_SIGMA, LAYER_PATTERN, AttentionPerturbation
+from .perturb import INFINITE_SIGMA, LAYER_PATTERN, AttentionPerturbation
 from .base import Guider, Param
 from .pag import pag
 from .registry import register

@@ -3,10 +3,10 @@
 import torch
 from diffusers import DiTPipeline
 
-from engine.adapters import ClassDenoiser
+from engine.models.adapters import ClassDenoiser
 from engine.guiders import GuidanceSettings
 from engine.sampler import class_log_prob_grad, guided_model, sample, with_classifier_guidance
-from engine.schedulers import make_scheduler
+from engine.models.schedulers import make_scheduler
 
 
 class ToyClassifier(torch.nn.Module):

@@ -262,7 +262,7 @@ def test_side_by_side_requests_never_tokenize_at_once(tiny_folders, monkeypatch)
     import torch
 
     from engine.generate import Engine
-    from engine.registry import resolve
+    from engine.models.registry import resolve
 
     engine = Engine()
     tokenizer_type = type(engine.loaded(resolve(str(tiny_folders["sd"]), "text")).tokenizer)

@@ -9,7 +9,7 @@ from PIL import Image
 from engine.generate import Engine
 from engine.request import ControlSpec, Request
 from engine.guiders import GuidanceSettings
-from engine.schedulers import SCHEDULERS, make_scheduler
+from engine.models.schedulers import SCHEDULERS, make_scheduler
 
 TOLERANCE = 1  # pixel levels out of 255
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from engine import loading
-from engine.loading import ModelStore, attention_processors, pick_dtype, tile_vae_above, wants_offload
-from engine.registry import REGISTRY
+from engine.models import loading
+from engine.models.loading import ModelStore, attention_processors, pick_dtype, tile_vae_above, wants_offload
+from engine.models.registry import REGISTRY
 from tests.tiny_models import tiny_sd
 
 

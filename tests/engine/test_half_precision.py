@@ -8,7 +8,7 @@ import torch
 
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings, method_names
-from engine.loading import ModelStore
+from engine.models.loading import ModelStore
 from engine.request import Request
 from engine.spaces import denoised, eps_from_x0
 from tests.tiny_models import save_sd3, save_sdxl

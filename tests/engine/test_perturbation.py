@@ -8,13 +8,13 @@ import pytest
 import torch
 from diffusers import StableDiffusionPAGPipeline, UNet2DConditionModel
 
-from engine import registry
+from engine.models import registry
 from engine.errors import EngineError
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings
 from engine.guiders.autoguidance import autoguidance
 from engine.guiders.pag import pag
-from engine.perturb import INFINITE_SIGMA, blur_queries, layer_ids, self_attention_layers
+from engine.guiders.perturb import INFINITE_SIGMA, blur_queries, layer_ids, self_attention_layers
 from engine.request import Request, check_request
 from tests.engine.test_exactness import TOLERANCE, level_diff
 

@@ -14,11 +14,11 @@ from engine.cli import main
 from engine.errors import EngineError
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings, method_names
-from engine.perturb import layer_ids
+from engine.guiders.perturb import layer_ids
 from engine.pnginfo import parse_parameters
 from engine.request import ControlSpec, Request, command_for
 from engine.sampler import Step
-from engine.schedulers import FLOW_SCHEDULERS, make_scheduler
+from engine.models.schedulers import FLOW_SCHEDULERS, make_scheduler
 from engine.spaces import velocity_from_x0, x0_from_velocity
 from tests.engine.test_exactness import TOLERANCE, control_image, level_diff
 from tests.tiny_models import save_sd3

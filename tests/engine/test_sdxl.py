@@ -11,15 +11,15 @@ from diffusers import (ControlNetModel, StableDiffusionXLControlNetPipeline, Sta
                        StableDiffusionXLPipeline, UNet2DConditionModel)
 from PIL import Image
 
-from engine import registry
+from engine.models import registry
 from engine.cli import build_parser, main
 from engine.errors import EngineError
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings, method_names
-from engine.perturb import layer_ids
+from engine.guiders.perturb import layer_ids
 from engine.pnginfo import parse_parameters
 from engine.request import ControlSpec, Request, check_request, command_for
-from engine.schedulers import SCHEDULERS, make_scheduler
+from engine.models.schedulers import SCHEDULERS, make_scheduler
 from tests.engine.test_exactness import TOLERANCE, control_image, level_diff
 from tests.tiny_models import save_sdxl
 
@@ -81,7 +81,7 @@ def test_micro_conditioning_changes_the_image(engine, sdxl_folders):
 
 
 def test_negative_conditioning_shares_the_positive_until_any_negative_field_is_set():
-    from engine.adapters import MicroConditioning
+    from engine.models.adapters import MicroConditioning
 
     positive = Request(prompt="x", original_size=(40, 48), crop_coords=(8, 4))
     assert MicroConditioning.from_request(positive, 32, 24, negative=True) == MicroConditioning((48, 40), (4, 8),

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from engine.architectures import save
+from engine.models.architectures import save
 from engine.bench import run_architectures
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings
-from engine.loading import ModelStore, attention_processors
-from engine.registry import resolve
+from engine.models.loading import ModelStore, attention_processors
+from engine.models.registry import resolve
 from engine.request import Request
 
 pytestmark = [pytest.mark.gpu,

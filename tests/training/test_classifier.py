@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.classifier import NoiseAwareClassifier
+from engine.models.classifier import NoiseAwareClassifier
 from training import classifier, latents
 from training.common import MODELS, RUNS
 from training.loop import Schedule

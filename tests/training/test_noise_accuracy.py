@@ -2,7 +2,7 @@
 
 import torch
 
-from engine.classifier import NoiseAwareClassifier
+from engine.models.classifier import NoiseAwareClassifier
 from training.noise_accuracy import NOISE_LEVELS, accuracy_by_noise, held_out_latents
 from world import SHAPES
 

@@ -7,7 +7,7 @@ from diffusers import StableDiffusionPipeline
 from engine.cli import main
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings
-from engine.registry import REGISTRY
+from engine.models.registry import REGISTRY
 from engine.request import Request
 
 

@@ -6,13 +6,13 @@ import torch
 from diffusers import ControlNetModel, DiTPipeline
 from PIL import Image
 
-from engine.classifier import NoiseAwareClassifier
+from engine.models.classifier import NoiseAwareClassifier
 from engine.cli import main
 from engine.control.maps import canny
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings
 from engine.pnginfo import parse_parameters
-from engine.registry import REGISTRY
+from engine.models.registry import REGISTRY
 from engine.request import ControlSpec, Request
 from world import SHAPES, render_seed
 

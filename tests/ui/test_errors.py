@@ -50,7 +50,7 @@ def test_unknown_class(client):
 def test_missing_classifier_is_explained(client, monkeypatch, tmp_path):
     from dataclasses import replace
 
-    from engine import registry
+    from engine.models import registry
 
     absent = replace(registry.REGISTRY["lab-classifier"], source=str(tmp_path / "absent"))
     monkeypatch.setitem(registry.REGISTRY, "lab-classifier", absent)  # as on a machine without the shipped folder

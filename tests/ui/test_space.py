@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from engine.generate import Engine
-from engine.registry import GPU_CONTROL_DEFAULTS, GPU_DEFAULTS, REGISTRY
+from engine.models.registry import GPU_CONTROL_DEFAULTS, GPU_DEFAULTS, REGISTRY
 from ui import zerogpu
 from ui.models import ModelChoices, folder_choices
 

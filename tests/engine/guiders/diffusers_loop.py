@@ -6,7 +6,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from engine.schedulers import make_scheduler
+from engine.models.schedulers import make_scheduler
 
 
 @torch.no_grad()
