@@ -1,4 +1,4 @@
-"""Click-to-image times of the launched app through gradio_client: `python -m ui.bench [--model-dir DIR]`.
+"""Click-to-image times of the launched app through gradio_client: `python -m benchmarks.ui [--model-dir DIR]`.
 
 Without --model-dir it uses the project's own models (assets/models); with it, the model folders under DIR
 (e.g. the tests' tiny models). Reports the median of several runs after one warm-up run per endpoint.
