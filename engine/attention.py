@@ -14,7 +14,7 @@ the generated image is exactly the one a plain run gives. Only the conditional b
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
 import cv2
@@ -197,12 +197,9 @@ def _generate_with_attention(engine: Engine, req: Request, last_steps: int | Non
         if callback is not None:
             callback(info)
 
-    split, engine.splitter.enabled = engine.splitter.enabled, False  # on the model thread: no run overlaps
-    try:
-        with _recording(denoiser, recorder, joint):
-            result = engine.generate(replace(req), callback=step_done, **kwargs)
-    finally:
-        engine.splitter.enabled = split
+    whole = engine.store.cpu.whole_batches() if engine.store.cpu is not None else nullcontext()
+    with whole, _recording(denoiser, recorder, joint):  # on the model thread: no run overlaps
+        result = engine.generate(replace(req), callback=step_done, **kwargs)
     tokens = prompt_tokens(pipe.tokenizer, req.prompt)
     if recorder.total is None:
         return result, []

@@ -126,11 +126,11 @@ def run_threads(*, model: str | None, steps: int, runs: int, scale: float,
     batch = replace(req, num_images=BATCH)
     print(_header(engine, spec, steps, scale, runs))
     print(_line("model thread (the engine's way)", _times(lambda: engine.generate(req), runs)), flush=True)
-    for split in (True, False):
-        engine.splitter.enabled = split
+    times = _times(lambda: engine.generate(batch), runs)
+    print(_line(f"batch {BATCH}, split, model thread", times, BATCH), flush=True)
+    with engine.store.cpu.whole_batches():
         times = _times(lambda: engine.generate(batch), runs)
-        print(_line(f"batch {BATCH}, {'split' if split else 'whole'}, model thread", times, BATCH), flush=True)
-    engine.splitter.enabled = True
+    print(_line(f"batch {BATCH}, whole, model thread", times, BATCH), flush=True)
     engine.runner.close(wait=True)  # its OpenMP team ends with it
 
     inline = Engine(engine.store, model_thread=False)

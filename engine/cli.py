@@ -99,8 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "flag for several) against CFG, and its cost against what its branches explain")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="cuda: the published SD1.5, SDXL and SD3.5 Medium "
                        "architectures at their native sizes, random weights, engine against diffusers, peak memory")
-    sub.add_parser("study", help="guidance methods against scales over many prompts and seeds, with intervals and "
-                   "matched adherence (python -m engine study --help)", add_help=False)
     threads = sub.add_parser("threads", help="seconds per image on the engine's model thread, with a batch split "
                              "across cores and whole, then on the main thread and a worker thread")
     for parser_ in (bench, threads):
@@ -225,12 +223,7 @@ def one_sentence(command: Callable[[], int]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["study"]:  # the lab's research command lives beside the engine, with the world's evaluator
-        from evaluation.study import main as study
-
-        return study(argv[1:])
-    return one_sentence(lambda: _run(build_parser().parse_args(argv)))
+    return one_sentence(lambda: _run(build_parser().parse_args(sys.argv[1:] if argv is None else argv)))
 
 
 def _run(args) -> int:

@@ -326,9 +326,15 @@ def sweep(engine, base: Request, rows: tuple[str, ...], field_name: str, values:
 
 
 def matched_scale(scales, adherence, target: float) -> float | None:
-    """The scale where a row's adherence curve first reaches `target`: linear between the two neighbouring columns
-    of the first rising step that crosses it (the lowest column when that already reaches it); None when the
-    curve never does. Columns without an adherence value are left out."""
+    """The scale where a method's adherence curve over a scale sweep first reaches `target`: linear between the
+    two neighbouring scales of the first rising step that crosses it (the lowest scale when that already reaches
+    it); None when the curve never does. Scales without an adherence value are left out; the scales may come in
+    any order. The one matcher of the Compare tab and the study.
+
+    It assumes adherence rises with the scale up to where guidance breaks down (and may fall after), so the first
+    rising crossing is the match and a later one, on the breakdown side, is not; and that the curve is close to
+    linear between neighbouring scales, so the answer is as fine as the sweep: measure there to see how close
+    it came (the study adds that point to the curve and interpolates again)."""
     points = sorted((s, a) for s, a in zip(scales, adherence) if a is not None)
     if not points:
         return None

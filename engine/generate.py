@@ -23,7 +23,6 @@ from .models.adapters import (ClassDenoiser, ControlBranch, JointDenoiser, Micro
 from .errors import EngineError
 from .guiders import GuidanceSettings
 from .models.loading import ModelStore
-from .cpu.parallel import BatchSplitter
 from .guiders.perturb import FAMILY_LAYERS, LAYER_PATTERN, perturbed_attention
 from .models.registry import REGISTRY, ModelSpec, default_model, recommended_scheduler, resolve
 from .meter import WorkMeter, units
@@ -79,10 +78,10 @@ class Engine:
         """model_thread=False runs model work on each caller's thread: only for measuring what the thread saves."""
         self.store = store or ModelStore()
         self.postprocess = VaeImageProcessor(vae_scale_factor=8)
-        # All model work runs on one thread of the engine's own (engine/cpu/runner.py), big batches cut across the
-        # cores from there (engine/cpu/parallel.py); the thread ends with the engine.
-        self.runner = ModelThread() if model_thread else Inline()
-        self.splitter = BatchSplitter()
+        # All model work runs on one thread of the engine's own (engine/cpu/runner.py); the thread ends with the
+        # engine, and on the CPU gives memory back when it has been idle a while (engine/cpu/__init__.py, settle).
+        settle = self.store.cpu.settle if self.store.cpu is not None else None
+        self.runner = ModelThread(on_idle=settle) if model_thread else Inline()
         self.meter = WorkMeter()  # seconds per UNet evaluation, per model, as measured here
         # A fast tokenizer keeps its truncation settings between calls: requests running side by side
         # (generate_many) encode their prompts one at a time, or one may tokenize with the other's settings.
@@ -153,7 +152,8 @@ class Engine:
         # Each job's wall time is its share of the cores: the meter keeps what a request costs the machine.
         share = 1 / max(1, min(torch.get_num_threads(), len(together)))
         jobs = [self._delegated_job(reqs[i], _Watch(callbacks[i], set(), None, cancel), share) for i in together]
-        for i, outcome in zip(together, self.splitter.side_by_side(jobs) or [None] * len(together)):
+        side_by_side = self.store.cpu.side_by_side(jobs) if self.store.cpu is not None else None
+        for i, outcome in zip(together, side_by_side or [None] * len(together)):
             outcomes[i] = outcome
         _raise_unexpected(outcomes)  # a stop or a fault ends the batch before the rest runs
         for i, req in enumerate(reqs):
@@ -167,7 +167,7 @@ class Engine:
         return [value for _, value in outcomes]
 
     def _delegated_job(self, req: Request, watch: "_Watch", share: float) -> Callable[[], Result]:
-        """A request as a job for a worker of the splitter's: its model calls run inline on that worker."""
+        """A request as a job for a worker of the CPU path's: its model calls run inline on that worker."""
         def job() -> Result:
             with self.runner.delegated():
                 return self._generate(req, watch, share)
@@ -267,7 +267,7 @@ class Engine:
         controls = [self._control_branch(c, height, width, req.num_images, dtype, pipe.unet) for c in req.controls]
         prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
         denoiser = TextDenoiser(pipe.unet, cond, uncond, controls, req.guess_mode, prediction_type,
-                                split=self.splitter, weak_unet=self._weak_unet(self.model_spec(req), req))
+                                weak_unet=self._weak_unet(self.model_spec(req), req))
         shape = (req.num_images, pipe.unet.config.in_channels, height // factor, width // factor)
         return denoiser, shape, dtype
 
@@ -307,7 +307,7 @@ class Engine:
                 do_classifier_free_guidance=guidance.guided, negative_prompt=req.negative_prompt or None)
         cond = PromptCondition(embeds, pooled)
         uncond = None if negative is None else PromptCondition(negative, negative_pooled)
-        denoiser = JointDenoiser(pipe.transformer, cond, uncond, split=self.splitter)
+        denoiser = JointDenoiser(pipe.transformer, cond, uncond)
         factor = pipe.vae_scale_factor
         shape = (req.num_images, pipe.transformer.config.in_channels, height // factor, width // factor)
         return denoiser, shape, embeds.dtype
@@ -357,7 +357,7 @@ class Engine:
         null_id = transformer.config.num_embeds_ada_norm  # the id LabelEmbedding reserves for "no class"
         channels = transformer.config.in_channels
         prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
-        denoiser = ClassDenoiser(transformer, labels, null_id, channels, prediction_type, split=self.splitter)
+        denoiser = ClassDenoiser(transformer, labels, null_id, channels, prediction_type)
         size = transformer.config.sample_size
         return denoiser, (req.num_images, channels, size, size), transformer.dtype
 

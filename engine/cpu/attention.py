@@ -41,7 +41,7 @@ class SmallHeadAttnProcessor(AttnProcessor2_0):
         # x / 1 is x: a graph need not run that pass over the output (20 of them a forward in the lab UNet)
         return out if attn.rescale_output_factor == 1 else out / attn.rescale_output_factor
 
-    def graph_key(self) -> tuple:
+    def computation_key(self) -> tuple:
         """What this processor computes, for engine/cpu/graph.py: the same for every processor on one kernel."""
         return "small-head", self.kernel.namespace
 

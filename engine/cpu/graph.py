@@ -8,7 +8,7 @@ GIL. Measured at batch 15, one thread: 5.1-5.8 ms a sample as a graph against 5.
 5.3-5.6 against 5.5-8.0 with two such threads at once (README has the whole grid before and after).
 
 A graph is traced per signature - the inputs' shapes and the timestep's dtype, what each attention layer's
-processor does (its `graph_key()`), and the rows PAG and SEG mark for perturbation (engine/guiders/perturb.py) - on first
+processor does (its `computation_key()`), and the rows PAG and SEG mark for perturbation (engine/guiders/perturb.py) - on first
 use, under a lock, at most MAX_GRAPHS per model, least recently used forgotten first. Only these calls are graphs:
 float32 on the CPU, no autograd, every attention processor able to say what it does, and no argument beyond the
 sample, the timestep, the prompt embeddings and the perturbed rows. Anything else - ControlNet residuals, SDXL's
@@ -267,8 +267,8 @@ class GraphForward:
             self._attention = [m for m in self.unet.modules() if isinstance(m, Attention)]
         keys = []
         for module in self._attention:
-            graph_key = getattr(module.processor, "graph_key", None)
-            key = graph_key() if graph_key is not None else None
+            computation_key = getattr(module.processor, "computation_key", None)
+            key = computation_key() if computation_key is not None else None
             if key is None:
                 return None
             keys.append(key)

@@ -4,7 +4,8 @@ torch runs one call's ops across the cores with OpenMP, which scales poorly for 
 costs 2.4 ms per sample at batch 30 on two cores, yet 1.8 ms when the batch is cut in two and each half runs on
 its own thread with one OpenMP thread (`python -m engine threads` measures it). A `BatchSplitter` does that for big
 batches on the CPU and runs everything else as a plain call. Small batches (one image with its unconditional
-twin) gain nothing from the split, so they stay whole. The engine owns one splitter and hands it to its adapters.
+twin) gain nothing from the split, so they stay whole. The CPU path (engine/cpu/__init__.py) owns one splitter and
+installs it around each model's forward (`SplitForward`), so callers call the model as usual.
 
 Where there are several independent requests (the rows of a Compare grid), `side_by_side` runs them whole, one per
 core, instead of cutting each one's batches: a worker then runs a 30-sample batch rather than 15 (13% less time
@@ -14,18 +15,17 @@ other core idle (`python -m engine bench --grid`).
 
 from __future__ import annotations
 
+import copy
+import inspect
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import torch
 
+from .threads import ThreadPolicy, available_cores, one_thread
+
 MIN_BATCH = 16  # below this a split costs more than it saves (measured: batch 8 is 13% slower split)
-
-
-def plain_call(fn: Callable[..., Any], batch: int, *args, **kwargs) -> Any:
-    """fn(*args, **kwargs) as one call: the splitter's signature, for models that never split."""
-    return fn(*args, **kwargs)
 
 
 def _chunk(value: Any, batch: int, bounds: list[tuple[int, int]]) -> list[Any]:
@@ -56,9 +56,10 @@ class BatchSplitter:
     """`splitter(fn, batch, *args, **kwargs)` is fn(*args, **kwargs), with the batch cut across the CPU's cores
     when that is faster; same result. One split runs at a time; a call arriving meanwhile runs whole."""
 
-    def __init__(self, min_batch: int = MIN_BATCH, enabled: bool = True):
+    def __init__(self, min_batch: int = MIN_BATCH, enabled: bool = True, cores: int | None = None):
         self.min_batch = min_batch
         self.enabled = enabled
+        self.cores = cores or available_cores()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
@@ -70,24 +71,30 @@ class BatchSplitter:
         return [(lo, min(lo + step, batch)) for lo in range(0, batch, step)]
 
     def __call__(self, fn: Callable[..., Any], batch: int, *args, **kwargs) -> Any:
-        threads = torch.get_num_threads()
+        return self.run(fn, batch, args, kwargs)
+
+    def run(self, fn: Callable[..., Any], batch: int, args: tuple, kwargs: dict, single: bool = False) -> Any:
+        """fn(*args, **kwargs), split where that is faster; a batch that runs whole runs on one OpenMP thread
+        where `single` (threads.py)."""
+        threads = self.cores
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         on_cpu = all(t.device.type == "cpu" for t in tensors)
         if not self.enabled or threads < 2 or batch < self.min_batch or not on_cpu:
-            return fn(*args, **kwargs)
+            with one_thread(single and on_cpu):
+                return fn(*args, **kwargs)
         if not self._lock.acquire(blocking=False):
-            return fn(*args, **kwargs)
+            with one_thread(single):
+                return fn(*args, **kwargs)
         try:
             return self._split(fn, batch, threads, args, kwargs)
         finally:
-            torch.set_num_threads(threads)  # the workers set torch's own default to 1; give it back
             self._lock.release()
 
     def side_by_side(self, jobs: list[Callable[[], Any]]) -> list[tuple[bool, Any]] | None:
         """Run the jobs at once, one per core, each with one OpenMP thread and with every batch inside it whole;
         [(True, result) or (False, exception)] in the jobs' order. None where that cannot help (one job, one core,
         or a split or other jobs already running): the caller then runs them one after another."""
-        threads = torch.get_num_threads()
+        threads = self.cores
         if not self.enabled or threads < 2 or len(jobs) < 2 or not self._lock.acquire(blocking=False):
             return None
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
@@ -104,7 +111,6 @@ class BatchSplitter:
             futures = [self._executor(threads).submit(work, job) for job in jobs]
             return [f.result() for f in futures]
         finally:
-            torch.set_num_threads(threads)
             self._lock.release()
 
     def _split(self, fn, batch: int, threads: int, args: tuple, kwargs: dict) -> Any:
@@ -128,3 +134,33 @@ class BatchSplitter:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="batch-split")
             self._pool_size = threads
         return self._pool
+
+
+class SplitForward:
+    """Installed as a model's `forward`: the call through the splitter, its batch read from the sample (the first
+    positional argument, or `sample` / `hidden_states`). A small model's whole batches run on one OpenMP thread
+    (threads.py). The module's hooks still run around it (they run in `Module.__call__`)."""
+
+    def __init__(self, inner: Callable[..., Any], splitter: BatchSplitter, policy: ThreadPolicy):
+        self.inner = inner
+        self.splitter = splitter
+        self.policy = policy
+        self.__signature__ = inspect.signature(inner)  # pipelines inspect a model's forward
+
+    @classmethod
+    def install(cls, model: torch.nn.Module, splitter: BatchSplitter) -> None:
+        if not isinstance(model.forward, cls):
+            model.forward = cls(model.forward, splitter, ThreadPolicy.for_model(model))
+
+    def __getattr__(self, name: str):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)  # what the inner forward offers (a graph forward's counters)
+
+    def __deepcopy__(self, memo):
+        return SplitForward(copy.deepcopy(self.inner, memo), self.splitter, self.policy)  # the copy's own model
+
+    def __call__(self, *args, **kwargs):
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        batch = sample.shape[0] if isinstance(sample, torch.Tensor) and sample.ndim > 0 else 0
+        return self.splitter.run(self.inner, batch, args, kwargs, single=self.policy.single)

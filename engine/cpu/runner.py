@@ -10,6 +10,7 @@ run inline, and so do calls from the workers the model thread hands whole reques
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from concurrent.futures import Future
@@ -19,11 +20,31 @@ from typing import Any, Callable, Iterator
 _local = threading.local()  # .delegating: the model threads this thread works for, each waiting on it
 
 
-def _serve(jobs: queue.SimpleQueue) -> None:
-    """The model thread's loop: run jobs until the None that `close()` sends."""
-    while (job := jobs.get()) is not None:
+IDLE_S = 2.0  # after this long without work the model thread runs its idle callback, once per quiet spell
+
+
+def _serve(jobs: queue.SimpleQueue, on_idle: Callable[[], None] | None) -> None:
+    """The model thread's loop: run jobs until the None that `close()` sends; `on_idle` after each quiet spell."""
+    worked = False
+    while True:
+        try:
+            job = jobs.get(timeout=IDLE_S) if on_idle is not None and worked else jobs.get()
+        except queue.Empty:
+            worked = False
+            _quietly(on_idle)
+            continue
+        if job is None:
+            return
         _run(*job)
+        worked = True
         del job  # an idle thread must not keep its last call's engine alive
+
+
+def _quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # housekeeping (giving memory back) must never end the model thread
+        logging.getLogger(__name__).warning("The model thread's idle work failed.", exc_info=True)
 
 
 def _run(future: Future, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
@@ -39,8 +60,10 @@ class ModelThread:
     """`call(fn, ...)` runs fn on the model thread, started on first use, and returns its result or raises its
     exception, from any thread."""
 
-    def __init__(self, name: str = "model"):
+    def __init__(self, name: str = "model", on_idle: Callable[[], None] | None = None):
+        """on_idle: run on the model thread once it has had no work for IDLE_S seconds after some."""
         self.name = name
+        self.on_idle = on_idle
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue | None = None
         self._thread: threading.Thread | None = None
@@ -86,7 +109,8 @@ class ModelThread:
         if self._thread is None:
             self._jobs = queue.SimpleQueue()
             # The loop holds only the queue, never the engine, so an unused engine can be collected and close it.
-            self._thread = threading.Thread(target=_serve, args=(self._jobs,), name=self.name, daemon=True)
+            self._thread = threading.Thread(target=_serve, args=(self._jobs, self.on_idle), name=self.name,
+                                            daemon=True)
             self._thread.start()
 
 

@@ -195,10 +195,10 @@ class PerturbableProcessor:
         self.inner = inner
         self.perturbation = perturbation  # None: not a chosen layer
 
-    def graph_key(self) -> tuple | None:
+    def computation_key(self) -> tuple | None:
         """What this wrapper computes, for engine/cpu/graph.py: its perturbation over what its processor computes;
         None when that processor cannot say."""
-        inner = getattr(self.inner, "graph_key", None)
+        inner = getattr(self.inner, "computation_key", None)
         key = inner() if inner is not None else None
         return None if key is None else ("perturbable", key, self.perturbation)
 

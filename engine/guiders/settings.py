@@ -158,6 +158,11 @@ def _canon(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+def _registered(name: str) -> str | None:
+    """The registered method `name` means (any case, '-' or '_'), or None."""
+    return next((n for n in GUIDERS if _canon(n) == _canon(name)), None)
+
+
 def _spec_value(param: Param, text: str, spec: str) -> Any:
     """A parameter's value from its text in a spec: a number, a range written 'start-end' or 'start/end', or text;
     then the parameter's own check."""
@@ -190,7 +195,7 @@ def parse_method_spec(text: str) -> tuple[str, GuidanceSettings]:
         raise EngineError(f"A method spec may be at most {MAX_SPEC_CHARS} characters long, not {len(text)}.")
     spec = text.strip()
     name, *pairs = spec.split(":")
-    method = next((n for n in GUIDERS if _canon(n) == _canon(name)), None)
+    method = _registered(name)
     if method is None:
         raise EngineError(f"Unknown guidance '{name.strip()}'; choose one of {', '.join(method_names())}.")
     declared = {_canon(p.name): p for p in GuidanceSettings.declared_for(method)}
@@ -212,3 +217,25 @@ def parse_method_spec(text: str) -> tuple[str, GuidanceSettings]:
     label = ":".join([method, *(f"{n}={p.text(values[n])}" for n, p in
                                 ((p.name, p) for p in GuidanceSettings.declared_for(method)) if n in values)])
     return label, settings
+
+
+def _ends_in_text(spec: str) -> bool:
+    """Whether a spec's last name=value pair is a text parameter's (whose value may hold commas)."""
+    name, *pairs = spec.split(":")
+    method = _registered(name)
+    key = pairs[-1].partition("=")[0] if pairs else ""
+    return method is not None and any(_canon(p.name) == _canon(key) and p.kind == "text"
+                                      for p in GuidanceSettings.declared_for(method))
+
+
+def split_method_specs(text: str) -> list[str]:
+    """'cfg,apg:eta=0,pag:pag_layers=mid,up.0' -> ['cfg', 'apg:eta=0', 'pag:pag_layers=mid,up.0']: the specs of a
+    comma list, where a comma inside a text parameter's value (a layer list) stays in it: a piece that names no
+    method continues the spec before it when that spec ends in a text parameter."""
+    specs: list[str] = []
+    for piece in text.split(","):
+        if specs and _registered(piece.split(":")[0]) is None and _ends_in_text(specs[-1]):
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return [spec.strip() for spec in specs if spec.strip()]

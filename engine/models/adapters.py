@@ -1,8 +1,7 @@
 """Condition adapters: each turns one kind of model plus its condition into a denoiser for the loop.
 
 A denoiser runs the conditional, unconditional and perturbed branches as one batch, in the order the matching
-diffusers pipeline uses, so that the engine reproduces the pipelines' numbers. Big batches are cut across the CPU's cores by
-the splitter the engine passes in (engine/cpu/parallel.py).
+diffusers pipeline uses, so that the engine reproduces the pipelines' numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from ..guiders.interval import in_interval
-from ..cpu.parallel import plain_call
 from ..sampler import Step
 from ..spaces import FLOW
 
@@ -103,14 +101,13 @@ class TextDenoiser:
 
     def __init__(self, unet, cond: PromptCondition, uncond: PromptCondition | None,
                  controls: list[ControlBranch] = (), guess_mode: bool = False, prediction_type: str = "epsilon",
-                 split=plain_call, weak_unet=None):
+                 weak_unet=None):
         self.unet = unet
         self.cond = cond
         self.uncond = uncond
         self.controls = list(controls)
         self.guess_mode = guess_mode
         self.prediction_type = prediction_type
-        self.split = split  # split(fn, batch, *args, **kwargs): a BatchSplitter or plain_call
         self.weak_unet = weak_unet
 
     def __call__(self, x, t, step: Step, with_uncond: bool, with_perturbed: bool = False):
@@ -120,12 +117,11 @@ class TextDenoiser:
         inputs = _unet_inputs(self._conditions(branches))
         extra = {"cross_attention_kwargs": {"perturb": _rows(branches, "p", len(x))}} if in_batch else {}
         down, mid = self._control_residuals(x, t, step, branches)
-        out = self.split(self.unet, len(x_in), x_in, t, down_block_additional_residuals=down,
+        out = self.unet(x_in, t, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid, return_dict=False, **inputs, **extra)[0]
         preds = dict(zip(branches, out.chunk(len(branches))))
         if with_perturbed and not in_batch:
-            preds["p"] = self.split(self.weak_unet, len(x), x, t, return_dict=False,
-                                    **_unet_inputs([self.cond]))[0]
+            preds["p"] = self.weak_unet(x, t, return_dict=False, **_unet_inputs([self.cond]))[0]
         return preds["c"], preds.get("u"), preds.get("p")
 
     def _conditions(self, branches: list[str]) -> list[PromptCondition]:
@@ -142,7 +138,7 @@ class TextDenoiser:
                 continue  # adds exact zeros to the UNet, so the call can be skipped
             control_in = torch.cat([x] * len(fed))
             image = torch.cat([branch.image] * len(fed))
-            d, m = self.split(branch.controlnet, len(control_in), control_in, t, controlnet_cond=image,
+            d, m = branch.controlnet(control_in, t, controlnet_cond=image,
                               conditioning_scale=scale, guess_mode=self.guess_mode, return_dict=False,
                               **_unet_inputs(self._conditions(fed)))
             down = d if down is None else [a + b for a, b in zip(down, d)]
@@ -167,11 +163,10 @@ class JointDenoiser:
 
     prediction_type = FLOW
 
-    def __init__(self, transformer, cond: PromptCondition, uncond: PromptCondition | None, split=plain_call):
+    def __init__(self, transformer, cond: PromptCondition, uncond: PromptCondition | None):
         self.transformer = transformer
         self.cond = cond
         self.uncond = uncond
-        self.split = split
 
     def __call__(self, x, t, step: Step, with_uncond: bool, with_perturbed: bool = False):
         branches = ["u"] * with_uncond + ["c"] + ["p"] * with_perturbed
@@ -179,7 +174,7 @@ class JointDenoiser:
         x_in = torch.cat([x] * len(branches))  # (nB, C, h, w)
         timesteps = t.expand(x_in.shape[0])  # (nB,)
         extra = {"joint_attention_kwargs": {"perturb": _rows(branches, "p", len(x))}} if with_perturbed else {}
-        out = self.split(self.transformer, len(x_in), hidden_states=x_in, timestep=timesteps,
+        out = self.transformer(hidden_states=x_in, timestep=timesteps,
                          encoder_hidden_states=torch.cat([c.embeds for c in conds]),  # (nB, L, D)
                          pooled_projections=torch.cat([c.pooled for c in conds]),  # (nB, P)
                          return_dict=False, **extra)[0]
@@ -191,13 +186,12 @@ class ClassDenoiser:
     """Class-conditional transformer (DiT): AdaLN-zero conditioning on a label id; the null class is an id too."""
 
     def __init__(self, transformer, labels: torch.Tensor, null_id: int, latent_channels: int,
-                 prediction_type: str = "epsilon", split=plain_call):
+                 prediction_type: str = "epsilon"):
         self.transformer = transformer
         self.labels = labels  # (B,)
         self.null_labels = torch.full_like(labels, null_id)  # (B,)
         self.latent_channels = latent_channels
         self.prediction_type = prediction_type
-        self.split = split
 
     def __call__(self, x, t, step: Step, with_uncond: bool, with_perturbed: bool = False):
         branches = ["c"] + ["u"] * with_uncond + ["p"] * with_perturbed  # cond first, as DiTPipeline batches it
@@ -206,7 +200,7 @@ class ClassDenoiser:
         timesteps = t[None].to(x.device) if t.ndim == 0 else t.to(x.device)
         timesteps = timesteps.expand(x_in.shape[0])  # (nB,)
         extra = {"cross_attention_kwargs": {"perturb": _rows(branches, "p", len(x))}} if with_perturbed else {}
-        out = self.split(self.transformer, len(x_in), x_in, timestep=timesteps, class_labels=labels,
+        out = self.transformer(x_in, timestep=timesteps, class_labels=labels,
                          return_dict=False, **extra)[0]
         eps = out[:, : self.latent_channels]  # drop the learned variance channels, if any
         preds = dict(zip(branches, eps.chunk(len(branches))))

@@ -19,12 +19,7 @@ from typing import Any
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline, UNet2DConditionModel
 
-from ..cpu.allocator import keep_freed_memory
-from ..cpu.graph import use_graphs
-from ..cpu.attention import use_small_head_attention
-from ..cpu.geglu import use_fused_geglu
-from ..cpu.layer_norm import use_layer_norm_loop
-from ..cpu.kernels import CpuKernels
+from ..cpu import CpuPath
 from ..errors import EngineError
 from .registry import FAMILIES, ModelSpec, available_offline, detect_family
 
@@ -156,11 +151,7 @@ class ModelStore:
         self._guard = threading.Lock()
         self._resident: OrderedDict[tuple, None] = OrderedDict()  # ControlNets on the GPU, least recent first
         self.loads = 0  # how many loads actually ran; the tests hold the cache to it
-        self.kernels = CpuKernels() if self.device.type == "cpu" else None
-        if self.kernels is not None:
-            self.kernels.prepare()  # a machine's first build takes seconds: under way before the first model loads
-        if self.device.type == "cpu":
-            keep_freed_memory()  # activations reuse the heap instead of faulting in fresh pages (engine/cpu/allocator.py)
+        self.cpu = CpuPath() if self.device.type == "cpu" else None  # the CPU speed work (engine/cpu/)
 
     def dtype_for(self, spec: ModelSpec) -> torch.dtype:
         return self.fixed_dtype or pick_dtype(self.device, spec_family(spec))
@@ -171,7 +162,8 @@ class ModelStore:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._cache:
-                self._cache[key] = Loaded(spec, self._speed_up(self._load_or_explain(spec)))
+                obj = self._load_or_explain(spec)
+                self._cache[key] = Loaded(spec, self.cpu.install(obj) if self.cpu is not None else obj)
                 self.loads += 1
             loaded = self._cache[key]
         if spec.kind == "controlnet" and self.device.type == "cuda":
@@ -221,18 +213,3 @@ class ModelStore:
                                   f"({type(exc).__name__}); the server's log has the details.") from exc
             raise EngineError(f"The model '{spec.name}' could not be fetched from the Hugging Face hub (no network "
                               f"or an unknown id); the offline models that work here are: {offline}.") from exc
-
-    def _speed_up(self, obj: Any) -> Any:
-        """On the CPU, the UNet and ControlNets attend through the small-head kernel (engine/cpu/attention.py) and
-        run their GEGLUs in one pass (engine/cpu/geglu.py) and their layer norms as a loop
-        (engine/cpu/layer_norm.py), and a small UNet's plain calls run as frozen graphs (engine/cpu/graph.py)."""
-        if self.kernels is not None:
-            bare = obj if isinstance(obj, (ControlNetModel, UNet2DConditionModel)) else None
-            for model in (getattr(obj, "unet", None), bare):
-                if model is not None:
-                    use_small_head_attention(model, self.kernels)
-                    use_fused_geglu(model, self.kernels)
-                    use_layer_norm_loop(model, self.kernels)
-                    if isinstance(model, UNet2DConditionModel):
-                        use_graphs(model, self.kernels)
-        return obj

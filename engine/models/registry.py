@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import EngineError
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
 
 # What a folder's diffusers class says about the task it serves.
 PIPELINE_KINDS = {

@@ -46,10 +46,10 @@ def test_pag_matches_the_pag_pipeline(engine, tiny_folders, layers, scale):
 
 def test_perturbed_rows_survive_the_batch_split(tiny_folders):
     whole, split = Engine(), Engine()
-    split.splitter.min_batch = 2  # cut even a small batch across the cores
+    split.store.cpu.splitter.min_batch = 2  # cut even a small batch across the cores
     req = replace(request(tiny_folders["sd"], GuidanceSettings("pag", (1.0, 4.0, 6.0), pag_scale=2.0)),
                   num_images=3, image_seeds=(3, 3, 4))
-    whole.splitter.enabled = False
+    whole.store.cpu.splitter.enabled = False
     a, b = whole.generate(req).images, split.generate(req).images
     assert max(level_diff(x, y) for x, y in zip(a, b)) <= TOLERANCE
 
