@@ -10,10 +10,12 @@ from engine.generate import Engine, Result
 from engine.guiders import GuidanceSettings
 from engine.request import Request
 
+from .controls import run_buttons, sampling_controls, seed_row
+from .errors import guarded
 from .models import ModelChoices
-from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, both, check_budget, gallery, gallery_items, guarded,
-                     in_background, live_gallery, number, progress_adapter, reproduce, reproduce_box,
-                     run_buttons, sampling_controls, scheduler_choice, seed_row, stoppable, text, whole)
+from .results import gallery, gallery_items, live_gallery, reproduce, reproduce_box
+from .streaming import LIVE_EVERY_S, MODEL_EVENT, both, check_budget, in_background, progress_adapter, stoppable
+from .values import SEED_MAX, number, scheduler_choice, text, whole
 from .zerogpu import on_gpu
 
 NO_CLASSIFIER = "none"

@@ -20,10 +20,12 @@ from engine.models.registry import is_project_model
 from engine.request import Request
 from world.measures import cell_measures
 
+from .controls import prompt_controls, run_buttons, sampling_controls, seed_row
+from .errors import guarded
 from .models import ModelChoices
-from .shared import (MODEL_EVENT, SEED_MAX, check_budget, guarded, in_background, number, progress_adapter,
-                     prompt_controls, run_buttons, sampling_controls, save_output, scheduler_choice, seed_row,
-                     stoppable, switch, text, whole)
+from .results import save_output
+from .streaming import MODEL_EVENT, check_budget, in_background, progress_adapter, stoppable
+from .values import SEED_MAX, number, scheduler_choice, switch, text, whole
 from .zerogpu import on_gpu
 
 SCALE_AXIS = "guidance scale"

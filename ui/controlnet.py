@@ -14,13 +14,16 @@ from engine.generate import Engine
 from engine.request import MAX_CONTROLS, ControlSpec, Request
 from world.figure import POSES, preset_json
 
-from .models import ModelChoices
+from .controls import run_buttons, sampling_controls, seed_row
+from .endpoint import api_function
+from .errors import guarded
+from .guidance import guidance_api, guidance_controls, guidance_settings
 from .inputs import ImageInput, SketchInput
+from .models import ModelChoices
 from .pose_editor import editor_value, keypoints_from_editor, pose_editor
-from .shared import (LIVE_EVERY_S, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery, gallery_items,
-                     guarded, guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
-                     number, progress_adapter, reproduce, reproduce_box, run_buttons, sampling_controls,
-                     scheduler_choice, seed_row, stoppable, text, whole)
+from .results import gallery, gallery_items, live_gallery, reproduce, reproduce_box
+from .streaming import LIVE_EVERY_S, MODEL_EVENT, both, check_budget, in_background, progress_adapter, stoppable
+from .values import SEED_MAX, number, scheduler_choice, text, whole
 from .zerogpu import on_gpu
 
 AUTO = "auto"

@@ -11,12 +11,13 @@ from engine.compare import grid
 from engine.generate import Engine, Result
 from engine.request import Request
 
+from .controls import METADATA_FIELDS, metadata_controls, prompt_controls, run_buttons, sampling_controls, seed_row
+from .endpoint import api_function
+from .guidance import guidance_api, guidance_controls, guidance_settings
 from .models import ModelChoices
-from .shared import (LIVE_EVERY_S, METADATA_FIELDS, MODEL_EVENT, SEED_MAX, api_function, both, check_budget, gallery,
-                     gallery_items, guidance_api, guidance_controls, guidance_settings, in_background, live_gallery,
-                     metadata_controls, pair, progress_adapter, prompt_controls, reproduce, reproduce_box,
-                     run_buttons, sampling_controls, save_output, scheduler_choice, seed_row, stoppable, switch, text,
-                     whole)
+from .results import gallery, gallery_items, live_gallery, reproduce, reproduce_box, save_output
+from .streaming import LIVE_EVERY_S, MODEL_EVENT, both, check_budget, in_background, progress_adapter, stoppable
+from .values import SEED_MAX, pair, scheduler_choice, switch, text, whole
 from .zerogpu import on_gpu
 
 TRAJECTORY_POINTS = 5

@@ -4,7 +4,7 @@ import threading
 from types import SimpleNamespace
 
 from engine.generate import Stopped
-from ui.shared import in_background, stop_runs
+from ui.streaming import in_background, stop_runs
 
 
 def _run_until_cancelled(started: threading.Event):
