@@ -1,7 +1,7 @@
 """Conversions between a model's prediction type, eps and the denoised estimate x0 at one step.
 
 a is the step's cumulative alpha; for sigma-parametrised schedulers the model input x is already x / sqrt(1 + sigma^2)
-and a = 1 / (1 + sigma^2), so the same formulas hold (../shared/brief/GUIDANCE.md, Conventions).
+and a = 1 / (1 + sigma^2), so the same formulas hold (docs/guidance.md, "The spaces").
 
 Flow-matching models (SD3) predict the velocity v = noise - x0 of x_t = (1 - sigma) x0 + sigma noise. Their eps,
 x + (1 - sigma) v, says nothing about v at sigma = 1, where every flow schedule starts, so they are guided in their

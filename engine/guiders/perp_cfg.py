@@ -18,7 +18,7 @@ def perp_cfg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, scale, eta: flo
 
 @register
 class PerpCFG(Guider, name="perp-cfg", label="Perp-CFG", note="lecture notes: projects against u", params=(ETA,),
-              order=20, paper="seed lecture notes (shared/seeds)"):
+              order=20, paper="the lecture notes that seeded the lab"):
     """Perp-CFG: no published paper uses the name; APG is the nearest, projecting against c instead."""
 
     def guide(self, c, u, step):
