@@ -11,6 +11,7 @@ from engine.guiders import GuidanceSettings
 from engine.request import Request
 
 from .controls import run_buttons, sampling_controls, seed_row
+from .endpoint import endpoint_inputs
 from .errors import guarded
 from .models import ModelChoices
 from .results import gallery, gallery_items, live_gallery, reproduce, reproduce_box
@@ -137,6 +138,8 @@ def build(engine: Engine, models: ModelChoices) -> None:
         return gr.update(choices=class_names(engine, models.pick(model, "class")))
 
     model.change(class_names_of, model, label, api_name="class_names")
-    inputs = [label, model, scale, classifier_scale, classifier, steps, scheduler, seed, count]
-    handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
+    handler = make_handler(engine, models)
+    inputs = endpoint_inputs(handler, class_label=label, model=model, scale=scale, classifier_scale=classifier_scale,
+                             classifier=classifier, steps=steps, scheduler=scheduler, seed=seed, num_images=count)
+    handler = on_gpu(handler, models)  # spaces.GPU on ZeroGPU, else itself
     stoppable(stop, button.click(handler, inputs, [images, plot, command], api_name="class_cond", **MODEL_EVENT))

@@ -21,6 +21,7 @@ from engine.request import Request
 from world.measures import cell_measures
 
 from .controls import prompt_controls, run_buttons, sampling_controls, seed_row
+from .endpoint import endpoint_inputs
 from .errors import guarded
 from .models import ModelChoices
 from .results import save_output
@@ -285,8 +286,11 @@ def build(engine: Engine, models: ModelChoices) -> None:
             matched = gr.Dataframe(label="At matched adherence", interactive=False)
             table = gr.Dataframe(label="Measures per cell", interactive=False)
     preset.change(guarded(preset_rows), preset, methods, api_name="compare_preset", api_visibility="undocumented", queue=False)
-    inputs = [prompt, negative, model, methods, scales, seed, seeds, steps, scheduler, extra, matching, match_at,
-              x_axis, sweep_values, sweep_scale]
-    handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
+    handler = make_handler(engine, models)
+    inputs = endpoint_inputs(handler, prompt=prompt, negative_prompt=negative, model=model, methods=methods,
+                             scales=scales, seed=seed, seeds=seeds, steps=steps, scheduler=scheduler, more_rows=extra,
+                             match_adherence=matching, match_scale=match_at, x_axis=x_axis,
+                             sweep_values=sweep_values, sweep_scale=sweep_scale)
+    handler = on_gpu(handler, models)  # spaces.GPU on ZeroGPU, else itself
     stoppable(stop, button.click(handler, inputs, [grid, plot, table, matched, notes], api_name="compare",
                                  **MODEL_EVENT))

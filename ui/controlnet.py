@@ -15,7 +15,7 @@ from engine.request import MAX_CONTROLS, ControlSpec, Request
 from world.figure import POSES, preset_json
 
 from .controls import run_buttons, sampling_controls, seed_row
-from .endpoint import api_function
+from .endpoint import api_function, endpoint_inputs
 from .errors import guarded
 from .guidance import guidance_api, guidance_controls, guidance_settings
 from .inputs import ImageInput, SketchInput
@@ -244,8 +244,9 @@ def pose_handler(engine: Engine):
 
 @dataclass
 class StackedUnit:
-    """One stacked control's inputs, in the API's order (STACKED_PARAMS)."""
+    """Stacked control k: its inputs and its copy button."""
 
+    k: int
     image: ImageInput
     control_type: gr.Radio
     controlnet: gr.Dropdown
@@ -254,8 +255,11 @@ class StackedUnit:
     end: gr.Slider
     copy: gr.Button
 
-    def inputs(self) -> list:
-        return [self.image, self.control_type, self.controlnet, self.weight, self.start, self.end]
+    def by_name(self) -> dict[str, gr.components.Component]:
+        """Its inputs by their API names, `<name>_<k>` (see STACKED_PARAMS)."""
+        inputs = {"control_image": self.image, "control_type": self.control_type, "controlnet": self.controlnet,
+                  "control_scale": self.weight, "control_start": self.start, "control_end": self.end}
+        return {f"{name}_{self.k}": component for name, component in inputs.items()}
 
 
 @guarded
@@ -281,7 +285,7 @@ def stacked_unit(k: int, nets: list[str]) -> StackedUnit:
             weight = gr.Slider(0, 2, value=1.0, step=0.05, label=f"Control weight {k}")
             start = gr.Slider(0, 1, value=0, step=0.05, label=f"Control start {k}")
             end = gr.Slider(0, 1, value=1, step=0.05, label=f"Control end {k}")
-    return StackedUnit(image, control_type, controlnet, weight, start, end, copy)
+    return StackedUnit(k, image, control_type, controlnet, weight, start, end, copy)
 
 
 def build(engine: Engine, models: ModelChoices) -> None:
@@ -365,9 +369,12 @@ def build(engine: Engine, models: ModelChoices) -> None:
         unit.copy.click(_copy_map, [control_image, control_type, controlnet],
                         [unit.image, unit.control_type, unit.controlnet], api_name=f"copy_control_{k}",
                         api_visibility="undocumented", queue=False)
-    leading, trailing = guidance_api(DEFAULT_SCALE)
-    inputs = [control_image, prompt, negative, control_type, controlnet, preprocess, low, high, weight, start, end,
-              guess, model, *g.inputs(leading), steps, scheduler, seed, count, *g.inputs(trailing),
-              *(c for unit in units for c in unit.inputs())]
-    handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
+    stacked = {name: component for unit in units for name, component in unit.by_name().items()}
+    handler = make_handler(engine, models)
+    inputs = endpoint_inputs(handler, control_image=control_image, prompt=prompt, negative_prompt=negative,
+                             control_type=control_type, controlnet=controlnet, preprocess=preprocess, canny_low=low,
+                             canny_high=high, control_scale=weight, control_start=start, control_end=end,
+                             guess_mode=guess, model=model, **g.by_name(), steps=steps, scheduler=scheduler,
+                             seed=seed, num_images=count, **stacked)
+    handler = on_gpu(handler, models)  # spaces.GPU on ZeroGPU, else itself
     stoppable(stop, button.click(handler, inputs, [images, used, command], api_name="controlnet", **MODEL_EVENT))

@@ -1,5 +1,6 @@
 """A generation endpoint as Gradio publishes it: its signature (the API's parameter names, in order, with their
-defaults) and its docstring (what Gradio's API page and its MCP server tell people and agents)."""
+defaults), its docstring (what Gradio's API page and its MCP server tell people and agents), and its input
+components, taken by parameter name in the signature's order so that the page and the API never disagree."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from engine.request import MAX_CONTROLS
 
 from .errors import guarded
 from .guidance import describe
+
+INJECTED = ("progress", "request")  # parameters Gradio fills itself; no component feeds them
 
 # What each fixed endpoint parameter means: the "Args:" of the endpoints' docstrings, which Gradio's API page and its
 # MCP server show to people and agents. The guiders' parameters describe themselves (engine/guiders/).
@@ -102,3 +105,20 @@ def api_function(name: str, doc: str, params: list[tuple[str, Any]], body: Calla
     endpoint.__doc__ = docstring(doc, [n for n, _ in params], returns)
     return guarded(endpoint)
 
+
+def parameter_names(handler: Callable) -> list[str]:
+    """The API parameters of an endpoint function, in order: those a component feeds (not Gradio's own)."""
+    return [n for n in inspect.signature(handler).parameters if n not in INJECTED]
+
+
+def endpoint_inputs(handler: Callable, /, **components: gr.components.Component) -> list:
+    """The inputs list of `handler`'s event: each component given by the name of the parameter it feeds, put in the
+    order of the handler's signature. A parameter without a component, or a component without a parameter, is a
+    mistake in the tab, refused when the page is built."""
+    names = parameter_names(handler)
+    missing = [n for n in names if n not in components]
+    unknown = [n for n in components if n not in names]
+    if missing or unknown:
+        raise ValueError(f"The inputs of {handler.__name__} do not match its parameters: no component for "
+                         f"{missing or 'none'}, no parameter for {unknown or 'none'}.")
+    return [components[n] for n in names]

@@ -57,10 +57,9 @@ class GuidanceControls:
     scale: gr.Slider
     params: dict[str, gr.components.Component]
 
-    def inputs(self, names: list[tuple[str, Any]]) -> list:
-        """The components for the API names `names` (from guidance_api), in that order."""
-        by_name = {"guidance": self.method, "scale": self.scale, **self.params}
-        return [by_name[n] for n, _ in names]
+    def by_name(self) -> dict[str, gr.components.Component]:
+        """Every guidance component by its API name (see guidance_api)."""
+        return {"guidance": self.method, "scale": self.scale, **self.params}
 
 
 def method_choices() -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ from engine.generate import Engine, Result
 from engine.request import Request
 
 from .controls import METADATA_FIELDS, metadata_controls, prompt_controls, run_buttons, sampling_controls, seed_row
-from .endpoint import api_function
+from .endpoint import api_function, endpoint_inputs
 from .guidance import guidance_api, guidance_controls, guidance_settings
 from .models import ModelChoices
 from .results import gallery, gallery_items, live_gallery, reproduce, reproduce_box, save_output
@@ -105,10 +105,11 @@ def build(engine: Engine, models: ModelChoices) -> None:
                                   interactive=False, elem_id="text2img-trajectory")
             attention = gallery("Attention per prompt token (image 1, last steps; joint attention on MM-DiT)")
             command = reproduce_box("text2img")
-    leading, trailing = guidance_api(DEFAULT_SCALE)
-    handler = on_gpu(make_handler(engine, models), models)  # spaces.GPU on ZeroGPU, else itself
-    inputs = [prompt, negative, model, *g.inputs(leading), steps, scheduler, seed, count, show_trajectory,
-              show_attention, *g.inputs(trailing), *metadata.values(), drop_t5]
+    handler = make_handler(engine, models)
+    inputs = endpoint_inputs(handler, prompt=prompt, negative_prompt=negative, model=model, **g.by_name(),
+                             steps=steps, scheduler=scheduler, seed=seed, num_images=count,
+                             trajectory=show_trajectory, attention=show_attention, **metadata, drop_t5=drop_t5)
+    handler = on_gpu(handler, models)  # spaces.GPU on ZeroGPU, else itself
     outputs = [images, command, trajectory, attention]
     stoppable(stop, button.click(handler, inputs, outputs, api_name="text2img", **MODEL_EVENT),
               prompt.submit(handler, inputs, outputs, api_name="text2img_submit", api_visibility="undocumented",
