@@ -28,6 +28,16 @@ from .allocator import give_back_memory, keep_freed_memory
 from .parallel import BatchSplitter, SplitForward
 
 
+PIECES = ("graphs", "channels_last", "winograd", "pointwise", "epilogue", "attention", "geglu", "layer_norm",
+          "split", "one_thread", "allocator")  # what LAB_CPU_OFF may name, for ablations (docs/performance.md)
+
+
+def pieces_off() -> frozenset:
+    """The pieces LAB_CPU_OFF names (comma-separated), left out of the CPU path: for measuring what each earns."""
+    named = {p.strip() for p in os.environ.get("LAB_CPU_OFF", "").split(",") if p.strip()}
+    return frozenset(named & set(PIECES))
+
+
 def loops_wanted() -> bool:
     """Whether the C loops may be built and used: not where LAB_CPU_LOOPS is off (0, off, false, no)."""
     return os.environ.get("LAB_CPU_LOOPS", "").strip().lower() not in ("0", "off", "false", "no")
@@ -40,11 +50,13 @@ class CpuPath:
         """loops None: as LAB_CPU_LOOPS says (on unless switched off)."""
         from .kernels import CpuKernels
 
+        self.off = pieces_off()
         self.kernels = CpuKernels() if (loops_wanted() if loops is None else loops) else None
         if self.kernels is not None:
             self.kernels.prepare()  # a machine's first build takes seconds: under way before the first model loads
-        self.splitter = BatchSplitter()
-        keep_freed_memory()  # activations reuse the heap instead of faulting in fresh pages (allocator.py)
+        self.splitter = BatchSplitter(enabled="split" not in self.off)
+        if "allocator" not in self.off:
+            keep_freed_memory()  # activations reuse the heap instead of faulting in fresh pages (allocator.py)
 
     @property
     def loops(self) -> bool:
@@ -57,7 +69,9 @@ class CpuPath:
         from diffusers import ControlNetModel, UNet2DConditionModel
 
         from .attention import use_small_head_attention
+        from .geglu import use_fused_geglu
         from .graph import use_graphs
+        from .layer_norm import use_layer_norm_loop
 
         models = [getattr(obj, name, None) for name in ("unet", "transformer")]
         models.append(obj if isinstance(obj, torch.nn.Module) and hasattr(obj, "config") else None)
@@ -67,10 +81,15 @@ class CpuPath:
             if not hasattr(model.config, "in_channels") and not hasattr(model.config, "conditioning_channels"):
                 continue  # a classifier or another model without a denoiser's forward
             if self.kernels is not None and isinstance(model, (UNet2DConditionModel, ControlNetModel)):
-                use_small_head_attention(model, self.kernels)
-            if isinstance(model, UNet2DConditionModel):
-                use_graphs(model, self.kernels)
-            SplitForward.install(model, self.splitter)
+                if "attention" not in self.off:
+                    use_small_head_attention(model, self.kernels)
+                if "geglu" not in self.off:
+                    use_fused_geglu(model, self.kernels)
+                if "layer_norm" not in self.off:
+                    use_layer_norm_loop(model, self.kernels)
+            if isinstance(model, UNet2DConditionModel) and "graphs" not in self.off:
+                use_graphs(model, None if "channels_last" in self.off else self.kernels, self.off)
+            SplitForward.install(model, self.splitter, single="one_thread" not in self.off)
         return obj
 
     def side_by_side(self, jobs: list[Callable[[], Any]]) -> list[tuple[bool, Any]] | None:

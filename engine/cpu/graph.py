@@ -114,7 +114,7 @@ def _constant(value: torch._C.Value):
     return value.toIValue() if value.node().kind() == "prim::Constant" else None
 
 
-def _convolutions_as_calls(graph: torch._C.Graph, kernels) -> int:
+def _convolutions_as_calls(graph: torch._C.Graph, kernels, off: frozenset = frozenset()) -> int:
     """Rewrite a frozen graph's plain convolutions (stride 1, groups 1, constant float32 weights) into the loops'
     calls: 1x1 ones into one matrix product each (`pointwise_conv`), 3x3 ones of padding 1 between multiples of 16
     channels into the Winograd loop (engine/cpu/winograd.c) where it was built, their kernels transformed once, here.
@@ -126,9 +126,9 @@ def _convolutions_as_calls(graph: torch._C.Graph, kernels) -> int:
         plain = (stride == [1, 1] and dilation == [1, 1] and transposed is False and groups == 1
                  and isinstance(weight, torch.Tensor) and weight.dtype == torch.float32 and weight.ndim == 4
                  and (bias is None or isinstance(bias, torch.Tensor)))
-        if plain and weight.shape[2:] == (1, 1) and padding == [0, 0]:
+        if plain and weight.shape[2:] == (1, 1) and padding == [0, 0] and "pointwise" not in off:
             op, constants = "pointwise_conv", (weight.reshape(weight.shape[:2]).t().contiguous(),)  # (C, O)
-        elif plain and winograd_serves(weight.shape, stride, padding, dilation, groups) and kernels.has_winograd:
+        elif plain and winograd_serves(weight.shape, stride, padding, dilation, groups) and kernels.has_winograd and "winograd" not in off:
             op, constants = "winograd_conv", winograd_weights(weight)
         else:
             continue
@@ -203,9 +203,10 @@ class GraphForward:
     """Installed as a UNet's `forward`: the frozen graph for a plain call, diffusers' forward for every other. The
     module's hooks still run around it (they run in `Module.__call__`)."""
 
-    def __init__(self, unet: torch.nn.Module, kernels=None):
+    def __init__(self, unet: torch.nn.Module, kernels=None, off: frozenset = frozenset()):
         self.unet = unet
         self.kernels = kernels  # engine/cpu/kernels.py's CpuKernels: channels-last graphs with the norm loop
+        self.off = off  # rewrites left out (engine/cpu/__init__.py, LAB_CPU_OFF): "winograd", "pointwise", "epilogue"
         self._graphs: OrderedDict[tuple, torch.jit.ScriptModule | None] = OrderedDict()
         self._lock = threading.Lock()
         # The attention layers, found on the first call: a deep copy installs its GraphForward before its modules.
@@ -222,7 +223,7 @@ class GraphForward:
 
     def __deepcopy__(self, memo) -> GraphForward:
         # a copied UNet traces its own graphs, for its own processors
-        return GraphForward(memo[id(self.unet)], self.kernels)
+        return GraphForward(memo[id(self.unet)], self.kernels, self.off)
 
     @property
     def graphs(self) -> int:
@@ -315,9 +316,10 @@ class GraphForward:
         if not _norms_as_loops(frozen.graph, self.kernels.namespace):
             return None
         _drop_layout_copies(frozen.graph)
-        _convolutions_as_calls(frozen.graph, self.kernels)
-        _additions_into_products(frozen.graph, self.kernels)
-        _divisions_by_one(frozen.graph, self.kernels)
+        _convolutions_as_calls(frozen.graph, self.kernels, self.off)
+        if "epilogue" not in self.off:
+            _additions_into_products(frozen.graph, self.kernels)
+            _divisions_by_one(frozen.graph, self.kernels)
         return frozen
 
 
@@ -336,11 +338,11 @@ def _row_marks(kwargs: dict) -> torch.Tensor | None | bool:
     return marks
 
 
-def use_graphs(unet: torch.nn.Module, kernels=None) -> bool:
+def use_graphs(unet: torch.nn.Module, kernels=None, off: frozenset = frozenset()) -> bool:
     """Give a CPU float32 UNet below MAX_PARAMETERS the graph forward; True where it got it. With `kernels` whose
     norm loop exists, its graphs run channels-last with their group norms as that loop."""
     small = sum(p.numel() for p in unet.parameters()) <= MAX_PARAMETERS
     if not small or unet.device.type != "cpu" or unet.dtype != torch.float32:
         return False
-    unet.forward = GraphForward(unet, kernels)
+    unet.forward = GraphForward(unet, kernels, off)
     return True

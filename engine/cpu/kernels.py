@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -191,9 +192,28 @@ def _operators(flags: tuple[str, ...], namespace: str):
         return _LOADED[namespace]
 
 
+def cpu_identity() -> str:
+    """What -march=native builds for: the CPU's vendor, model and instruction-set flags (from /proc/cpuinfo where
+    there is one, else what the platform module says). Two machines that differ here get libraries of their own."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("vendor_id", "model name", "cpu family", "model", "flags", "Features", "CPU part") and key not in fields:
+            fields[key] = " ".join(sorted(value.split())) if key in ("flags", "Features") else value.strip()
+    if not fields:
+        fields = {"machine": platform.machine(), "processor": platform.processor()}
+    return "\n".join(f"{k}={v}" for k, v in sorted(fields.items()))
+
+
 def _build(flags: tuple[str, ...], namespace: str) -> Path:
     """The library's path in the cache folder, built first where it is not there yet. Its name hashes everything
-    that goes into it: the sources, the flags, the compilers and torch's version."""
+    that goes into it: the sources, the flags, the compilers, torch's version and the CPU it is built for
+    (`cpu_identity`), so that a cache folder shared between machines never hands one CPU another's instructions."""
     cc, cxx = (shutil.which(os.environ.get(name, default)) for name, default in (("CC", "cc"), ("CXX", "c++")))
     if cc is None or cxx is None:
         raise OSError("no C and C++ compilers found")
@@ -201,7 +221,7 @@ def _build(flags: tuple[str, ...], namespace: str) -> Path:
     cxx_flags = ["-O2", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden", f"-DGL_NAMESPACE={namespace}", abi,
                  f"-I{TORCH / 'include'}", f"-L{TORCH / 'lib'}", f"-Wl,-rpath,{TORCH / 'lib'}"]
     recipe = [*(source.read_text() for source in (*SOURCES, *HEADERS)), OPERATORS.read_text(), cc, cxx, *flags,
-              *IN_ORDER, *cxx_flags, torch.__version__]
+              *IN_ORDER, *cxx_flags, torch.__version__, cpu_identity()]
     name = f"cpu_kernels-{hashlib.sha256(chr(0).join(recipe).encode()).hexdigest()[:16]}.so"
     folder = cache_folder()
     try:

@@ -148,9 +148,11 @@ class SplitForward:
         self.__signature__ = inspect.signature(inner)  # pipelines inspect a model's forward
 
     @classmethod
-    def install(cls, model: torch.nn.Module, splitter: BatchSplitter) -> None:
+    def install(cls, model: torch.nn.Module, splitter: BatchSplitter, single: bool = True) -> None:
+        """Wrap the model's forward; `single` False keeps torch's threads for its whole batches."""
         if not isinstance(model.forward, cls):
-            model.forward = cls(model.forward, splitter, ThreadPolicy.for_model(model))
+            policy = ThreadPolicy.for_model(model) if single else ThreadPolicy(False)
+            model.forward = cls(model.forward, splitter, policy)
 
     def __getattr__(self, name: str):
         if name == "inner":

@@ -5,16 +5,17 @@ import shutil
 
 import pytest
 
+from engine.cpu import loops_wanted
 from engine.cpu.kernels import CpuKernels
 
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None,
-                                    reason="no C and C++ compilers to build the loops")
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("c++") is None or not loops_wanted(),
+                                    reason="no C and C++ compilers to build the loops, or LAB_CPU_LOOPS=off")
 
 
 def kernels_with(feature: str, missing: str) -> CpuKernels:
     """The built loops where `feature` (a CpuKernels property such as "has_geglu") holds; the test is skipped,
     saying `missing`, elsewhere."""
     built = CpuKernels()
-    if not getattr(built, feature):
+    if not loops_wanted() or not getattr(built, feature):
         pytest.skip(missing)
     return built

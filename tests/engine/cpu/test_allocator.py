@@ -9,7 +9,7 @@ import pytest
 
 from engine.cpu.allocator import keep_freed_memory
 
-LAB_UNET = Path(__file__).resolve().parents[2] / "assets" / "models" / "lab-sd" / "unet"
+LAB_UNET = Path(__file__).resolve().parents[3] / "assets" / "models" / "lab-sd" / "unet"
 LOOP = textwrap.dedent("""
     import resource, sys, torch
     from diffusers import UNet2DConditionModel

@@ -13,7 +13,7 @@ from engine.cpu.kernels import FLAGS, CpuKernels, winograd_weights
 from engine.cpu.layer_norm import use_layer_norm_loop
 from tests.engine.cpu.kernels import kernels_with, needs_compiler
 
-LAB_UNET = Path(__file__).resolve().parents[2] / "assets" / "models" / "lab-sd" / "unet"
+LAB_UNET = Path(__file__).resolve().parents[3] / "assets" / "models" / "lab-sd" / "unet"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from engine.cpu.graph import GraphForward, use_graphs
 from tests.engine.cpu.kernels import needs_compiler
 from tests.tiny_models import tiny_sd
 
-LAB_UNET = Path(__file__).resolve().parents[2] / "assets" / "models" / "lab-sd" / "unet"
+LAB_UNET = Path(__file__).resolve().parents[3] / "assets" / "models" / "lab-sd" / "unet"
 
 
 def _unet():

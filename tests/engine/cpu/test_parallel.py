@@ -5,7 +5,8 @@ import threading
 import pytest
 import torch
 
-from engine.cpu.parallel import MIN_BATCH, BatchSplitter, plain_call
+from engine.cpu.parallel import MIN_BATCH, BatchSplitter, SplitForward
+from engine.cpu.threads import ThreadPolicy
 from tests.tiny_models import tiny_controlnet, tiny_sd
 
 
@@ -34,7 +35,7 @@ def test_unet_batch_is_split_across_threads_with_the_same_result(two_threads):
     seen = []
     with torch.inference_mode():
         whole = unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
-        split = BatchSplitter()(_spy(unet, seen), batch, x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        split = BatchSplitter(cores=2)(_spy(unet, seen), batch, x, t, encoder_hidden_states=embeds, return_dict=False)[0]
     assert sorted(s[1] for s in seen) == [batch // 2, batch // 2]
     assert all(name.startswith("batch-split") and inference for name, _, inference in seen)
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
@@ -52,7 +53,7 @@ def test_controlnet_residual_lists_are_split_and_joined(two_threads):
     kwargs = dict(encoder_hidden_states=embeds, controlnet_cond=image, conditioning_scale=0.5, return_dict=False)
     with torch.no_grad():
         down, mid = controlnet(x, torch.tensor(300), **kwargs)
-        down_split, mid_split = BatchSplitter()(controlnet, batch, x, torch.tensor(300), **kwargs)
+        down_split, mid_split = BatchSplitter(cores=2)(controlnet, batch, x, torch.tensor(300), **kwargs)
     assert isinstance(down_split, (list, tuple)) and len(down_split) == len(down)
     for a, b in zip(down_split, down):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -62,19 +63,16 @@ def test_controlnet_residual_lists_are_split_and_joined(two_threads):
 def test_small_batches_and_single_threads_run_as_one_call(two_threads):
     seen = []
     fn = _spy(lambda x: x * 2, seen)
-    split = BatchSplitter()
-    split(fn, MIN_BATCH - 1, torch.ones(MIN_BATCH - 1, 2))
-    torch.set_num_threads(1)
-    split(fn, MIN_BATCH * 2, torch.ones(MIN_BATCH * 2, 2))
-    plain_call(fn, MIN_BATCH * 2, torch.ones(MIN_BATCH * 2, 2))
-    assert [s[0] for s in seen] == [threading.current_thread().name] * 3
+    BatchSplitter(cores=2)(fn, MIN_BATCH - 1, torch.ones(MIN_BATCH - 1, 2))
+    BatchSplitter(cores=1)(fn, MIN_BATCH * 2, torch.ones(MIN_BATCH * 2, 2))
+    assert [s[0] for s in seen] == [threading.current_thread().name] * 2
 
 
 def test_disabled_switch_and_errors_reach_the_caller(two_threads):
     def fail(x):
         raise ValueError("bad batch")
 
-    split = BatchSplitter()
+    split = BatchSplitter(cores=2)
     with pytest.raises(ValueError, match="bad batch"):
         split(fail, MIN_BATCH, torch.ones(MIN_BATCH, 2))
     assert torch.get_num_threads() == 2
@@ -91,20 +89,34 @@ def test_bounds_cover_the_batch_in_near_equal_pieces():
     assert split.bounds(MIN_BATCH, 4) == [(0, 8), (8, 16)]  # no piece below half the minimum batch
 
 
-def test_each_engine_owns_its_splitter_and_hands_it_to_its_adapters(tiny_folders):
+def test_each_store_installs_its_own_splitter_around_its_models(tiny_folders, monkeypatch):
     from engine.generate import Engine
     from engine.request import Request
 
     first, second = Engine(), Engine()
-    assert first.splitter is not second.splitter
+    assert first.store.cpu.splitter is not second.store.cpu.splitter
     calls = []
-    first.splitter = lambda fn, batch, *args, **kwargs: calls.append(batch) or fn(*args, **kwargs)
+    run = first.store.cpu.splitter.run
+    monkeypatch.setattr(first.store.cpu.splitter, "run", lambda fn, batch, *a, **k: calls.append(batch) or run(fn, batch, *a, **k))
     first.generate(Request(model=str(tiny_folders["sd"]), prompt="a red circle", steps=2, num_images=3))
     assert calls == [6, 6]  # each step's UNet batch: three images with their unconditional twins
 
 
+def test_a_small_models_whole_batch_runs_on_one_openmp_thread(two_threads):
+    seen = []
+
+    def forward(x):
+        seen.append(torch.get_num_threads())
+        return x
+
+    SplitForward(forward, BatchSplitter(cores=2), ThreadPolicy(True))(torch.ones(2, 3))
+    SplitForward(forward, BatchSplitter(cores=2), ThreadPolicy(False))(torch.ones(2, 3))
+    assert seen == [1, 2] and torch.get_num_threads() == 2
+    assert ThreadPolicy.for_model(tiny_sd().unet).single  # the lab's models are small
+
+
 def test_side_by_side_runs_jobs_at_once_each_on_one_core_in_order(two_threads):
-    split = BatchSplitter()
+    split = BatchSplitter(cores=2)
     meet = threading.Barrier(2, timeout=10)  # only two jobs running at the same time pass it
     seen = []
 
@@ -127,13 +139,11 @@ def test_side_by_side_runs_jobs_at_once_each_on_one_core_in_order(two_threads):
 
 
 def test_side_by_side_declines_where_it_cannot_help(two_threads):
-    split = BatchSplitter()
+    split = BatchSplitter(cores=2)
     assert split.side_by_side([lambda: 1]) is None  # one job
     split.enabled = False
     assert split.side_by_side([lambda: 1, lambda: 2]) is None
     split.enabled = True
-    torch.set_num_threads(1)
-    assert split.side_by_side([lambda: 1, lambda: 2]) is None  # one core
-    torch.set_num_threads(2)
+    assert BatchSplitter(cores=1).side_by_side([lambda: 1, lambda: 2]) is None  # one core
     assert split.side_by_side([lambda: split.side_by_side([lambda: 1, lambda: 2]), lambda: 3]) == [(True, None),
                                                                                                    (True, 3)]
