@@ -15,6 +15,7 @@ import argparse
 import gradio as gr
 
 from engine.generate import Engine
+from engine.guiders import GUIDERS, method_names, modifiers
 from engine.models.loading import ModelStore
 from ui import class_cond, compare, controlnet, text2img, zerogpu
 from ui.inputs import LabBlocks
@@ -25,8 +26,6 @@ QUEUE_SIZE = 16  # waiting events beyond this are refused with "queue is full"
 SESSIONS = 200  # client sessions whose state is kept; older ones are dropped (Gradio's default is 10,000)
 SWEEP_S = 600  # Gradio's own sweep of its cache: every 10 minutes, files older than the storage's maximum age
 TITLE = "Guidance Lab"
-INTRO = ("How diffusion models are conditioned (text, class, spatial control) and guided (CFG, Perp-CFG, APG, "
-         "CFG-Zero*, rescale, intervals, classifier guidance), in pictures and numbers.")
 # Small model outputs (32-64 px) are enlarged without blurring, so pixels read as pixels.
 CSS = """
 #control-map img, #control-used img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
@@ -34,6 +33,16 @@ CSS = """
 """
 TABS = (("Text-to-image", text2img), ("Class-conditional", class_cond), ("ControlNet", controlnet),
         ("Compare", compare))
+
+
+def intro() -> str:
+    """The line under the title: what the lab shows, naming every registered guidance method and modifier
+    (engine/guiders/), in menu order."""
+    methods = [GUIDERS[name] for name in method_names()]
+    named = ", ".join(cls.label if cls.guided else cls.menu_label() for cls in methods)
+    wrapping = ", ".join(cls.label for cls in modifiers())
+    return (f"How diffusion models are conditioned (text, class, spatial control) and guided, in pictures and "
+            f"numbers. Methods: {named}; modifiers on any of them: {wrapping}; and classifier guidance.")
 
 
 def create_app(engine: Engine | None = None, models: ModelChoices | None = None, *,
@@ -46,7 +55,7 @@ def create_app(engine: Engine | None = None, models: ModelChoices | None = None,
     zerogpu.load_defaults(engine, models)  # on ZeroGPU: the default models on CUDA at start-up
     storage = process_storage()  # uploads and outputs of the Blocks below go there
     with LabBlocks(title=TITLE, delete_cache=(SWEEP_S, int(storage.max_age_s))) as demo:
-        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        gr.Markdown(f"# {TITLE}\n{intro()}")
         missing = models.missing()
         if missing:
             gr.Markdown("**Some default models are not available yet:** " + " ".join(missing), elem_id="missing")

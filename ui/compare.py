@@ -15,13 +15,14 @@ from engine.compare import (DEFAULT_ROWS, DEFAULT_SCALES, REFERENCE, SWEEPS, com
                             estimate_sweep_seconds, match, parse_scales, parse_sweep_values, sweep)
 from engine.errors import EngineError
 from engine.generate import Engine, Stopped
+from engine.guiders import GUIDERS, method_names
 from engine.guiders.settings import compare_rows
 from engine.models.registry import is_project_model
 from engine.request import Request
 from world.measures import cell_measures
 
 from .controls import prompt_controls, run_buttons, sampling_controls, seed_row
-from .endpoint import endpoint_inputs
+from .endpoint import docstring, endpoint_inputs, parameter_names
 from .errors import guarded
 from .models import ModelChoices
 from .results import save_output
@@ -35,22 +36,34 @@ DEFAULT_SWEEP = "256, 512, 768, 1024"
 DEFAULT_SWEEP_SCALE = 5.0
 MEASURES = {"saturation": "Mean saturation", "clipped": "Fraction of clipped pixels",
             "diversity": "Diversity across seeds", "adherence": "Adherence (project's models only)"}
-PRESETS = {"Classic: CFG / Perp-CFG / APG": ("CFG", "Perp-CFG", "APG"),
-           "Perturbation: PAG / SEG / AutoGuidance": ("PAG", "SEG", "AutoGuidance"),
-           "Reshaping: TCFG / MAMBO-G / FDG": ("TCFG", "MAMBO-G", "FDG"),
-           "All": None}  # None: every row
+# The method presets' families, by the guiders' registered names (None: every guided method with a perturbed branch,
+# as the guiders declare it); their titles and rows are the guiders' labels, and "All" is every Compare row.
+FAMILIES = (("Classic", ("cfg", "perp-cfg", "apg")), ("Perturbation", None), ("Reshaping", ("tcfg", "mambo", "fdg")))
+ALL = "All"
 MAX_MORE_ROWS_CHARS = 2000
+MORE_ROWS_EXAMPLE = "apg:eta=0:momentum=-0.75; pag:pag_scale=5:pag_layers=mid"  # the box's placeholder, the API's e.g.
 DEFAULT_MATCH = 7.5
 NO_JUDGE = ("Matching adherence needs an adherence measure, and the world's evaluator judges only the project's "
             "own models; pick one of them (lab-sd) to match.")
 
 
+def presets() -> dict[str, list[str]]:
+    """Each method preset's title ("Family: label / label / ...") and rows, from the guider registry; "All" last."""
+    rows, found = compare_rows(), {}
+    for family, names in FAMILIES:
+        if names is None:
+            names = [n for n in method_names() if GUIDERS[n].guided and GUIDERS[n].perturbation]
+        labels = [GUIDERS[n].label for n in names if n in GUIDERS and GUIDERS[n].label in rows]
+        found[f"{family}: {' / '.join(labels)}"] = labels
+    return {**found, ALL: list(rows)}
+
+
 def preset_rows(preset) -> list[str]:
     """The rows of a method preset, or one sentence for an unknown one."""
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise EngineError(f"Unknown method preset; choose one of: {'; '.join(PRESETS)}.")
-    rows = PRESETS[preset]
-    return list(compare_rows()) if rows is None else list(rows)
+    known = presets()
+    if not isinstance(preset, str) or preset not in known:
+        raise EngineError(f"Unknown method preset; choose one of: {'; '.join(known)}.")
+    return known[preset]
 
 
 def split_rows(value) -> tuple[str, ...]:
@@ -61,44 +74,44 @@ def split_rows(value) -> tuple[str, ...]:
     return tuple(part.strip() for part in re.split(r"[;\n]", value) if part.strip())
 
 
+SUMMARY = ("Compare guidance methods against guidance scales: a labelled grid (one seed) and measures per cell over "
+           "several seeds, with 95% bootstrap intervals, optionally at matched adherence.")
+RETURNS = ("The grid as a PNG with its parameters, a plot of each measure against scale with interval bands, the "
+           "measures per cell, the matched-adherence table and notes on rows that could not run.")
+
+
+def parameter_docs() -> dict[str, str]:
+    """What each /compare parameter means, for its docstring (the API page, MCP): the rows and the reference method
+    named from the guider registry."""
+    return {
+        "prompt": "What the images should show, in words (at most 1000 characters).",
+        "negative_prompt": "The unconditional branch's text ('' = the empty prompt).",
+        "methods": f"Row labels, any of: {', '.join(compare_rows())}.",
+        "scales": "Guidance scales for the columns, comma-separated, e.g. '1, 3, 7.5, 15, 30, 50'.",
+        "seed": "Seed of the grid's images; the measures use seed, seed + 1, ...",
+        "seeds": "Seeds per cell for the measures, 1 to 8.",
+        "more_rows": f"Extra rows as method specs, 'method:param=value:...', separated by ';' or new lines, e.g. "
+                     f"'{MORE_ROWS_EXAMPLE}'.",
+        "match_adherence": f"Also compare every method at the scale where its adherence equals {REFERENCE}'s at "
+                           f"match_scale (the project's models only, whose images the world can judge).",
+        "match_scale": f"{REFERENCE}'s reference scale for matched adherence.",
+        "x_axis": "The grid's X axis: 'guidance scale' (the columns are `scales`), or one SDXL control-metadata value "
+                  "swept at guidance scale `sweep_scale`: 'original size', 'target size' or 'crop offset'.",
+        "sweep_values": "The swept values, comma-separated whole numbers; v means v x v for a size, (v, v) for the "
+                        "crop offset (SDXL models only).",
+        "sweep_scale": "The guidance scale of every cell of a metadata sweep, 0 to 50.",
+    }
+
+
 def make_handler(engine: Engine, models: ModelChoices):
-    @guarded
+    """/compare: its docstring, for the API page and agents, is written below from parameter_docs()."""
+
     def compare_grid(prompt: str, negative_prompt: str = "", model: str | None = None,
                      methods: list[str] = list(DEFAULT_ROWS), scales: str = ", ".join(f"{s:g}" for s in DEFAULT_SCALES),
                      seed: int = 0, seeds: int = 3, steps: int = 25, scheduler: str = "auto", more_rows: str = "",
                      match_adherence: bool = False, match_scale: float = DEFAULT_MATCH,
                      x_axis: str = SCALE_AXIS, sweep_values: str = DEFAULT_SWEEP,
                      sweep_scale: float = DEFAULT_SWEEP_SCALE, progress=gr.Progress(), request: gr.Request = None):
-        """Compare guidance methods against guidance scales: a labelled grid (one seed) and measures per cell over
-        several seeds, with 95% bootstrap intervals, optionally at matched adherence.
-
-        Args:
-            prompt: What the images should show, in words (at most 1000 characters).
-            negative_prompt: The unconditional branch's text ('' = the empty prompt).
-            model: A text-to-image model offered by this server (default: the project's lab-sd).
-            methods: Row labels, e.g. CFG, Perp-CFG, APG, CFG + rescale, CFG-Zero*, TCFG, MAMBO-G, FDG, PAG, SEG,
-                AutoGuidance.
-            scales: Guidance scales for the columns, comma-separated, e.g. '1, 3, 7.5, 15, 30, 50'.
-            seed: Seed of the grid's images; the measures use seed, seed + 1, ...
-            seeds: Seeds per cell for the measures, 1 to 8.
-            steps: Denoising steps, 1 to 500.
-            scheduler: Sampler: auto (the model's recommended one), ddim, ddpm, euler, euler-a, dpm++2m or unipc;
-                flow-euler or flow-heun for flow-matching models (SD3).
-            more_rows: Extra rows as method specs, 'method:param=value:...', separated by ';' or new lines, e.g.
-                'apg:eta=0:momentum=-0.5; pag:pag_scale=3'.
-            match_adherence: Also compare every method at the scale where its adherence equals CFG's at
-                match_scale (the project's models only, whose images the world can judge).
-            match_scale: CFG's reference scale for matched adherence.
-            x_axis: The grid's X axis: 'guidance scale' (the columns are `scales`), or one SDXL control-metadata
-                value swept at guidance scale `sweep_scale`: 'original size', 'target size' or 'crop offset'.
-            sweep_values: The swept values, comma-separated whole numbers; v means v x v for a size, (v, v) for the
-                crop offset (SDXL models only).
-            sweep_scale: The guidance scale of every cell of a metadata sweep, 0 to 50.
-
-        Returns:
-            The grid as a PNG with its parameters, a plot of each measure against scale with interval bands, the
-            measures per cell, the matched-adherence table and notes on rows that could not run.
-        """
         base = Request(model=models.pick(model, "text"), prompt=text("prompt", prompt),
                        negative_prompt=text("negative prompt", negative_prompt),
                        steps=whole("number of steps", steps, 1, 1000),
@@ -178,7 +191,8 @@ def make_handler(engine: Engine, models: ModelChoices):
                 measures_figure(frame, None if matched is None else matched.target, result.x_key, result.x_title),
                 frame.round(4), matched_frame(matched), "\n\n".join(notes))
 
-    return compare_grid
+    compare_grid.__doc__ = docstring(SUMMARY, parameter_names(compare_grid), RETURNS, parameter_docs())
+    return guarded(compare_grid)
 
 
 def cell_frame(measures: list[dict]) -> pd.DataFrame:
@@ -254,10 +268,10 @@ def build(engine: Engine, models: ModelChoices) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             prompt, negative, model = prompt_controls(models)
-            preset = gr.Radio(list(PRESETS), value=None, label="Method presets", info="sets the rows in one click")
+            preset = gr.Radio(list(presets()), value=None, label="Method presets", info="sets the rows in one click")
             methods = gr.CheckboxGroup(list(compare_rows()), value=list(DEFAULT_ROWS), label="Rows: guidance methods")
             extra = gr.Textbox("", label="More rows", lines=2, max_length=MAX_MORE_ROWS_CHARS,
-                               placeholder="apg:eta=0:momentum=-0.75; pag:pag_scale=5:pag_layers=mid",
+                               placeholder=MORE_ROWS_EXAMPLE,
                                info="method specs, method:param=value:..., separated by ';' or new lines")
             scales = gr.Textbox(", ".join(f"{s:g}" for s in DEFAULT_SCALES), label="Columns: guidance scales")
             with gr.Accordion("X axis: guidance scale or SDXL control metadata", open=False):
@@ -272,8 +286,8 @@ def build(engine: Engine, models: ModelChoices) -> None:
             seeds = gr.Slider(1, 8, value=3, step=1, label="Seeds per cell for the measures",
                               info="the grid shows the first; diversity needs two or more")
             with gr.Row():
-                matching = gr.Checkbox(False, label="Match adherence to CFG at scale R",
-                                       info="then compare every method where its adherence equals CFG's")
+                matching = gr.Checkbox(False, label=f"Match adherence to {REFERENCE} at scale R",
+                                       info=f"then compare every method where its adherence equals {REFERENCE}'s")
                 match_at = gr.Number(DEFAULT_MATCH, label="R", minimum=0, maximum=100)
             steps, scheduler = sampling_controls("compare", models.steps, flow=True)
             button, stop = run_buttons("compare", "Compare")

@@ -61,15 +61,11 @@ PARAMETER_DOCS.update({f"{name}_{k}": f"Stacked control {k}: {doc}" for k in ran
                        for name, doc in _STACKED_DOCS})
 
 
-def _describe(name: str) -> str:
-    if name in PARAMETER_DOCS:
-        return PARAMETER_DOCS[name]
-    return describe(name) or name.replace("_", " ").capitalize() + "."
-
-
-def docstring(summary: str, names: list[str], returns: str) -> str:
-    """A Google-style docstring (summary, Args, Returns) for an endpoint with these parameter names."""
-    args = "\n".join(f"    {n}: {_describe(n)}" for n in names)
+def docstring(summary: str, names: list[str], returns: str, docs: dict[str, str] | None = None) -> str:
+    """A Google-style docstring (summary, Args, Returns) for an endpoint with these parameter names, each explained
+    on one line (Gradio reads no further); `docs` holds the endpoint's own words where PARAMETER_DOCS' do not fit."""
+    docs = {**PARAMETER_DOCS, **(docs or {})}
+    args = "\n".join(f"    {n}: {docs.get(n) or describe(n) or n.replace('_', ' ').capitalize() + '.'}" for n in names)
     return f"{summary}\n\nArgs:\n{args}\n\nReturns:\n    {returns}"
 
 

@@ -55,3 +55,47 @@ def test_inputs_named_wrong_are_refused_when_the_page_is_built():
         endpoint_inputs(handler, prompt=prompt)
     with pytest.raises(ValueError, match=r"no parameter for \['sead'\]"):
         endpoint_inputs(handler, prompt=prompt, seed=seed, sead=seed)
+
+
+@pytest.fixture
+def perturbing():
+    """A throwaway guided method with a perturbed branch, registered for one test."""
+    from engine.guiders import Guider, register, unregister
+
+    @register
+    class Nudge(Guider):
+        name, label, perturbation = "nudge", "Nudge", "attention"
+
+        def guide(self, c, u, step):
+            return c
+
+    yield Nudge
+    unregister("nudge")
+
+
+def test_the_header_names_every_registered_method_and_modifier(lab_app, perturbing):
+    import app
+    from engine.guiders import GUIDERS, method_names, modifiers
+
+    line = app.intro()
+    assert all(GUIDERS[name].label in line for name in method_names()) and "Nudge" in line
+    assert all(cls.label in line for cls in modifiers())
+    page = [c["props"].get("value") or "" for c in lab_app[2].config["components"] if c["type"] == "markdown"]
+    assert any(app.TITLE in text and "Methods: " in text for text in page)
+
+
+def test_compare_presets_and_documentation_come_from_the_registry(perturbing):
+    from engine.guiders import GUIDERS, method_names
+    from engine.guiders.settings import compare_rows, parse_method_spec
+    from ui.compare import ALL, FAMILIES, MORE_ROWS_EXAMPLE, make_handler, presets
+
+    assert all(name in GUIDERS for _, names in FAMILIES for name in names or ())  # a renamed guider is caught
+    found, rows = presets(), compare_rows()
+    assert found[ALL] == list(rows) and all(set(labels) <= set(rows) for labels in found.values())
+    perturbation = next(labels for title, labels in found.items() if title.startswith("Perturbation: "))
+    assert perturbation == [GUIDERS[n].label for n in method_names() if GUIDERS[n].perturbation]
+    assert "Nudge" in perturbation and "Perturbation: PAG / SEG / AutoGuidance / Nudge" in found
+    doc = make_handler(None, None).__doc__
+    assert all(label in doc for label in rows) and "{" not in doc
+    for spec in MORE_ROWS_EXAMPLE.split(";"):
+        parse_method_spec(spec)  # the example the page and the API give is one the app takes

@@ -41,3 +41,14 @@ def test_tool_descriptions_explain_the_parameters(mcp_schema):
     assert "Guidance scale" in properties["scale"]["description"]
     assert "pag" in properties["guidance"]["description"]
     assert "PAG scale (0 to 50)" in properties["pag_scale"]["description"]
+
+
+def test_no_parameter_description_is_cut_short(mcp_schema):
+    for name, tool in mcp_schema.items():
+        if any(name.endswith(n) for n in GENERATION):
+            for parameter, schema in tool["inputSchema"]["properties"].items():
+                assert schema["description"].endswith("."), (name, parameter, schema["description"])
+    from engine.guiders.settings import compare_rows
+
+    tool = next(t for n, t in mcp_schema.items() if n.endswith("compare_grid"))
+    assert all(row in tool["inputSchema"]["properties"]["methods"]["description"] for row in compare_rows())
