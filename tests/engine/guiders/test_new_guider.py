@@ -76,7 +76,7 @@ def test_it_runs_through_the_engine(throwaway, tiny_folders):
     cond = engine.generate(Request(**base, guidance=GuidanceSettings("cfg", 1.0))).images[0]
     assert images[1.0].tobytes() == cfg.tobytes()  # the same batch of two, the same arithmetic
     # Mix 0 is the conditional prediction, but scale 1 runs that branch alone, a batch of one: a batch's images equal
-    # their single runs within one level (README, Reliability), as the CPU's kernels sum a batch in its own order.
+    # their single runs within one level (docs/reliability.md), as the CPU's kernels sum a batch in its own order.
     gap = np.abs(np.asarray(images[0.0], dtype=int) - np.asarray(cond, dtype=int))
     assert gap.max() <= 1 and (gap > 0).mean() < 0.01
     assert np.abs(np.asarray(cfg, dtype=int) - np.asarray(cond, dtype=int)).max() > 3  # the mix matters (about 10)
