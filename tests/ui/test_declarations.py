@@ -64,7 +64,7 @@ def perturbing():
 
     @register
     class Nudge(Guider):
-        name, label, perturbation = "nudge", "Nudge", "attention"
+        name, label, perturbation = "nudge", "Nudge", True
 
         def guide(self, c, u, step):
             return c
