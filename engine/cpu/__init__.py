@@ -28,8 +28,7 @@ from .allocator import give_back_memory, keep_freed_memory
 from .parallel import BatchSplitter, SplitForward
 
 
-PIECES = ("graphs", "channels_last", "winograd", "pointwise", "epilogue", "attention", "geglu", "layer_norm",
-          "split", "one_thread", "allocator")  # what LAB_CPU_OFF may name, for ablations (docs/performance.md)
+PIECES = ("graphs", "channels_last", "winograd", "attention", "split", "one_thread", "allocator")  # what LAB_CPU_OFF may name, for ablations (docs/performance.md)
 
 
 def pieces_off() -> frozenset:
@@ -69,9 +68,7 @@ class CpuPath:
         from diffusers import ControlNetModel, UNet2DConditionModel
 
         from .attention import use_small_head_attention
-        from .geglu import use_fused_geglu
         from .graph import use_graphs
-        from .layer_norm import use_layer_norm_loop
 
         models = [getattr(obj, name, None) for name in ("unet", "transformer")]
         models.append(obj if isinstance(obj, torch.nn.Module) and hasattr(obj, "config") else None)
@@ -80,13 +77,9 @@ class CpuPath:
                 continue
             if not hasattr(model.config, "in_channels") and not hasattr(model.config, "conditioning_channels"):
                 continue  # a classifier or another model without a denoiser's forward
-            if self.kernels is not None and isinstance(model, (UNet2DConditionModel, ControlNetModel)):
-                if "attention" not in self.off:
-                    use_small_head_attention(model, self.kernels)
-                if "geglu" not in self.off:
-                    use_fused_geglu(model, self.kernels)
-                if "layer_norm" not in self.off:
-                    use_layer_norm_loop(model, self.kernels)
+            if (self.kernels is not None and isinstance(model, (UNet2DConditionModel, ControlNetModel))
+                    and "attention" not in self.off):
+                use_small_head_attention(model, self.kernels)
             if isinstance(model, UNet2DConditionModel) and "graphs" not in self.off:
                 use_graphs(model, None if "channels_last" in self.off else self.kernels, self.off)
             SplitForward.install(model, self.splitter, single="one_thread" not in self.off)

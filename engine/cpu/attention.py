@@ -11,16 +11,16 @@ no sums across lanes and no transposes (a 30-image batch's self-attention at 16x
 and values laid out token-last, so that each of its loops runs along the tokens in vector registers. Both are
 torch operators in C++ (engine/cpu/kernels.py builds them once a machine and keeps them in a cache folder).
 Everything else - other head sizes, masks, autograd, GPUs, half precision, no compiler, torch dispatch modes such
-as FLOP counting - keeps diffusers' SDPA processor.
+as FLOP counting (plain.py) - keeps diffusers' SDPA processor.
 """
 
 from __future__ import annotations
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .kernels import HEAD_DIMS, CpuKernels
+from .plain import is_plain
 
 
 class SmallHeadAttnProcessor(AttnProcessor2_0):
@@ -51,8 +51,8 @@ class SmallHeadAttnProcessor(AttnProcessor2_0):
                  and not attn.residual_connection)
         tensor = (hidden_states.ndim == 3 and hidden_states.device.type == "cpu"
                   and hidden_states.dtype == torch.float32 and not torch.is_grad_enabled())
-        # The kernel is invisible to torch's dispatcher, so under a dispatch mode (FLOP counting) SDPA stands in.
-        tensor = tensor and _get_current_dispatch_mode() is None
+        # The kernel is invisible to torch's dispatcher, so where ops are being counted SDPA stands in.
+        tensor = tensor and not is_plain()
         return plain and tensor and attn.inner_dim // attn.heads in HEAD_DIMS and self.kernel.available
 
 

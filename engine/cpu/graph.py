@@ -12,7 +12,7 @@ processor does (its `computation_key()`), and the rows PAG and SEG mark for pert
 use, under a lock, at most MAX_GRAPHS per model, least recently used forgotten first. Only these calls are graphs:
 float32 on the CPU, no autograd, every attention processor able to say what it does, and no argument beyond the
 sample, the timestep, the prompt embeddings and the perturbed rows. Anything else - ControlNet residuals, SDXL's
-added conditioning, attention maps (engine/attention.py), FLOP counting - runs diffusers' forward as it is. Models
+added conditioning, attention maps (engine/attention.py), FLOP counting (plain.py) - runs diffusers' forward as it is. Models
 above MAX_PARAMETERS keep diffusers' forward always: their ops are long enough that Python costs them little, and
 freezing would copy their weights. A graph holds the weights as they were when it was traced: the engine serves
 models as loaded; whatever changes a UNet's weights afterwards must give it a new GraphForward (`use_graphs`).
@@ -23,9 +23,7 @@ and what made channels-last lose before, torch's group norm on it, becomes the C
 a resnet's norm too. The graph holds channels-last copies of the convolution weights (the module keeps its own)
 and drops the copy back to NCHW before each transformer's proj_out. A batch-30 forward on one core: 6.3-6.7 ms a
 sample before, 5.2-5.3 after. Where the loops have AVX-512, the graph's 3x3 convolutions of stride 1 between
-multiples of 16 channels (24 of the lab UNet's 55) become the Winograd loop, their kernels transformed once here;
-its 1x1 convolutions become one matrix product each; and every addition whose one operand is a product's only use
-(62 in the lab UNet: time embeddings and residuals) is done by that product's call as it writes, with torch's bits.
+multiples of 16 channels (24 of the lab UNet's 55) become the Winograd loop, their kernels transformed once here.
 """
 
 from __future__ import annotations
@@ -39,9 +37,9 @@ from collections import OrderedDict
 import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .kernels import winograd_serves, winograd_weights
+from .plain import is_plain
 
 MAX_PARAMETERS = 50_000_000
 MAX_GRAPHS = 8  # input signatures kept per model: batch sizes x prompt lengths x timestep dtypes in use
@@ -115,10 +113,11 @@ def _constant(value: torch._C.Value):
 
 
 def _convolutions_as_calls(graph: torch._C.Graph, kernels, off: frozenset = frozenset()) -> int:
-    """Rewrite a frozen graph's plain convolutions (stride 1, groups 1, constant float32 weights) into the loops'
-    calls: 1x1 ones into one matrix product each (`pointwise_conv`), 3x3 ones of padding 1 between multiples of 16
-    channels into the Winograd loop (engine/cpu/winograd.c) where it was built, their kernels transformed once, here.
-    Returns how many."""
+    """Rewrite a frozen graph's 3x3 convolutions of stride 1 and padding 1 between multiples of 16 channels
+    (constant float32 weights) into the Winograd loop (engine/cpu/winograd.c) where it was built, their kernels
+    transformed once, here. Returns how many."""
+    if not kernels.has_winograd or "winograd" in off:
+        return 0
     rewritten = 0
     for node in graph.findAllNodes("aten::_convolution"):
         weight, bias = _constant(node.inputsAt(1)), _constant(node.inputsAt(2))
@@ -126,77 +125,18 @@ def _convolutions_as_calls(graph: torch._C.Graph, kernels, off: frozenset = froz
         plain = (stride == [1, 1] and dilation == [1, 1] and transposed is False and groups == 1
                  and isinstance(weight, torch.Tensor) and weight.dtype == torch.float32 and weight.ndim == 4
                  and (bias is None or isinstance(bias, torch.Tensor)))
-        if plain and weight.shape[2:] == (1, 1) and padding == [0, 0] and "pointwise" not in off:
-            op, constants = "pointwise_conv", (weight.reshape(weight.shape[:2]).t().contiguous(),)  # (C, O)
-        elif plain and winograd_serves(weight.shape, stride, padding, dilation, groups) and kernels.has_winograd and "winograd" not in off:
-            op, constants = "winograd_conv", winograd_weights(weight)
-        else:
+        if not plain or not winograd_serves(weight.shape, stride, padding, dilation, groups):
             continue
         with graph.insert_point_guard(node):
-            values = [graph.insertConstant(constant) for constant in constants]
+            values = [graph.insertConstant(constant) for constant in winograd_weights(weight)]
             inputs = [node.inputsAt(0), *values, node.inputsAt(2)]
-            inputs.append(graph.insertConstant(None))  # nothing to add yet: _additions_into_products may give it one
-            call = graph.create(f"{kernels.namespace}::{op}", inputs, 1)
+            call = graph.create(f"{kernels.namespace}::winograd_conv", inputs, 1)
             graph.insertNode(call)
         call.output().setType(node.output().type())
         node.output().replaceAllUsesWith(call.output())
         node.destroy()
         rewritten += 1
     return rewritten
-
-
-def _additions_into_products(graph: torch._C.Graph, kernels) -> int:
-    """Give the addition that is a product's one use to the product's call, which adds it as it writes its output:
-    a resnet's time embedding after its first convolution and its residual after the second (the Winograd loop), a
-    transformer's residuals after its attention's output projection (linear_add), its feed-forward and its proj_out
-    (engine/cpu/epilogue.c). One pass over the activations fewer each, the same bits. Returns how many."""
-    ns = kernels.namespace
-    # each call's inputs before the one it adds, and the call that takes the addition
-    takers = {f"{ns}::winograd_conv": (4, f"{ns}::winograd_conv"), f"{ns}::pointwise_conv": (3, f"{ns}::pointwise_conv"),
-              f"{ns}::feed_forward": (6, f"{ns}::feed_forward"), "aten::linear": (3, f"{ns}::linear_add")}
-    fused = 0
-    for kind, (before, call_kind) in takers.items():
-        for node in graph.findAllNodes(kind):
-            uses = node.output().uses()
-            if len(uses) != 1 or uses[0].user.kind() != "aten::add" or uses[0].offset > 1:
-                continue
-            add = uses[0].user
-            other = add.inputsAt(1 - uses[0].offset)
-            if _constant(add.inputsAt(2)) != 1 or not other.type().isSubtypeOf(torch._C.TensorType.get()):
-                continue
-            if any(v.node().kind() != "prim::Constant" or _constant(v) is not None for v in list(node.inputs())[before:]):
-                continue  # it adds something already
-            with graph.insert_point_guard(add):
-                call = graph.create(call_kind, [*list(node.inputs())[:before], other], 1)
-                graph.insertNode(call)
-            call.output().setType(add.output().type())
-            add.output().replaceAllUsesWith(call.output())
-            add.destroy()
-            node.destroy()
-            fused += 1
-    return fused
-
-
-def _divisions_by_one(graph: torch._C.Graph, kernels) -> int:
-    """Drop the divisions by a constant 1 of a convolution's output or of a sum with one (a resnet's
-    output_scale_factor): float32 activations, so x / 1 is x. Kept where the quotient is changed in place
-    afterwards, which would then change x. Returns how many were dropped."""
-    convolutions = {"aten::_convolution", f"{kernels.namespace}::winograd_conv", f"{kernels.namespace}::pointwise_conv"}
-    dropped = 0
-    for node in graph.findAllNodes("aten::div"):
-        if node.inputsSize() != 2:
-            continue
-        divisor, dividend = _constant(node.inputsAt(1)), node.inputsAt(0).node()
-        one = (isinstance(divisor, torch.Tensor) and divisor.dim() == 0 and divisor.item() == 1) or (
-            isinstance(divisor, (int, float)) and not isinstance(divisor, bool) and divisor == 1)
-        floating = dividend.kind() in convolutions or (
-            dividend.kind() == "aten::add" and any(v.node().kind() in convolutions for v in dividend.inputs()))
-        if not one or not floating or any(use.user.kind().endswith("_") for use in node.output().uses()):
-            continue
-        node.output().replaceAllUsesWith(node.inputsAt(0))
-        node.destroy()
-        dropped += 1
-    return dropped
 
 
 class GraphForward:
@@ -206,7 +146,7 @@ class GraphForward:
     def __init__(self, unet: torch.nn.Module, kernels=None, off: frozenset = frozenset()):
         self.unet = unet
         self.kernels = kernels  # engine/cpu/kernels.py's CpuKernels: channels-last graphs with the norm loop
-        self.off = off  # rewrites left out (engine/cpu/__init__.py, LAB_CPU_OFF): "winograd", "pointwise", "epilogue"
+        self.off = off  # rewrites left out (engine/cpu/__init__.py, LAB_CPU_OFF): "winograd"
         self._graphs: OrderedDict[tuple, torch.jit.ScriptModule | None] = OrderedDict()
         self._lock = threading.Lock()
         # The attention layers, found on the first call: a deep copy installs its GraphForward before its modules.
@@ -253,7 +193,7 @@ class GraphForward:
             return None
         if (sample.dtype != torch.float32 or encoder_hidden_states.dtype != torch.float32 or sample.ndim != 4
                 or timestep.ndim != 0 or encoder_hidden_states.ndim != 3 or torch.is_grad_enabled()
-                or self.unet.training or _get_current_dispatch_mode() is not None or torch.jit.is_tracing()):
+                or self.unet.training or is_plain() or torch.jit.is_tracing()):
             return None
         processors = self._processor_keys()
         if processors is None:
@@ -317,9 +257,6 @@ class GraphForward:
             return None
         _drop_layout_copies(frozen.graph)
         _convolutions_as_calls(frozen.graph, self.kernels, self.off)
-        if "epilogue" not in self.off:
-            _additions_into_products(frozen.graph, self.kernels)
-            _divisions_by_one(frozen.graph, self.kernels)
         return frozen
 
 

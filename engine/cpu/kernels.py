@@ -2,20 +2,14 @@
 system's C and C++ compilers for the machine they run on and kept in a cache folder, so that a machine builds them
 once (about ten seconds: torch's headers are most of it); a model store starts the build when it is made.
 
-Six jobs, each where torch's general kernels lose most of their time on the lab's small shapes:
+Three jobs, each where torch's general kernels lose most of their time on the lab's small shapes (each kept because
+removing it costs the app 10% or more: docs/performance.md):
 - softmax attention for heads of 4 and 8 channels (engine/cpu/attention.py installs it in the attention layers);
-- the feed-forward GEGLU's bias, GELU and gate in one pass over the projection's output, where the CPU has AVX-512
-  (engine/cpu/geglu.py): torch's linear fills its output with the bias before the product and then runs the GELU
-  and the product as two more passes, 2.53 ms for a 30-image batch at 16x16 on one core, 1.39 ms fused;
 - group norm, with the SiLU after it where a resnet has one, on channels-last activations (engine/cpu/norm.c),
   which torch normalises 4x slower than NCHW ones; the frozen graphs call it (engine/cpu/graph.py);
-- layer norm over rows of 32 or 64 channels (engine/cpu/norm.c), where torch's kernel spends 8x an addition's
-  time; a model's LayerNorm modules call it (engine/cpu/layer_norm.py), in its frozen graphs as in Python;
 - 3x3 convolutions of stride 1 as Winograd's F(4x4, 3x3) and F(2x2, 3x3) where the CPU has AVX-512
   (engine/cpu/winograd.c): 4x and 2.25x fewer multiplications than oneDNN's direct convolution, 1.3-2.7x faster
-  on the lab UNet's shapes at batch 30 on one core; the frozen graphs call it (engine/cpu/graph.py);
-- the bias and residual after a product, added in one pass as torch rounds them (engine/cpu/epilogue.c), where torch
-  spends three passes; the frozen graphs give each addition to the product before it.
+  on the lab UNet's shapes at batch 30 on one core; the frozen graphs call it (engine/cpu/graph.py).
 The operators are C++, not Python: a frozen graph (engine/cpu/graph.py) then calls them without taking the GIL.
 Written in Python, each of a forward's 300 calls took it, and of two graphs running side by side one ran 17-20%
 slower than alone, waiting on the other's calls.
@@ -37,10 +31,10 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("kernels.c", "norm.c", "winograd.c", "epilogue.c"))
-# Loops whose sums must round as torch's additions do (they stand in for them bit for bit): built without the licence
-# to reorder sums that the others' reductions need.
-IN_ORDER = ("winograd.c", "epilogue.c")
+                for name in ("kernels.c", "norm.c", "winograd.c"))
+# Loops whose sums keep their written order: built without the licence to reorder sums that the others'
+# reductions need.
+IN_ORDER = ("winograd.c",)
 HEADERS = (Path(__file__).with_name("exp2.h"),)  # what they include
 OPERATORS = Path(__file__).with_name("ops.cpp")
 TORCH = Path(torch.__file__).parent  # its include/ and lib/ folders, as torch.utils.cpp_extension finds them
@@ -53,7 +47,7 @@ HEAD_DIMS = (4, 8)  # the head sizes the attention loops serve
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math",
          "-fassociative-math", "-fno-signed-zeros", "-ffinite-math-only")
 NAMESPACE = "guidance_lab"  # the operators' namespace for FLAGS; other flags get one of their own
-_ROWS, _LANES, _GEGLU, _WINOGRAD = 1, 2, 4, 8  # the bits of the library's loops()
+_ROWS, _LANES, _WINOGRAD = 1, 2, 8  # the bits of the library's loops()
 # Winograd's kernel transforms G for F(2x2, 3x3) and F(4x4, 3x3), points 0, +-1, +-2 (engine/cpu/winograd.c)
 _WINOGRAD_G2 = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 _WINOGRAD_G4 = ((1 / 4, 0.0, 0.0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
@@ -88,10 +82,6 @@ class CpuKernels:
         return self._load() is not None and bool(self._loops & _LANES)
 
     @property
-    def has_geglu(self) -> bool:
-        return self._load() is not None and bool(self._loops & _GEGLU)
-
-    @property
     def has_winograd(self) -> bool:
         """Whether 3x3 convolutions can run as Winograd's (the CPU has AVX-512)."""
         return self._load() is not None and bool(self._loops & _WINOGRAD)
@@ -113,32 +103,18 @@ class CpuKernels:
         """torch's group_norm of an (N, C, H, W) float32 tensor, then SiLU where `silu`; channels-last out."""
         return self._load().group_norm(x, weight, bias, groups, eps, silu)
 
-    def geglu(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """(a + bias[:F]) * gelu(g + bias[F:]) for h = [a | g] (..., 2F) float32, F a multiple of 16."""
-        return self._load().geglu(h, bias)
-
-    def feed_forward(self, x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
-                     b_out: torch.Tensor, rows: int) -> torch.Tensor:
-        """linear(geglu(linear(x, w_in) + b_in), w_out, b_out), `rows` rows at a time, F a multiple of 16."""
-        return self._load().feed_forward(x, w_in, b_in, w_out, b_out, rows)
-
-    def winograd_conv(self, x: torch.Tensor, u: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
-                      add: torch.Tensor | None = None) -> torch.Tensor:
-        """conv2d(x, weight, bias, padding=1) (+ add) for u = winograd_weights(weight), C and O multiples of 16;
+    def winograd_conv(self, x: torch.Tensor, u: tuple[torch.Tensor, torch.Tensor],
+                      bias: torch.Tensor | None) -> torch.Tensor:
+        """conv2d(x, weight, bias, padding=1) for u = winograd_weights(weight), C and O multiples of 16;
         channels-last out."""
-        return self._load().winograd_conv(x, *u, bias, add)
-
-    def pointwise_conv(self, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """conv2d(x, weight, bias) for a 1x1 kernel, weight_t = weight[:, :, 0, 0].t(), as one matrix product;
-        channels-last out."""
-        return self._load().pointwise_conv(x, weight_t, bias)
-
-    def layer_norm(self, x: torch.Tensor, shape: list[int], weight: torch.Tensor | None, bias: torch.Tensor | None,
-                   eps: float) -> torch.Tensor:
-        """torch's layer_norm, as one loop where it normalises float32 rows with weight and bias."""
-        return self._load().layer_norm(x, shape, weight, bias, eps)
+        return self._load().winograd_conv(x, *u, bias)
 
     def _load(self):
+        if self._ops is None and not self._failed and torch.jit.is_tracing():
+            # a first use inside a trace: load on a thread of its own, whose calls the tracer does not record
+            loader = threading.Thread(target=self._load, name="cpu-kernels-load")
+            loader.start()
+            loader.join()
         with self._lock:
             if self._ops is None and not self._failed:
                 try:
@@ -146,7 +122,7 @@ class CpuKernels:
                     self._loops = int(self._ops.loops())
                 except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # no compiler, refused flags
                     self._failed = True
-                    log.warning("Attention and GEGLU stay torch's: the C loops could not be built (%s).", exc)
+                    log.warning("torch's kernels stand in for the C loops: they could not be built (%s).", exc)
             return self._ops
 
 

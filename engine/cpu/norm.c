@@ -216,24 +216,3 @@ int group_norm_nhwc(const float* x, const float* gamma, const float* beta, float
     }
     return 0;
 }
-
-/* LayerNorm over the last dimension: x, out (N, C) contiguous float32, out may be x; gamma, beta: (C,). out = (x - mean) rstd gamma + beta with the mean and the biased variance of each row, rstd =
- * 1/sqrt(var + eps); the variance from the centred values, summed in float (a row is C <= MAX_C values). torch's
- * kernel spends most of its time per row on the lab's short rows (C = 32 and 64: 0.62 ms for 30 x 256 rows of 32
- * on one core, where adding two such tensors takes 0.08); this loop is vectorised along the row by the compiler.
- * Returns 0, or 1 for a shape it has no case for. */
-int layer_norm_rows(const float* x, const float* gamma, const float* beta, float* out, long N, long C, float eps) {
-    if (N < 0 || C <= 0 || C > MAX_C) return 1;
-    const float inv = 1.0f / (float)C;
-    for (long n = 0; n < N; n++) {
-        const float* r = x + n * C;
-        float* o = out + n * C;
-        float s = 0.0f, q = 0.0f;
-        for (long c = 0; c < C; c++) s += r[c];
-        const float mean = s * inv;
-        for (long c = 0; c < C; c++) q += (r[c] - mean) * (r[c] - mean);
-        const float rstd = 1.0f / sqrtf(q * inv + eps);
-        for (long c = 0; c < C; c++) o[c] = (r[c] - mean) * rstd * gamma[c] + beta[c];
-    }
-    return 0;
-}

@@ -21,6 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .kernels import WINOGRAD_F4_SIDE, winograd_serves
+from .plain import plain_forward
 
 PEAK_SIDE = 2048  # big enough that the matmul runs at its kernel's full speed, small enough to take ~0.1 s
 
@@ -130,7 +131,7 @@ def _counted(unet, encoder_hidden_states: torch.Tensor) -> tuple[FlopCounterMode
     hooks = [module.register_forward_hook(size_of(name))
              for name, module in unet.named_modules() if isinstance(module, torch.nn.Conv2d)]
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), plain_forward(), FlopCounterMode(display=False) as counter:
             unet(x, torch.tensor(500), encoder_hidden_states=embeds, return_dict=False)
     finally:
         for hook in hooks:

@@ -3,7 +3,7 @@
  *
  * A direct 3x3 convolution makes 9 C multiplications an output value. F(m x m, 3x3) takes the output in m x m
  * tiles: each reads an a x a patch d of the input (a = m + 2), the patch goes to V = B^T d B, the kernel g to
- * U = G g G^T (once, by the caller: engine/cpu_kernels.py), the products are M = sum_c U V, a^2 matrix products of
+ * U = G g G^T (once, by the caller: engine/cpu/kernels.py), the products are M = sum_c U V, a^2 matrix products of
  * (tiles x C) by (C x O), and the tile is A^T M A. F(2x2, 3x3) makes 16 C multiplications for 4 outputs (2.25x
  * fewer than direct); F(4x4, 3x3), 36 C for 16 (4x fewer).
  * Accuracy, against float64: F(2x2, 3x3)'s B and A hold only 0 and +-1 and G halves, so its transforms are exact
@@ -20,7 +20,7 @@
  *
  * x (N, H, W, C) channels-last; u (a^2, C, O); bias (O), per_sample (N, O) and residual (N, H, W, O), each or NULL,
  * added in that order; out (N, H, W, O); C and O multiples of 16; m 2 or 4.
- * Built without licence to reorder sums (engine/cpu_kernels.py's IN_ORDER): the epilogue rounds as torch's additions.
+ * Built without licence to reorder sums (engine/cpu/kernels.py's IN_ORDER): the epilogue rounds as torch's additions.
  * Tiles in (n, ty, tx) row order; the caller gives [first, last) blocks of them, so threads can share a call, and
  * scratch for winograd_scratch(C, O, m) floats. Returns 0, or 1 where C or O is not a multiple of 16 or m not 2 or 4.
  */

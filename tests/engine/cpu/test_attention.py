@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine.cpu.attention import SmallHeadAttnProcessor
 from engine.cpu.kernels import FLAGS, CpuKernels
+from engine.cpu.plain import plain_forward
 from engine.models.loading import ModelStore
 from engine.models.registry import resolve
 from tests.engine.cpu.kernels import needs_compiler
@@ -113,7 +114,7 @@ def test_everything_else_goes_to_sdpa_unchanged():
         mask = torch.zeros(2, 1, 16)
         assert torch.equal(processor(attn, x, attention_mask=mask), AttnProcessor2_0()(attn, x, attention_mask=mask))
     assert torch.equal(processor(attn, x), AttnProcessor2_0()(attn, x))  # autograd on: SDPA's backward
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), plain_forward(), FlopCounterMode(display=False) as counter:
         processor(attn, x)
     assert counter.get_total_flops() > 0 and kernel.calls == 0  # attention counted, as SDPA
     with torch.no_grad():
