@@ -23,7 +23,6 @@ from .models.adapters import (ClassDenoiser, ControlBranch, JointDenoiser, Micro
 from .errors import EngineError
 from .guiders import GuidanceSettings
 from .models.loading import ModelStore
-from .guiders.perturb import FAMILY_LAYERS, LAYER_PATTERN, perturbed_attention
 from .models.registry import REGISTRY, ModelSpec, default_model, recommended_scheduler, resolve
 from .meter import WorkMeter, units
 from .request import MICRO_CONDITIONING, ControlSpec, Request, check_request, evals_per_step, png_parameters
@@ -187,7 +186,7 @@ class Engine:
         pipe = self.loaded(spec)
         family = model_family(pipe)
         _check_family(req, family)
-        req = _family_layers(req, family)
+        req = _branch_for_family(req, family)
         guidance = req.guidance
         seeds = req.seeds
         generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -216,7 +215,7 @@ class Engine:
         previews: list[tuple[int, list[Image.Image]]] = []
         step_report = self._reporter(pipe, req, watch, previews)
         started = time.perf_counter()  # the denoising loop alone: what the budget scales with
-        with self._perturbed_attention(pipe, guidance, guider):
+        with self._branch_installed(pipe, guidance):
             latents = sample(model_fn, scheduler, latents, prediction_type=denoiser.prediction_type,
                              step_kwargs=_step_kwargs(scheduler, generator), callback=step_report)
         spent = time.perf_counter() - started - (step_report.seconds if step_report else 0.0)
@@ -229,24 +228,24 @@ class Engine:
         return Result(images, seeds, params, req, previews, probs)
 
     @staticmethod
-    def _perturbed_attention(pipe, guidance: GuidanceSettings, guider):
-        """For PAG and SEG, the model's attention accepts marked rows for the run (engine/guiders/perturb.py)."""
-        if guidance.perturbation != "attention":
+    def _branch_installed(pipe, guidance: GuidanceSettings):
+        """What the guider's perturbed branch installs on the model for the run (PAG's and SEG's attention
+        processors, which take the rows the denoiser marks: engine/guiders/branch.py), or nothing."""
+        branch = guidance.branch
+        if branch is None:
             return nullcontext()
-        model = getattr(pipe, "unet", None) or pipe.transformer
-        return perturbed_attention(model, guider.attention_perturbation())
+        return branch.installed(getattr(pipe, "unet", None) or pipe.transformer)
 
-    def _weak_unet(self, spec: ModelSpec, req: Request):
-        """AutoGuidance's weak model: the registered weaker UNet of the picked model."""
-        if req.guidance.perturbation != "weak":
+    def _branch_model(self, spec: ModelSpec, req: Request):
+        """The network a branch with a model of its own calls (AutoGuidance's weak model): the registered weak UNet
+        of the picked model; None where the branch is rows of the same batch, or there is no branch."""
+        branch = req.guidance.branch
+        if branch is None or not branch.weak_model:
             return None
         if not spec.weak:
             offered = ", ".join(s.name for s in REGISTRY.values() if s.weak) or "none"
-            raise EngineError(f"AutoGuidance needs a weak version of '{spec.name}', and there is none; models with "
-                              f"one: {offered}.")
-        if req.controls:
-            raise EngineError("AutoGuidance does not combine with ControlNet here: the weak model cannot take the "
-                              "ControlNet's features.")
+            raise EngineError(f"{branch.label} needs a weak version of '{spec.name}', and there is none; models "
+                              f"with one: {offered}.")
         return self.loaded(self.resolve(spec.weak, "unet"))
 
     def _text_denoiser(self, pipe, req: Request, guidance: GuidanceSettings):
@@ -267,7 +266,7 @@ class Engine:
         controls = [self._control_branch(c, height, width, req.num_images, dtype, pipe.unet) for c in req.controls]
         prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
         denoiser = TextDenoiser(pipe.unet, cond, uncond, controls, req.guess_mode, prediction_type,
-                                weak_unet=self._weak_unet(self.model_spec(req), req))
+                                branch_model=self._branch_model(self.model_spec(req), req))
         shape = (req.num_images, pipe.unet.config.in_channels, height // factor, width // factor)
         return denoiser, shape, dtype
 
@@ -291,8 +290,6 @@ class Engine:
         through StableDiffusion3Pipeline's encode_prompt; the latent as its prepare_latents shapes it."""
         if req.controls:
             raise EngineError("ControlNet is not offered for SD3 models here; use an SD 1.5 or SDXL model.")
-        if guidance.perturbation == "weak":
-            raise EngineError("AutoGuidance needs a weak version of the model; SD3 models have none here.")
         if req.t5 and pipe.text_encoder_3 is None:
             raise EngineError("This SD3 model has no T5 text encoder; leave T5 unset or drop it (--no-t5) to use "
                               "CLIP only.")
@@ -348,9 +345,6 @@ class Engine:
         return labels[label]
 
     def _class_denoiser(self, pipe, req: Request, guidance: GuidanceSettings):
-        if guidance.perturbation == "weak":
-            raise EngineError("AutoGuidance needs a weak version of the model; the class-conditional models have "
-                              "none here.")
         transformer = pipe.transformer
         label_id = self._label_id(pipe, req.class_label)
         labels = torch.tensor([label_id] * req.num_images, device=self.device)
@@ -436,9 +430,10 @@ def _raise_unexpected(outcomes: list[tuple[bool, Any] | None]) -> None:
 
 
 def _leaves_model_as_is(req: Request) -> bool:
-    """Whether a run leaves the shared model untouched, so that another may use it at the same time: PAG and SEG
-    give its attention layers their own processors for the run (engine/guiders/perturb.py)."""
-    return req.guidance.perturbation != "attention"
+    """Whether a run leaves the shared model untouched, so that another may use it at the same time: a perturbed
+    branch such as PAG's or SEG's gives its attention layers their own processors for the run."""
+    branch = req.guidance.branch
+    return branch is None or branch.leaves_model_as_is
 
 
 def _check_fits(controlnet, unet, name: str) -> None:
@@ -478,17 +473,17 @@ def _check_family(req: Request, family: str) -> None:
     check_scheduler(req.scheduler, flow=family == "sd3")
 
 
-def _family_layers(req: Request, family: str) -> Request:
-    """The request with its PAG or SEG layers at the family's default where it left them at the guider's default
-    (`mid`, a UNet's middle block) and the family has other layers (SD3: `blocks.1`, diffusers' SD3 PAG default), so
+def _branch_for_family(req: Request, family: str) -> Request:
+    """The request as the model's family runs its guider's perturbed branch: one sentence for what the branch
+    refuses there (AutoGuidance on SD3, class models or with ControlNet), and the values the family takes where the
+    request left them at their defaults (PAG's and SEG's `mid` on SD3 is `blocks.1`, diffusers' SD3 PAG default), so
     the PNG text and the reproduce command name the layers the run used."""
-    layers = FAMILY_LAYERS.get(family)
-    if layers is None:
-        return req
-    g = req.guidance
-    changes = {p.name: layers for p in GuidanceSettings.declared_for(g.method)
-               if p.kind == "text" and p.pattern == LAYER_PATTERN and g[p.name] == p.default}
-    return replace(req, guidance=g.replace(**changes)) if changes else req
+    branch = req.guidance.branch
+    refusal = branch.refusal(family, bool(req.controls)) if branch is not None else None
+    if refusal:
+        raise EngineError(refusal)
+    guidance = req.guidance.for_family(family)
+    return req if guidance is req.guidance else replace(req, guidance=guidance)
 
 
 def _without_t5(pipe):

@@ -3,6 +3,7 @@
 import torch
 
 from .base import Guider
+from .branch import WeakModelBranch
 from .registry import register
 
 
@@ -13,11 +14,15 @@ def autoguidance(pred_cond: torch.Tensor, pred_weak: torch.Tensor, scale) -> tor
 
 @register
 class AutoGuidance(Guider, name="autoguidance", label="AutoGuidance", note="Karras et al. 2024: a weak model",
-                   order=90, uses_uncond=False, perturbation="weak",
+                   order=90, uses_uncond=False,
                    paper="Karras et al. (2024), Guiding a Diffusion Model with a Bad Version of Itself, "
                          "arXiv 2406.02507"):
     """The model's registered weak version (lab-sd-weak for lab-sd) with the same prompt replaces the unconditional
     branch; it runs as its own call, being another network. At scale 1 the result is c alone."""
+
+    @classmethod
+    def branch(cls, values):
+        return WeakModelBranch(cls.label)
 
     @classmethod
     def perturbs(cls, values, scales):

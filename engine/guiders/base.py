@@ -20,6 +20,7 @@ from ..errors import EngineError
 
 if TYPE_CHECKING:
     from ..sampler import Step
+    from .branch import Branch
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class Guider:
     order: ClassVar[int] = 100  # position in the menus
     guided: ClassVar[bool] = True  # False: the method never guides (no modifiers, no branch but c)
     uses_uncond: ClassVar[bool] = True  # False: a guided method that never runs the unconditional branch
-    perturbation: ClassVar[str | None] = None  # a third, worse branch: "attention" (PAG, SEG) | "weak" (a weak model)
+    perturbation: ClassVar[bool] = False  # the method declares a perturbed `branch` (set from that declaration)
     space: ClassVar[str] = "eps"  # eps | x0: where `guide` combines the predictions
     plain_at_one: ClassVar[bool] = True  # at scale 1 every step is the conditional prediction alone
     rows: ClassVar[dict[str, dict] | None] = None  # Compare rows {label: values}; None: one row at the UI defaults
@@ -117,6 +118,8 @@ class Guider:
             if key not in Guider.__annotations__:
                 raise TypeError(f"{cls.__name__}: unknown guider declaration {key!r}.")
             setattr(cls, key, value)
+        if "branch" in vars(cls):
+            cls.perturbation = True
 
     def __init__(self, scale: float | torch.Tensor | tuple[float, ...], **values: Any):
         self.scale = scale
@@ -142,17 +145,19 @@ class Guider:
         return type(self).unconditional(self.values, self.scales)
 
     def needs_perturbed(self, step: "Step") -> bool:
-        """Whether this step runs the perturbed branch (methods with a `perturbation`)."""
-        return self.perturbation is not None and type(self).perturbs(self.values, self.scales)
+        """Whether this step runs the perturbed branch (methods with a `branch`)."""
+        return type(self).perturbs(self.values, self.scales)
+
+    @classmethod
+    def branch(cls, values: dict[str, Any]) -> "Branch | None":
+        """The third, worse prediction this method guides away from with these values (engine/guiders/branch.py:
+        PAG's identity attention, SEG's blurred queries, AutoGuidance's weak model), or None."""
+        return None
 
     @classmethod
     def perturbs(cls, values: dict[str, Any], scales: tuple[float, ...]) -> bool:
-        """Whether a run with these values needs its perturbed branch at all."""
+        """Whether a run with these values needs its perturbed branch at all (only methods with a `branch`)."""
         return False
-
-    def attention_perturbation(self):
-        """For perturbation "attention": the engine.guiders.perturb.AttentionPerturbation of this run."""
-        return None
 
     def early(self, x: torch.Tensor, step: "Step") -> torch.Tensor | None:
         """A prediction that replaces the model call at this step (CFG-Zero*'s zero-init), or None."""
@@ -189,7 +194,6 @@ class Modifier(Guider):
         super().__init__(inner.scale, **values)
         self.inner = inner
         self.space = inner.space
-        self.perturbation = inner.perturbation
 
     @classmethod
     def active(cls, values: dict[str, Any]) -> bool:
@@ -201,9 +205,6 @@ class Modifier(Guider):
 
     def needs_perturbed(self, step: "Step") -> bool:
         return self.inner.needs_perturbed(step)
-
-    def attention_perturbation(self):
-        return self.inner.attention_perturbation()
 
     def early(self, x: torch.Tensor, step: "Step") -> torch.Tensor | None:
         return self.inner.early(x, step)

@@ -3,8 +3,9 @@ self-attention in chosen layers, as diffusers' StableDiffusionPAGPipeline does."
 
 import torch
 
-from .perturb import LAYER_PATTERN, AttentionPerturbation
 from .base import Guider, Param
+from .branch import AttentionBranch
+from .perturb import LAYER_PATTERN, AttentionPerturbation
 from .registry import register
 
 
@@ -25,18 +26,19 @@ PAG_LAYERS = Param("pag_layers", "mid", 0, 0, "PAG layers", "self-attention laye
 
 @register
 class PAG(Guider, name="pag", label="PAG", note="Ahn et al. 2024: identity self-attention", order=70,
-          params=(PAG_SCALE, PAG_LAYERS), perturbation="attention", plain_at_one=False,
+          params=(PAG_SCALE, PAG_LAYERS), plain_at_one=False,
           paper="Ahn et al. (2024), Self-Rectifying Diffusion Sampling with Perturbed-Attention Guidance, "
                 "arXiv 2403.17377"):
     """PAG: a third branch, the conditional model with the chosen layers' attention map replaced by the identity,
     in the same batch; with --scale 1 PAG acts alone (no unconditional branch), as the pipeline does."""
 
     @classmethod
+    def branch(cls, values):
+        return AttentionBranch(cls.label, AttentionPerturbation("identity", values["pag_layers"]), PAG_LAYERS)
+
+    @classmethod
     def perturbs(cls, values, scales):
         return values["pag_scale"] != 0
-
-    def attention_perturbation(self):
-        return AttentionPerturbation("identity", self.values["pag_layers"])
 
     def guide(self, c, u, step):  # a step without the perturbed branch (PAG scale 0): plain CFG
         return u + self.scale_like(c) * (c - u)

@@ -13,9 +13,12 @@ Layers are named as the lab's `--pag-layers` writes them: `mid`, `down.N`, `up.N
 up_blocks.N), `blocks.N` (a transformer's transformer_blocks.N), or a longer diffusers path such as
 `up_blocks.0.attentions.1`, comma-separated. Each id selects the self-attention layers whose module path contains it,
 diffusers' PAG rule (`blocks.1` does not select `blocks.10`). On SD3 the default `mid` means `blocks.1`
-(FAMILY_LAYERS; the engine writes the layers used into the image's parameters). In SD3's joint attention the
-perturbation acts on the image tokens, as diffusers' PAGJointAttnProcessor2_0 defines it; the text tokens attend as
-before.
+(FAMILY_LAYERS; engine/guiders/branch.py writes the layers used into the settings, so the image's parameters name
+them). In SD3's joint attention the perturbation acts on the image tokens, as diffusers' PAGJointAttnProcessor2_0
+defines it; the text tokens attend as before.
+
+A new perturbation subclasses AttentionPerturbation, names its own mode and overrides `attend` (and `attend_joint`
+for SD3's joint attention); its guider hands it to an AttentionBranch (engine/guiders/branch.py).
 """
 
 from __future__ import annotations
@@ -41,11 +44,34 @@ FAMILY_LAYERS = {"sd3": "blocks.1"}
 
 @dataclass(frozen=True)
 class AttentionPerturbation:
-    """How the perturbed branch attends: mode "identity" (PAG) or "blur" (SEG, with `sigma`), in `layers`."""
+    """How the perturbed branch attends in `layers`: mode "identity" (PAG) or "blur" (SEG, with `sigma`). A subclass
+    names a mode of its own and overrides `attend` (and `attend_joint`). Frozen and compared by value: the processors'
+    computation keys (engine/cpu/graph.py) hold it."""
 
     mode: str
     layers: str
     sigma: float = INFINITE_SIGMA
+
+    def __post_init__(self):
+        if type(self).attend is AttentionPerturbation.attend and self.mode not in _BUILT_IN:
+            raise ValueError(f"Unknown attention perturbation {self.mode!r}; a new one overrides attend().")
+
+    def attend(self, attn: Attention, hidden_states: torch.Tensor, temb=None) -> torch.Tensor:
+        """The marked rows' output of one chosen self-attention layer, from its input (B, N, C) or (B, C, H, W), as
+        the layer's own processor would return it."""
+        if self.mode == "identity":
+            return identity_attention(attn, hidden_states, temb)
+        return blurred_query_attention(attn, hidden_states, self.sigma, temb)
+
+    def attend_joint(self, attn: Attention, hidden_states: torch.Tensor,
+                     context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SD3's joint attention of the marked rows: the image and text outputs (joint_perturbed_attention)."""
+        if type(self).attend is not AttentionPerturbation.attend:  # a new perturbation that wrote no joint form
+            raise EngineError(f"The '{self.mode}' attention perturbation has no form for SD3's joint attention.")
+        return joint_perturbed_attention(attn, hidden_states, context, self)
+
+
+_BUILT_IN = ("identity", "blur")
 
 
 def layer_ids(layers: str) -> list[str]:
@@ -214,10 +240,7 @@ class PerturbableProcessor:
             kwargs["perturb"] = perturb[keep]  # the rows the wrapped processor gets: none of them marked
         if encoder_hidden_states is not None and getattr(attn, "add_q_proj", None) is not None:
             return self._joint(attn, hidden_states, encoder_hidden_states, attention_mask, keep, marked, kwargs)
-        if self.perturbation.mode == "identity":
-            perturbed = identity_attention(attn, hidden_states[marked], temb)
-        else:
-            perturbed = blurred_query_attention(attn, hidden_states[marked], self.perturbation.sigma, temb)
+        perturbed = self.perturbation.attend(attn, hidden_states[marked], temb)
         if len(keep) == 0:
             return perturbed
         kept = self.inner(attn, hidden_states[keep], encoder_hidden_states, attention_mask, temb, **kwargs)
@@ -227,7 +250,7 @@ class PerturbableProcessor:
 
     def _joint(self, attn, hidden_states, context, attention_mask, keep, marked, kwargs):
         """SD3's joint attention layers: image and text rows split alike, both outputs reassembled."""
-        perturbed = joint_perturbed_attention(attn, hidden_states[marked], context[marked], self.perturbation)
+        perturbed = self.perturbation.attend_joint(attn, hidden_states[marked], context[marked])
         if len(keep) == 0:
             return perturbed
         kept = self.inner(attn, hidden_states[keep], context[keep], attention_mask, **kwargs)

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from ..errors import EngineError
 from .base import Guider, Param
+from .branch import Branch
 from .registry import GUIDERS, method_names, modifiers, owners
 
 
@@ -92,13 +93,25 @@ class GuidanceSettings:
     @property
     def perturbed(self) -> bool:
         """Whether any step may run a perturbed branch (PAG, SEG, AutoGuidance)."""
-        cls = GUIDERS.get(self.method)
-        return cls is not None and cls.perturbation is not None and cls.perturbs(self.values, self.scales)
+        return self.branch is not None
 
     @property
-    def perturbation(self) -> str | None:
-        """The kind of perturbed branch this run needs, if any: "attention" or "weak"."""
-        return GUIDERS[self.method].perturbation if self.perturbed else None
+    def branch(self) -> Branch | None:
+        """The perturbed branch this run needs (engine/guiders/branch.py), or None: the method has none, or these
+        values never run it (a perturbation scale of 0, AutoGuidance at scale 1)."""
+        cls = GUIDERS.get(self.method)
+        if cls is None or not cls.perturbs(self.values, self.scales):
+            return None
+        return cls.branch(self.values)
+
+    def for_family(self, family: str) -> "GuidanceSettings":
+        """These settings as a model family runs them: the values the method's branch takes on that family where
+        they were left at their defaults (PAG's and SEG's layers on SD3), so that the PNG text and the reproduce
+        command name what ran."""
+        cls = GUIDERS.get(self.method)
+        branch = cls.branch(self.values) if cls is not None else None
+        changes = branch.family_values(family) if branch is not None else {}
+        return self.replace(**changes) if changes else self
 
     def check(self) -> None:
         """Unknown method or a value out of its declared range: one sentence."""

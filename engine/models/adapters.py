@@ -96,22 +96,24 @@ class TextDenoiser:
     embedding and size ids), plus optional ControlNets.
 
     Branches in batch order [u, c, p], as StableDiffusionPipeline (u, c) and StableDiffusionPAGPipeline (u, c, p)
-    batch them, and their XL versions. The perturbed branch p is either rows of the same batch marked for perturbed
-    attention (engine/guiders/perturb.py) or, with a `weak_unet`, that model's conditional prediction (AutoGuidance)."""
+    batch them, and their XL versions. The perturbed branch p (engine/guiders/branch.py) is either rows of the same
+    batch, marked for the attention processors the branch installed for the run (engine/guiders/perturb.py), or,
+    with a `branch_model` (a branch that runs a model of its own: AutoGuidance's weak UNet), that model's
+    conditional prediction."""
 
     def __init__(self, unet, cond: PromptCondition, uncond: PromptCondition | None,
                  controls: list[ControlBranch] = (), guess_mode: bool = False, prediction_type: str = "epsilon",
-                 weak_unet=None):
+                 branch_model=None):
         self.unet = unet
         self.cond = cond
         self.uncond = uncond
         self.controls = list(controls)
         self.guess_mode = guess_mode
         self.prediction_type = prediction_type
-        self.weak_unet = weak_unet
+        self.branch_model = branch_model
 
     def __call__(self, x, t, step: Step, with_uncond: bool, with_perturbed: bool = False):
-        in_batch = with_perturbed and self.weak_unet is None
+        in_batch = with_perturbed and self.branch_model is None
         branches = ["u"] * with_uncond + ["c"] + ["p"] * in_batch
         x_in = torch.cat([x] * len(branches))  # (nB, C, h, w)
         inputs = _unet_inputs(self._conditions(branches))
@@ -121,7 +123,7 @@ class TextDenoiser:
                          mid_block_additional_residual=mid, return_dict=False, **inputs, **extra)[0]
         preds = dict(zip(branches, out.chunk(len(branches))))
         if with_perturbed and not in_batch:
-            preds["p"] = self.weak_unet(x, t, return_dict=False, **_unet_inputs([self.cond]))[0]
+            preds["p"] = self.branch_model(x, t, return_dict=False, **_unet_inputs([self.cond]))[0]
         return preds["c"], preds.get("u"), preds.get("p")
 
     def _conditions(self, branches: list[str]) -> list[PromptCondition]:

@@ -15,8 +15,8 @@ from engine.guiders import GuidanceSettings
 from engine.guiders.autoguidance import autoguidance
 from engine.guiders.pag import pag
 from engine.guiders.perturb import INFINITE_SIGMA, blur_queries, layer_ids, self_attention_layers
-from engine.request import Request, check_request
-from tests.engine.test_exactness import TOLERANCE, level_diff
+from engine.request import ControlSpec, Request, check_request
+from tests.engine.test_exactness import TOLERANCE, control_image, level_diff
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,19 @@ def test_autoguidance_with_a_weak_model(engine, tiny_folders, tmp_path, monkeypa
     assert GuidanceSettings("autoguidance", 3.0).guided is False  # no unconditional branch at all
     with pytest.raises(EngineError, match="weak version"):
         engine.generate(request(tiny_folders["sd"], GuidanceSettings("autoguidance", 3.0)))
+
+
+def test_what_the_weak_branch_refuses_is_one_sentence(engine, tiny_folders):
+    """AutoGuidance's branch refuses, before any model work, what it cannot run; at scale 1 it runs nothing."""
+    control = ControlSpec(control_image(), "canny", str(tiny_folders["controlnet"]))
+    with pytest.raises(EngineError, match=r"^AutoGuidance does not combine with ControlNet here: the weak model "
+                                          r"cannot take the ControlNet's features\.$"):
+        engine.generate(request(tiny_folders["sd"], GuidanceSettings("autoguidance", 3.0), controls=(control,)))
+    dit = Request(model=str(tiny_folders["dit"]), class_label="square", steps=2, seed=7)
+    with pytest.raises(EngineError, match=r"^AutoGuidance needs a weak version of the model; the class-conditional "
+                                          r"models have none here\.$"):
+        engine.generate(replace(dit, guidance=GuidanceSettings("autoguidance", 3.0)))
+    assert engine.generate(replace(dit, guidance=GuidanceSettings("autoguidance", 1.0))).images
 
 
 @pytest.mark.parametrize("layers, match", [
