@@ -19,8 +19,8 @@ from .guiders import GuidanceSettings
 from .models.registry import default_model, resolve
 from .meter import units
 from .request import Request, check_request, evals_per_step
-from .cpu.roofline import (Roofline, counting_samples, matmul_peak, stolen_share, unet_flops_per_sample,
-                       winograd_flops_per_sample)
+from .cpu.roofline import (Roofline, counting_samples, fast_convolution_note, matmul_peak, stolen_share,
+                           unet_flops_per_sample)
 from .models.schedulers import make_scheduler
 
 BATCH = 15  # one row of the default compare grid: five guided scales times three seeds
@@ -172,13 +172,9 @@ def run_grid(*, model: str | None, steps: int, runs: int, prompt: str = GRID_PRO
         note = f" (above {STEAL_IDLE:.0%}: not an idle machine)" if max(stolen) > STEAL_IDLE else ""
         print(f"hypervisor steal during the runs: {', '.join(f'{s:.1%}' for s in stolen)} of the CPU time{note}")
     print(f"UNet work: {samples[0]} sample evaluations x {per_sample / 1e6:.2f} MFLOP = {result.flops / 1e9:.1f} GFLOP")
-    kernels = getattr(pipe.unet.forward, "kernels", None)  # engine/cpu/graph.py's GraphForward and its loops
-    if kernels is not None and kernels.has_winograd:
-        counted, performed = engine.runner.call(winograd_flops_per_sample, pipe.unet, embeds)
-        print(f"  (the model's FLOPs, as torch counts them; of them {counted / 1e6:.2f} MFLOP a sample are 3x3 "
-              f"convolutions that the Winograd loop computes with {performed / 1e6:.2f} MFLOP of products: the CPU "
-              f"did {(per_sample - counted + performed) / 1e6:.2f} MFLOP a sample, a fraction of "
-              f"{result.fraction * (per_sample - counted + performed) / per_sample:.3f} by that count)")
+    note = engine.runner.call(fast_convolution_note, pipe.unet, embeds, result.fraction, per_sample)
+    if note:
+        print(note)
     print(f"achieved {result.flops_per_s / 1e9:.1f} GFLOP/s; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s "
           f"({torch.get_num_threads()} threads, the best of {len(peaks)} measurements: "
           f"{', '.join(f'{p / 1e9:.0f}' for p in peaks)}); the same work at the peak: {result.floor_s:.2f} s")

@@ -156,3 +156,17 @@ def counting_samples(module: torch.nn.Module):
         yield sizes
     finally:
         handle.remove()
+
+
+def fast_convolution_note(unet, encoder_hidden_states: torch.Tensor, fraction: float, per_sample: int) -> str | None:
+    """Where the UNet's graphs run 3x3 convolutions through the Winograd loop, a line saying how many of the
+    counted FLOPs that loop replaces by fewer products, and the roofline fraction by the CPU's own count; None
+    elsewhere."""
+    kernels = getattr(unet.forward, "kernels", None)  # the graph forward's loops (graph.py)
+    if kernels is None or not kernels.has_winograd:
+        return None
+    counted, performed = winograd_flops_per_sample(unet, encoder_hidden_states)
+    done = per_sample - counted + performed
+    return (f"  (the model's FLOPs, as torch counts them; of them {counted / 1e6:.2f} MFLOP a sample are 3x3 "
+            f"convolutions that the Winograd loop computes with {performed / 1e6:.2f} MFLOP of products: the CPU "
+            f"did {done / 1e6:.2f} MFLOP a sample, a fraction of {fraction * done / per_sample:.3f} by that count)")

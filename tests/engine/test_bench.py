@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 from engine.bench import run_grid
-from engine.cpu.roofline import Roofline, counting_samples, stolen_share, unet_flops_per_sample, winograd_flops_per_sample
+from engine.cpu.roofline import (Roofline, counting_samples, stolen_share, unet_flops_per_sample,
+                                 winograd_flops_per_sample)
 from tests.tiny_models import tiny_sd
 
 
