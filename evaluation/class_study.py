@@ -5,7 +5,8 @@ against their scales, and each compared at the class accuracy CFG reaches at a r
 
 Accuracy is the share of images whose largest detected object has the requested shape (evaluation/eval_class.py);
 saturation and clipping are the world's measures of the same images. Matching interpolates each method's accuracy
-between its two measured scales around the reference accuracy (the first rising crossing), then measures there.
+between its two measured scales around the reference accuracy (the first rising crossing: engine.compare's
+matched_scale, the study's and the Compare tab's matcher), then measures there.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.compare import matched_scale
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings
 from engine.request import Request
-from world import SHAPES, clipped_fraction, saturation
+from world import SHAPES, bootstrap, clipped_fraction, saturation
 from world.detect import detect
 
 from .eval_class import PER_BATCH, batch_count
-from .study import bootstrap
 
 METHODS = {  # label -> (method, scale, classifier scale, values); "s" in a scale slot is the swept scale
     "CFG": ("cfg", "s", 0.0, {}),
@@ -53,20 +54,14 @@ def measure(engine: Engine, label: str, scale: float, n: int, steps: int, seed: 
             hits.append(bool(found) and found[0].shape == shape)
             sats.append(saturation(pixels))
             clips.append(clipped_fraction(pixels))
-    low, high = bootstrap([float(h) for h in hits])[1:]
+    low, high = bootstrap([float(h) for h in hits], binary=True)[1:]
     return {"method": label, "scale": scale, "n": len(hits), "accuracy": float(np.mean(hits)), "accuracy_low": low,
             "accuracy_high": high, "saturation": float(np.mean(sats)), "clipped": float(np.mean(clips))}
 
 
 def crossing(rows: list[dict], target: float) -> float | None:
     """The scale where accuracy first rises through `target`, linear between measured scales."""
-    rows = sorted(rows, key=lambda r: r["scale"])
-    if rows[0]["accuracy"] >= target:
-        return rows[0]["scale"]
-    for a, b in zip(rows, rows[1:]):
-        if a["accuracy"] < target <= b["accuracy"]:
-            return a["scale"] + (target - a["accuracy"]) / (b["accuracy"] - a["accuracy"]) * (b["scale"] - a["scale"])
-    return None
+    return matched_scale([r["scale"] for r in rows], [r["accuracy"] for r in rows], target)
 
 
 def main(argv=None) -> int:

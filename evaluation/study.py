@@ -1,12 +1,12 @@
 """Guidance methods against scales over many prompts and seeds, with intervals, and compared at matched adherence.
 
-    python -m engine study --methods cfg,perp-cfg,apg:eta=0:momentum=-0.5 --scales 1,3,5,7.5,10 --seeds 4 \\
+    python -m evaluation.study --methods cfg,perp-cfg,apg:eta=0:momentum=-0.5 --scales 1,3,5,7.5,10 --seeds 4 \\
         --out study/ [--match-adherence 5]
-    accelerate launch --num_processes N -m engine study ...   (the cells split between processes)
+    accelerate launch --num_processes N -m evaluation.study ...   (the cells split between processes)
 
-Writes cells.csv (one row per method x scale x prompt x seed), summary.csv (means with 95% bootstrap intervals),
-grid.png, plots.png and, with --match-adherence, matched.csv. The definitions: ../shared/brief/GUIDANCE.md,
-"Comparing methods fairly".
+Writes cells.csv (one row per method x scale x prompt x seed), summary.csv (means with 95% bootstrap intervals,
+resampled by prompt), grid.png, plots.png, tables.md and, with --match-adherence, matched.csv (each method at the
+scale matching CFG's adherence, and its paired difference from CFG there). The definitions: docs/guidance-study.md.
 """
 
 from __future__ import annotations
@@ -26,22 +26,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.compare import grid, parse_scales
+from engine.compare import grid, matched_scale, parse_scales
 from engine.errors import EngineError
 from engine.generate import Engine
-from engine.guiders import GUIDERS, GuidanceSettings, Param
+from engine.guiders import GUIDERS, GuidanceSettings
+from engine.guiders.settings import parse_method_spec, split_method_specs
 from engine.models.loading import ModelStore
 from engine.pnginfo import save_png
 from engine.request import MAX_IMAGES, Request, check_request
 from engine.models.schedulers import SCHEDULERS
-from world import HELD_OUT, IMAGE_SIZE, clipped_fraction, diversity, evaluate, parse_caption, saturation
+from world import (HELD_OUT, IMAGE_SIZE, bootstrap, clipped_fraction, diversity, evaluate, paired_difference,
+                   parse_caption, saturation)
 from world.captions import WHERE
 
 MEASURES = ("adherence", "saturation", "clipped", "diversity")
+PER_IMAGE = MEASURES[:3]  # measured on each image; diversity is one value per prompt
+SUCCESSES = ("adherence",)  # each image 0 or 1: intervals at least as wide as the exact binomial ones
 CELL_COLUMNS = ("method", "params", "scale", "prompt", "seed", "adherence", "saturation", "clipped", "image")
-RESAMPLES = 1000
-ITERATIONS = 6  # bisection steps per method when matching adherence
-MATCH_CEILING = 50.0
+REFINE = 4  # times a method's matched scale is measured and the match interpolated again
 
 
 # 1. What the study compares.
@@ -66,73 +68,14 @@ class Method:
         return re.sub(r"[^A-Za-z0-9.=-]+", "_", self.label)
 
 
-def _canon(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
-
-
-def _registered(name: str) -> str:
-    """The registered method `name` means (perp_cfg and perp-cfg alike); unknown names go on to the check."""
-    return next((n for n in GUIDERS if _canon(n) == _canon(name)), name.strip())
-
-
-def _param_value(param: Param, text: str):
-    """'0.5' as the parameter's kind; a range is written 'start-end' or 'start/end'; text stays text."""
-    if param.kind == "text":
-        return text
-    if param.kind == "range":
-        match = re.fullmatch(r"\s*([0-9.eE+]+)\s*[-/]\s*([0-9.eE+]+)\s*", text)
-        parts = match.groups() if match else None
-    else:
-        parts = (text,)
-    try:
-        values = [float(p) for p in parts] if parts else None
-    except ValueError:
-        values = None
-    if values is None:
-        form = "two numbers like 0.2-0.8" if param.kind == "range" else "a number"
-        raise EngineError(f"The {param.noun} must be {form}, not '{text}'.")
-    return tuple(values) if param.kind == "range" else values[0]
-
-
 def parse_method(spec: str) -> Method:
-    """'apg:eta=0:momentum=-0.5' -> Method, with one sentence for an unknown name, parameter or value."""
-    name, *pairs = spec.split(":")
-    method = _registered(name)
-    GuidanceSettings(method, 1.0).check()  # an unknown name lists the known ones
-    declared = {_canon(p.name): p for p in GuidanceSettings.declared_for(method)}
-    values, label = {}, method
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        param = declared.get(_canon(key))
-        if not sep or not key.strip():
-            raise EngineError(f"Write each parameter of '{spec}' as name=value, like 'apg:eta=0'; got '{pair}'.")
-        if param is None:
-            known = ", ".join(p.name for p in declared.values()) or "none"
-            raise EngineError(f"The guidance '{method}' takes no parameter '{key.strip()}'; it takes: {known}.")
-        values[param.name] = _param_value(param, text)
-        label += f":{param.name}={param.text(values[param.name])}"
-    settings = GuidanceSettings.from_values(method, 1.0, values)
-    settings.check()
-    return Method(label, settings)
-
-
-def _split_methods(text: str) -> list[str]:
-    """The comma list of methods; a comma inside a text parameter's value (pag:pag_layers=mid,up.0) stays in it."""
-    specs: list[str] = []
-    for piece in text.split(","):
-        head = piece.split(":")[0]
-        last = specs[-1].split(":")[-1].partition("=")[0] if specs else ""
-        declared = {_canon(p.name): p for p in GuidanceSettings.declared_for(_registered(specs[-1].split(":")[0]))} \
-            if specs else {}
-        if _registered(head) not in GUIDERS and getattr(declared.get(_canon(last)), "kind", None) == "text":
-            specs[-1] += "," + piece
-        else:
-            specs.append(piece)
-    return [s for s in specs if s.strip()]
+    """'apg:eta=0:momentum=-0.5' -> Method (engine.guiders.settings.parse_method_spec), with one sentence for an
+    unknown name, parameter or value."""
+    return Method(*parse_method_spec(spec))
 
 
 def parse_methods(text: str) -> list[Method]:
-    methods = [parse_method(spec) for spec in _split_methods(text)]
+    methods = [parse_method(spec) for spec in split_method_specs(text)]
     if not methods:
         raise EngineError("Give at least one guidance method, like 'cfg,perp-cfg'.")
     seen: dict[tuple[str, str], str] = {}
@@ -287,34 +230,25 @@ def run_cells(study: Study, cells: list[Cell], folder: str, desc: str) -> list[d
     return sorted(rows, key=lambda r: (r["cell"].method, r["cell"].scale, r["cell"].prompt, r["cell"].seed))
 
 
-# 3. Statistics.
-def bootstrap(values, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95):
-    """(mean, low, high): the mean and its percentile bootstrap interval, from a fixed-seed resampling; Nones for
-    no values."""
-    x = np.asarray([v for v in values if v is not None], np.float64)
-    if not len(x):
-        return None, None, None
-    means = x[np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))].mean(1)
-    tail = (1 - level) / 2 * 100
-    return float(x.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
-
-
+# 3. Statistics: the world's bootstrap, resampling whole prompts.
 def _load(study: Study, path: str) -> np.ndarray:
     with Image.open(study.out / path) as image:
         return np.asarray(image.convert("RGB"))
 
 
 def summarise(study: Study, rows: list[dict]) -> dict:
-    """n and each measure with its interval over one method x scale's cells; diversity across the seeds of each
-    prompt, averaged over prompts."""
+    """n and each measure with its interval over one method x scale's cells, resampling whole prompts (the images
+    of one prompt go together); diversity across the seeds of each prompt, averaged over prompts."""
     by_prompt: dict[str, list[str]] = {}
     for r in rows:
         by_prompt.setdefault(r["prompt"], []).append(r["image"])
     spread = [diversity([_load(study, p) for p in paths]) for paths in by_prompt.values()]
     stats = {"n": len(rows)}
     for name in MEASURES:
+        prompts = None if name == "diversity" else [r["prompt"] for r in rows]
         values = spread if name == "diversity" else [r[name] for r in rows]
-        stats[name], stats[f"{name}_low"], stats[f"{name}_high"] = bootstrap(values)
+        stats[name], stats[f"{name}_low"], stats[f"{name}_high"] = bootstrap(values, prompts,
+                                                                             binary=name in SUCCESSES)
     return stats
 
 
@@ -329,39 +263,44 @@ def summary_rows(study: Study, rows: list[dict], scales) -> list[dict]:
 
 
 # 4. Matched adherence.
-def find_matched(adherence_at: Callable[[float], float], measured: dict[float, float], target: float,
-                 ceiling: float, iterations: int = ITERATIONS) -> tuple[float | None, dict[float, float]]:
-    """The scale whose adherence equals `target`, by bisection on the rising part: between the smallest measured
-    scale reaching the target and the largest below it (1 when none), toward the smallest scale that reaches it;
-    (None, probes) when even `ceiling` falls short. `adherence_at` runs a probe."""
-    known = dict(measured)
+def paired_to(reference: list[dict], rows: list[dict]) -> dict:
+    """Each per-image measure's difference from the reference's on the same (prompt, seed), with its interval
+    resampling whole prompts: {name_diff, name_diff_low, name_diff_high}, Nones where a measure is not judged."""
+    ref = {(r["prompt"], r["seed"]): r for r in reference}
+    pairs = [(r, ref[r["prompt"], r["seed"]]) for r in rows if (r["prompt"], r["seed"]) in ref]
+    out = {}
+    for name in PER_IMAGE:
+        judged = [(a, b) for a, b in pairs if a[name] is not None and b[name] is not None]
+        diff = (None, None, None) if not judged else paired_difference(
+            [a[name] for a, _ in judged], [b[name] for _, b in judged], [a["prompt"] for a, _ in judged],
+            binary=name in SUCCESSES)
+        out.update(zip((f"{name}_diff", f"{name}_diff_low", f"{name}_diff_high"), diff))
+    return out
 
-    def at(scale: float) -> float:
-        if scale not in known:
-            known[scale] = adherence_at(scale)
-        return known[scale]
 
-    reaching = sorted(s for s, a in known.items() if a >= target)
-    hi = reaching[0] if reaching else ceiling
-    if not reaching and at(ceiling) < target:
-        return None, known
-    lo = max((s for s, a in known.items() if s < hi and a < target), default=1.0)
-    if hi <= lo:
-        return hi, known
-    for _ in range(iterations):  # on a plateau (adherence 1 from some scale on) this finds where it starts
-        mid = round((lo + hi) / 2, 3)
-        if mid in (lo, hi):
+def find_matched(adherence_at: Callable[[float], float], curve: dict[float, float], target: float,
+                 tolerance: float, rounds: int = REFINE) -> tuple[float | None, dict[float, float]]:
+    """(scale, curve): the scale engine.compare.matched_scale interpolates on `curve` (scale -> mean adherence),
+    rounded to 0.01 and measured there by `adherence_at`; while that misses `target` by more than `tolerance`,
+    the point joins the curve and the match is interpolated again, at most `rounds` times (regula falsi on the
+    rising part). None when the curve never reaches the target."""
+    curve = dict(curve)
+    scale = None
+    for _ in range(rounds + 1):
+        found = matched_scale(list(curve), list(curve.values()), target)
+        if found is None:
+            return None, curve
+        scale = round(found, 2)
+        curve[scale] = adherence_at(scale)
+        if abs(curve[scale] - target) <= tolerance:
             break
-        if at(mid) >= target:
-            hi = mid
-        else:
-            lo = mid
-    candidates = [s for s in (hi, lo) if s in known]
-    return min(candidates, key=lambda s: (abs(known[s] - target), s != hi)), known
+    return scale, curve
 
 
-def match_adherence(study: Study, rows: list[dict], ref_scale: float, ceiling: float) -> list[dict]:
-    """CFG's adherence at `ref_scale`, then each other method at the scale that reaches it, with its measures."""
+def match_adherence(study: Study, rows: list[dict], scales, ref_scale: float) -> list[dict]:
+    """CFG's adherence at `ref_scale`, then each other method at the scale where its adherence over the study's
+    scales first rises through it (find_matched, within one image of CFG's), with its measures there over every
+    prompt and seed (images under images/probes/) and their paired differences from CFG's."""
     cfg = next((i for i, m in enumerate(study.methods) if m.label == "cfg"), None)
     probes: dict[tuple[int, float], list[dict]] = {}
     for r in rows:
@@ -380,22 +319,22 @@ def match_adherence(study: Study, rows: list[dict], ref_scale: float, ceiling: f
     def mean_adherence(method: int, scale: float) -> float:
         return float(np.mean([r["adherence"] for r in probe(method, scale)]))
 
+    reference = probe(cfg, ref_scale)
     target = mean_adherence(cfg, ref_scale)
     out = [{"method": "cfg", "params": study.methods[cfg].params, "label": "cfg (reference)", "scale": ref_scale,
-            **summarise(study, probe(cfg, ref_scale)), "note": f"reference: CFG at scale {ref_scale:g}"}]
+            **summarise(study, reference), "note": f"reference: CFG at scale {ref_scale:g}"}]
     for i, method in enumerate(study.methods):
         if i == cfg:
             continue
-        measured = {s: mean_adherence(i, s) for (m, s) in sorted(probes) if m == i}
-        scale, known = find_matched(lambda s: mean_adherence(i, s), measured, target, ceiling)
-        tried = " ".join(f"{s:g}:{a:.3f}" for s, a in sorted(known.items()))
+        scale, curve = find_matched(lambda s: mean_adherence(i, s), {s: mean_adherence(i, s) for s in scales},
+                                    target, 1 / len(reference) + 1e-9)
+        tried = " ".join(f"{s:g}:{a:.3f}" for s, a in sorted(curve.items()))
+        row = {"method": method.name, "params": method.params, "label": method.label}
         if scale is None:
-            out.append({"method": method.name, "params": method.params, "label": method.label, "scale": None,
-                        "note": f"never reaches {target:.3f} up to scale {ceiling:g}; probes {tried}"})
+            out.append({**row, "scale": None, "note": f"never reaches {target:.3f} within the scales; curve {tried}"})
             continue
-        note = f"probes {tried}"
-        out.append({"method": method.name, "params": method.params, "label": method.label, "scale": scale,
-                    **summarise(study, probe(i, scale)), "note": note})
+        out.append({**row, "scale": scale, **summarise(study, probe(i, scale)),
+                    **paired_to(reference, probe(i, scale)), "note": f"curve {tried}"})
     return out
 
 
@@ -416,8 +355,13 @@ def write_csv(path: Path, rows: list[dict], columns) -> None:
             writer.writerow([_text(row.get(c)) for c in columns])
 
 
-def stat_columns(prefix=("method", "params", "scale", "n")) -> list[str]:
-    return [*prefix, *(f"{m}{part}" for m in MEASURES for part in ("", "_low", "_high"))]
+def stat_columns(prefix=("method", "params", "scale", "n"), measures=MEASURES) -> list[str]:
+    return [*prefix, *(f"{m}{part}" for m in measures for part in ("", "_low", "_high"))]
+
+
+def matched_columns() -> list[str]:
+    """matched.csv: the measures at the matched scale, then each per-image one's paired difference from CFG's."""
+    return [*stat_columns(), *stat_columns((), [f"{m}_diff" for m in PER_IMAGE]), "note"]
 
 
 def draw_grid(study: Study, rows: list[dict], scales, path: Path) -> None:
@@ -472,12 +416,14 @@ def _cell(row: dict, key: str, factor: float) -> str:
 
 def write_tables(out: Path) -> Path:
     """tables.md in `out`, from its summary.csv (and matched.csv): per measure a table of methods x scales, each
-    cell the mean and its 95% interval; then the matched-adherence table. The study document quotes these."""
+    cell the mean and its 95% interval; then the matched-adherence table and each method's paired difference from
+    CFG there. The study document quotes these."""
     summary = _read_csv(out / "summary.csv")
     scales = sorted({float(r["scale"]) for r in summary})
     methods = list(dict.fromkeys((r["method"], r["params"]) for r in summary))
     name = lambda m: f"{m[0]} ({m[1]})" if m[1] else m[0]  # noqa: E731
-    lines = [f"Images per cell: {summary[0]['n']}. Each cell: mean [95% bootstrap interval].", ""]
+    lines = [f"Images per cell: {summary[0]['n']}. Each cell: mean [95% bootstrap interval, resampling prompts; "
+             "exact at 0 and 1].", ""]
     for key, title, factor in TABLE_MEASURES:
         if not any(r.get(key) for r in summary):
             continue
@@ -489,6 +435,7 @@ def write_tables(out: Path) -> Path:
                                                       for s in scales) + " |")
         lines.append("")
     if (out / "matched.csv").is_file():
+        diffs: list[str] = []
         lines += ["### At matched adherence", "", "| method | scale | adherence | saturation | clipped (%) | "
                   "diversity |", "|---|---|---|---|---|---|"]
         for r in _read_csv(out / "matched.csv"):
@@ -498,6 +445,11 @@ def write_tables(out: Path) -> Path:
                 continue
             lines.append(f"| {label} | {float(r['scale']):.2f} | {_cell(r, 'adherence', 1)} | "
                          f"{_cell(r, 'saturation', 1)} | {_cell(r, 'clipped', 100)} | {_cell(r, 'diversity', 1)} |")
+            if r.get("saturation_diff"):  # not on the reference's own row
+                diffs.append(f"| {label} | " + " | ".join(_cell(r, f"{key}_diff", factor) for key, _, factor in
+                                                          TABLE_MEASURES[:3]) + " |")
+        lines += ["", "### Minus CFG's, at matched adherence (paired by prompt and seed)", "",
+                  "| method | adherence | saturation | clipped (%) |", "|---|---|---|---|", *diffs]
         lines.append("")
     path = out / "tables.md"
     path.write_text("\n".join(lines))
@@ -506,14 +458,16 @@ def write_tables(out: Path) -> Path:
 
 def print_matched(rows: list[dict]) -> None:
     print(f"{'method':<28} {'scale':>7} {'adherence [95% CI]':>24} {'saturation':>10} {'clipped':>8} "
-          f"{'diversity':>9}")
+          f"{'diversity':>9} {'saturation - CFG [95% CI]':>28}")
     for r in rows:
         if r["scale"] is None:
             print(f"{r['label']:<28} {'-':>7}  {r['note']}")
             continue
         ci = f"{r['adherence']:.3f} [{r['adherence_low']:.3f}, {r['adherence_high']:.3f}]"
+        diff = f"{r['saturation_diff']:+.3f} [{r['saturation_diff_low']:+.3f}, {r['saturation_diff_high']:+.3f}]" \
+            if r.get("saturation_diff") is not None else ""
         print(f"{r['label']:<28} {r['scale']:>7g} {ci:>24} {r['saturation']:>10.3f} {r['clipped']:>8.4f} "
-              f"{r['diversity']:>9.3f}")
+              f"{r['diversity']:>9.3f} {diff:>28}")
 
 
 # 6. The command.
@@ -547,7 +501,8 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m engine study", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m evaluation.study", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="registry name or local diffusers folder (default: the project's lab-sd)")
     parser.add_argument("--methods", default="cfg,perp-cfg,apg",
                         help="comma list, each optionally with parameters: cfg,apg:eta=0:momentum=-0.5")
@@ -559,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=_whole("batch", 1, MAX_IMAGES), default=MAX_IMAGES,
                         help="images per engine call")
     parser.add_argument("--match-adherence", type=_positive, metavar="REF",
-                        help="compare each method at the scale matching CFG's adherence at scale REF")
+                        help="compare each method at the scale matching CFG's adherence at scale REF (interpolated "
+                        "on its adherence over --scales, then measured there)")
     parser.add_argument("--out", required=True, help="output folder")
     return parser
 
@@ -631,10 +587,9 @@ def run(args) -> int:
         if why_not:
             print(f"Adherence is left empty: {why_not}.")
     if args.match_adherence is not None:
-        ceiling = min(100.0, max(max(scales), MATCH_CEILING))
-        matched = match_adherence(study, rows, args.match_adherence, ceiling)
+        matched = match_adherence(study, rows, scales, args.match_adherence)
         if main:
-            write_csv(study.out / "matched.csv", matched, [*stat_columns(), "note"])
+            write_csv(study.out / "matched.csv", matched, matched_columns())
             print_matched(matched)
     if main:
         write_tables(study.out)

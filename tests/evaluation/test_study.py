@@ -1,8 +1,10 @@
-"""`python -m engine study`: its files and columns, its one-sentence errors, the same cells from two processes, the
-bootstrap interval, the bisection, and matched adherence on the project's model."""
+"""`python -m evaluation.study`: its files and columns, its one-sentence errors, the same cells from two processes,
+the matching (the engine's interpolation, refined where it is measured), the tables, and matched adherence on the
+project's model."""
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,8 +38,7 @@ def prompts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def one_process(tiny_folders, prompts, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("study") / "one"
-    assert cli.main(["study", "--model", str(tiny_folders["sd"]), *ARGS, "--prompts", str(prompts),
-                     "--out", str(out)]) == 0
+    assert study.main(["--model", str(tiny_folders["sd"]), *ARGS, "--prompts", str(prompts), "--out", str(out)]) == 0
     return out
 
 
@@ -72,11 +73,11 @@ def test_the_study_writes_its_four_files_with_their_columns(one_process):
     ("cfg,perp-cgf", "Unknown guidance 'perp-cgf'; choose one of none, cfg, perp-cfg"),
     ("apg:etta=0", "The guidance 'apg' takes no parameter 'etta'; it takes: eta, momentum"),
     ("apg:eta=2", "The guidance eta must lie between 0 and 1; 2 does not."),
-    ("apg:eta=x", "The guidance eta must be a number, not 'x'."),
+    ("apg:eta=x", "The guidance eta in 'apg:eta=x' must be a number, not 'x'."),
     ("cfg,cfg", "The methods 'cfg' and 'cfg' are the same run; list it once."),
 ])
 def test_a_bad_method_or_parameter_is_one_sentence(tiny_folders, tmp_path, capsys, methods, sentence):
-    code = cli.main(["study", "--model", str(tiny_folders["sd"]), "--methods", methods, "--out", str(tmp_path)])
+    code = study.main(["--model", str(tiny_folders["sd"]), "--methods", methods, "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and sentence in err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -96,10 +97,10 @@ def test_methods_and_parameters_take_dashes_or_underscores():
 
 
 def test_bad_prompts_and_matching_without_an_evaluator_are_one_sentence(tiny_folders, prompts, tmp_path, capsys):
-    assert cli.main(["study", "--model", str(tiny_folders["sd"]), "--prompts", str(tmp_path / "no.txt"),
+    assert study.main(["--model", str(tiny_folders["sd"]), "--prompts", str(tmp_path / "no.txt"),
                      "--out", str(tmp_path)]) == 2
     assert "The prompts file" in capsys.readouterr().err
-    assert cli.main(["study", "--model", str(tiny_folders["sd"]), *ARGS, "--prompts", str(prompts),
+    assert study.main(["--model", str(tiny_folders["sd"]), *ARGS, "--prompts", str(prompts),
                      "--match-adherence", "5", "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.splitlines()  # after the model loader's progress
     assert err[-1].startswith("error: Matching needs adherence") and sum("error" in line for line in err) == 1
@@ -119,7 +120,7 @@ def test_two_processes_give_the_same_cells(tiny_folders, prompts, one_process, t
     # accelerate's --cpu starts one process without an MPI hostfile; --multi_gpu runs N CPU processes on a CPU
     done = subprocess.run([str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "--main_process_port", "29517", "-m", "engine", "study", "--model", str(tiny_folders["sd"]),
+                           "--main_process_port", "29517", "-m", "evaluation.study", "--model", str(tiny_folders["sd"]),
                            *ARGS, "--prompts", str(prompts), "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -134,30 +135,45 @@ def test_two_processes_give_the_same_cells(tiny_folders, prompts, one_process, t
         assert abs(float(a["clipped"]) - float(b["clipped"])) < 1e-3
 
 
-def test_the_bootstrap_interval_on_known_data():
-    assert study.bootstrap([0.3] * 10) == pytest.approx((0.3, 0.3, 0.3))
-    assert study.bootstrap([None, None]) == (None, None, None)
-    mean, low, high = study.bootstrap([0, 1] * 32)  # a proportion of 0.5 over 64: about +-0.12 (GUIDANCE.md)
-    assert mean == 0.5 and 0.10 <= mean - low <= 0.14 and 0.10 <= high - mean <= 0.14
-    assert study.bootstrap([0, 1] * 32) == (mean, low, high)  # fixed seed
-    values = np.random.default_rng(1).normal(2.0, 1.0, 400)
-    _, low, high = study.bootstrap(values)
-    se = values.std() / np.sqrt(len(values))
-    assert abs((high - low) - 2 * 1.96 * se) < 0.25 * 2 * 1.96 * se
-
-
-def test_the_bisection_finds_the_rising_scale_not_the_breakdown():
-    # adherence rises to 0.9 at scale 8, then falls (breakdown); the target 0.42 is reached first at 4.7
+def test_the_matching_interpolates_then_refines_where_it_measures():
+    # adherence rises to 0.9 at scale 8, then falls (breakdown); the target 0.42 is first reached at 4.7
     def curve(s):
         return min(0.9, 0.1 * (s - 0.5)) if s <= 8 else max(0.0, 0.9 - 0.2 * (s - 8))
 
     probes = []
-    scale, known = study.find_matched(lambda s: probes.append(s) or curve(s), {1.0: curve(1), 10.0: curve(10),
-                                      5.0: curve(5)}, 0.42, 50.0, iterations=6)
-    assert len(probes) <= 6 and all(1 <= s <= 5 for s in probes)
-    assert abs(known[scale] - 0.42) <= 0.01 and 4.5 <= scale <= 5
-    none, _ = study.find_matched(lambda s: 0.0, {1.0: 0.0, 5.0: 0.1}, 0.5, 50.0)
-    assert none is None
+    sweep = {s: curve(s) for s in (1.0, 5.0, 10.0)}
+    scale, known = study.find_matched(lambda s: probes.append(s) or curve(s), sweep, 0.42, 1 / 64)
+    assert probes == [4.7] and scale == 4.7 and known[4.7] == pytest.approx(0.42)  # linear: one probe lands
+    # a curve bent between the sweep's scales: the first interpolation misses, the next ones close in
+    bent = lambda s: 1 - np.exp(-s / 4)  # noqa: E731
+    probes.clear()
+    scale, known = study.find_matched(lambda s: probes.append(s) or bent(s), {s: bent(s) for s in (1, 3, 15)},
+                                      0.8, 0.01)
+    assert len(probes) >= 2 and abs(bent(scale) - 0.8) <= 0.01 and all(1 <= s <= 15 for s in probes)
+    assert study.find_matched(lambda s: 0.0, {1.0: 0.0, 5.0: 0.1}, 0.5, 0.01) == (None, {1.0: 0.0, 5.0: 0.1})
+
+
+def test_paired_differences_from_the_reference_take_the_same_prompt_and_seed():
+    ref = [{"prompt": p, "seed": k, "adherence": 1.0, "saturation": 0.2, "clipped": 0.0} for p in "ab" for k in (0, 1)]
+    rows = [{**r, "saturation": 0.1, "adherence": None} for r in reversed(ref)]
+    diff = study.paired_to(ref, rows)
+    assert diff["saturation_diff"] == pytest.approx(-0.1)
+    assert diff["saturation_diff_low"] == pytest.approx(-0.1) == diff["saturation_diff_high"]
+    assert diff["adherence_diff"] is None and diff["clipped_diff"] == 0.0
+
+
+def test_the_engine_knows_nothing_of_the_study(capsys):
+    assert cli.main(["study", "--out", "x"]) == 2
+    assert "invalid choice: 'study'" in capsys.readouterr().err
+    lines = [line for path in (ROOT / "engine").rglob("*.py") for line in path.read_text().splitlines()
+             if re.match(r"\s*(from|import) (world|evaluation|training)\b", line)]
+    assert lines == []
+
+
+def test_the_command_has_help():
+    done = subprocess.run([sys.executable, "-m", "evaluation.study", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "python -m evaluation.study" in done.stdout and "--match-adherence" in done.stdout
 
 
 @pytest.mark.slow
@@ -189,3 +205,19 @@ def test_tables_quote_the_summary(tmp_path):
     assert "| method | s=1 | s=7.5 |" in text
     assert "| cfg | 0.50 [0.40, 0.60] | 0.90 [0.80, 1.00] |" in text
     assert "| cfg | 0.10 [0.05, 0.20] | 1.00 [0.50, 2.00] |" in text  # clipped, in percent
+    assert "matched adherence" not in text
+
+    row = {"method": "tcfg", "params": "", "scale": 7.15, "n": 64, "adherence": 1.0, "adherence_low": 0.944,
+           "adherence_high": 1.0, "saturation": 0.16, "saturation_low": 0.13, "saturation_high": 0.21,
+           "clipped": 0.0013, "clipped_low": 0.0006, "clipped_high": 0.0019, "diversity": 0.15,
+           "diversity_low": 0.11, "diversity_high": 0.2, "adherence_diff": 0.0, "adherence_diff_low": -0.066,
+           "adherence_diff_high": 0.066, "saturation_diff": -0.04, "saturation_diff_low": -0.06,
+           "saturation_diff_high": -0.02, "clipped_diff": 0.0001, "clipped_diff_low": -0.0002,
+           "clipped_diff_high": 0.0003, "note": "curve 3:0.9 7.15:1 7.5:1"}
+    study.write_csv(tmp_path / "matched.csv", [row, {"method": "apg", "params": "momentum=-0.5", "scale": None,
+                                                     "note": "never reaches 1.000 within the scales"}],
+                    study.matched_columns())
+    text = write_tables(tmp_path).read_text()
+    assert "| tcfg | 7.15 | 1.00 [0.94, 1.00] | 0.16 [0.13, 0.21] | 0.13 [0.06, 0.19] | 0.15 [0.11, 0.20] |" in text
+    assert "| apg (momentum=-0.5) | not reached | never reaches 1.000 within the scales | | | |" in text
+    assert "| tcfg | 0.00 [-0.07, 0.07] | -0.04 [-0.06, -0.02] | 0.01 [-0.02, 0.03] |" in text

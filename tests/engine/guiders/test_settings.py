@@ -6,7 +6,7 @@ import pytest
 
 from engine.errors import EngineError
 from engine.guiders import GuidanceSettings, all_params, method_names
-from engine.guiders.settings import compare_rows, parse_method_spec
+from engine.guiders.settings import compare_rows, parse_method_spec, split_method_specs
 
 
 def test_methods_and_parameters_keep_their_published_names():
@@ -97,3 +97,11 @@ def test_method_specs_parse_through_the_declared_checks():
 def test_method_spec_errors_are_one_sentence(spec, match):
     with pytest.raises(EngineError, match=match):
         parse_method_spec(spec)
+
+
+def test_a_comma_list_of_specs_keeps_a_comma_inside_a_text_value():
+    assert split_method_specs("cfg, apg:eta=0,perp_cfg") == ["cfg", "apg:eta=0", "perp_cfg"]
+    assert split_method_specs("cfg,pag:pag_layers=mid,up.0,perp-cfg") == ["cfg", "pag:pag_layers=mid,up.0",
+                                                                          "perp-cfg"]
+    assert split_method_specs("cfg,perp-cgf,") == ["cfg", "perp-cgf"]  # an unknown name stays a spec of its own
+    assert split_method_specs(" , ") == []
