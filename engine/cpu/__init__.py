@@ -7,8 +7,8 @@ What it installs on a loaded model, each where it applies (docs/performance.md h
 - the batch splitter around the model's forward (parallel.py): a big batch is cut across the cores, one
   single-threaded worker a piece;
 - the C loops, built once per CPU and torch version (kernels.py), as torch operators: small-head attention
-  (attention.py), and in the frozen graphs of small UNets (graph.py) the channels-last group norm and the Winograd
-  convolutions.
+  (attention.py), the fused GEGLU feed-forward (geglu.py), and in the frozen graphs of small UNets (graph.py) the
+  channels-last group norm and the Winograd convolutions.
 
 The thread policy lives here too (threads.py): model work runs on one thread of the engine's own (runner.py), with
 a single OpenMP thread where its batch is small, so that no op waits at a barrier for a core another process took.
@@ -28,7 +28,7 @@ from .allocator import give_back_memory, keep_freed_memory
 from .parallel import BatchSplitter, SplitForward
 
 
-PIECES = ("graphs", "channels_last", "winograd", "attention", "split", "one_thread", "allocator")  # what LAB_CPU_OFF may name, for ablations (docs/performance.md)
+PIECES = ("graphs", "channels_last", "winograd", "attention", "geglu", "split", "one_thread", "allocator")  # what LAB_CPU_OFF may name, for ablations (docs/performance.md)
 
 
 def pieces_off() -> frozenset:
@@ -68,6 +68,7 @@ class CpuPath:
         from diffusers import ControlNetModel, UNet2DConditionModel
 
         from .attention import use_small_head_attention
+        from .geglu import use_fused_geglu
         from .graph import use_graphs
 
         models = [getattr(obj, name, None) for name in ("unet", "transformer")]
@@ -77,9 +78,11 @@ class CpuPath:
                 continue
             if not hasattr(model.config, "in_channels") and not hasattr(model.config, "conditioning_channels"):
                 continue  # a classifier or another model without a denoiser's forward
-            if (self.kernels is not None and isinstance(model, (UNet2DConditionModel, ControlNetModel))
-                    and "attention" not in self.off):
-                use_small_head_attention(model, self.kernels)
+            if self.kernels is not None and isinstance(model, (UNet2DConditionModel, ControlNetModel)):
+                if "attention" not in self.off:
+                    use_small_head_attention(model, self.kernels)
+                if "geglu" not in self.off:
+                    use_fused_geglu(model, self.kernels)
             if isinstance(model, UNet2DConditionModel) and "graphs" not in self.off:
                 use_graphs(model, None if "channels_last" in self.off else self.kernels, self.off)
             SplitForward.install(model, self.splitter, single="one_thread" not in self.off)

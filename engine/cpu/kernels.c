@@ -9,6 +9,9 @@
  *   (a rounding, a degree-6 polynomial and a scalef).
  * attention (any CPU): one query row at a time, every loop along the tokens, with the keys and values token-last,
  *   (B, H * D, S), so that each loop reads consecutive floats and the compiler vectorises it.
+ *
+ * geglu (where the CPU has AVX-512): the feed-forward gate, (a + bias) * gelu(g + bias), in one pass over the
+ *   projection's output [a | g], with erf as torch's vectorised CPU kernel computes it.
  */
 #include <float.h>
 #include <stdint.h>
@@ -171,6 +174,41 @@ int attention_lanes(const float* q, const float* k, const float* v, float* out, 
                 else attend_lanes(qb, kb, vb, ob, C, S, scale2, kmax, scores, valid, 8);
             }
         }
+    return 0;
+}
+
+/* erf as torch's vectorised CPU GELU computes it: Abramowitz and Stegun 7.1.26 (absolute error 1.5e-7). */
+static inline __m512 erf16(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 a = _mm512_abs_ps(x);
+    __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), a, one));
+    __m512 r = _mm512_set1_ps(1.061405429f);
+    r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(-1.453152027f));
+    r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(1.421413741f));
+    r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(-0.284496736f));
+    r = _mm512_fmadd_ps(r, t, _mm512_set1_ps(0.254829592f));
+    __m512 e = exp2_nonpositive(_mm512_mul_ps(_mm512_mul_ps(a, a), _mm512_set1_ps(-1.44269504088896341f)));
+    __m512 y = _mm512_fnmadd_ps(_mm512_mul_ps(r, t), e, one);  /* 1 - r t e^(-x^2), for |x| */
+    __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y), sign));
+}
+
+/* out (N, F) = (h[:, :F] + bias[:F]) * gelu(h[:, F:] + bias[F:]) for h (N, 2F). Returns 0, or 1 where F is not a
+ * multiple of 16. */
+int geglu(const float* h, const float* bias, float* out, long N, long F) {
+    if (F % 16) return 1;
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    const __m512 rsqrt2 = _mm512_set1_ps(0.70710678118654752f);
+    for (long i = 0; i < N; i++) {
+        const float* row = h + i * 2 * F;
+        float* o = out + i * F;
+        for (long f = 0; f < F; f += 16) {
+            __m512 a = _mm512_add_ps(_mm512_loadu_ps(row + f), _mm512_loadu_ps(bias + f));
+            __m512 g = _mm512_add_ps(_mm512_loadu_ps(row + F + f), _mm512_loadu_ps(bias + F + f));
+            __m512 gelu = _mm512_mul_ps(_mm512_mul_ps(g, half), _mm512_add_ps(one, erf16(_mm512_mul_ps(g, rsqrt2))));
+            _mm512_storeu_ps(o + f, _mm512_mul_ps(a, gelu));
+        }
+    }
     return 0;
 }
 #endif

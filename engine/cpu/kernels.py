@@ -2,9 +2,12 @@
 system's C and C++ compilers for the machine they run on and kept in a cache folder, so that a machine builds them
 once (about ten seconds: torch's headers are most of it); a model store starts the build when it is made.
 
-Three jobs, each where torch's general kernels lose most of their time on the lab's small shapes (each kept because
+Four jobs, each where torch's general kernels lose most of their time on the lab's small shapes (each kept because
 removing it costs the app 10% or more: docs/performance.md):
 - softmax attention for heads of 4 and 8 channels (engine/cpu/attention.py installs it in the attention layers);
+- the feed-forward GEGLU's bias, GELU and gate in one pass over the projection's output, and the feed-forward as
+  one operator that takes 512 rows at a time, where the CPU has AVX-512 (engine/cpu/geglu.py): torch's linear fills
+  its output with the bias before the product and then runs the GELU and the product as two more passes;
 - group norm, with the SiLU after it where a resnet has one, on channels-last activations (engine/cpu/norm.c),
   which torch normalises 4x slower than NCHW ones; the frozen graphs call it (engine/cpu/graph.py);
 - 3x3 convolutions of stride 1 as Winograd's F(4x4, 3x3) and F(2x2, 3x3) where the CPU has AVX-512
@@ -47,7 +50,7 @@ HEAD_DIMS = (4, 8)  # the head sizes the attention loops serve
 FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math",
          "-fassociative-math", "-fno-signed-zeros", "-ffinite-math-only")
 NAMESPACE = "guidance_lab"  # the operators' namespace for FLAGS; other flags get one of their own
-_ROWS, _LANES, _WINOGRAD = 1, 2, 8  # the bits of the library's loops()
+_ROWS, _LANES, _GEGLU, _WINOGRAD = 1, 2, 4, 8  # the bits of the library's loops()
 # Winograd's kernel transforms G for F(2x2, 3x3) and F(4x4, 3x3), points 0, +-1, +-2 (engine/cpu/winograd.c)
 _WINOGRAD_G2 = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 _WINOGRAD_G4 = ((1 / 4, 0.0, 0.0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
@@ -82,6 +85,11 @@ class CpuKernels:
         return self._load() is not None and bool(self._loops & _LANES)
 
     @property
+    def has_geglu(self) -> bool:
+        """Whether the feed-forward GEGLU runs as one loop (the CPU has AVX-512)."""
+        return self._load() is not None and bool(self._loops & _GEGLU)
+
+    @property
     def has_winograd(self) -> bool:
         """Whether 3x3 convolutions can run as Winograd's (the CPU has AVX-512)."""
         return self._load() is not None and bool(self._loops & _WINOGRAD)
@@ -102,6 +110,15 @@ class CpuKernels:
                    silu: bool = False) -> torch.Tensor:
         """torch's group_norm of an (N, C, H, W) float32 tensor, then SiLU where `silu`; channels-last out."""
         return self._load().group_norm(x, weight, bias, groups, eps, silu)
+
+    def geglu(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """(a + bias[:F]) * gelu(g + bias[F:]) for h = [a | g] (..., 2F) float32, F a multiple of 16."""
+        return self._load().geglu(h, bias)
+
+    def feed_forward(self, x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
+                     b_out: torch.Tensor, rows: int) -> torch.Tensor:
+        """linear(geglu(linear(x, w_in) + b_in), w_out, b_out), `rows` rows at a time, F a multiple of 16."""
+        return self._load().feed_forward(x, w_in, b_in, w_out, b_out, rows)
 
     def winograd_conv(self, x: torch.Tensor, u: tuple[torch.Tensor, torch.Tensor],
                       bias: torch.Tensor | None) -> torch.Tensor:
