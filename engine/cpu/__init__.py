@@ -8,7 +8,7 @@ What it installs on a loaded model, each where it applies (docs/performance.md h
   single-threaded worker a piece;
 - the C loops, built once per CPU and torch version (kernels.py), as torch operators: small-head attention
   (attention.py), the fused GEGLU feed-forward (geglu.py), and in the frozen graphs of small UNets (graph.py) the
-  channels-last group norm and the Winograd convolutions.
+  channels-last group norm, the Winograd convolutions and the 1x1 convolutions as matrix products.
 
 The thread policy lives here too (threads.py): model work runs on one thread of the engine's own (runner.py), with
 a single OpenMP thread where its batch is small, so that no op waits at a barrier for a core another process took.
@@ -24,11 +24,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .allocator import give_back_memory, keep_freed_memory
+from .allocator import give_back_memory
 from .parallel import BatchSplitter, SplitForward
 
 
-PIECES = ("graphs", "channels_last", "winograd", "attention", "geglu", "split", "one_thread", "allocator")  # what LAB_CPU_OFF may name, for ablations (docs/performance.md)
+PIECES = ("graphs", "channels_last", "winograd", "pointwise", "attention", "geglu", "split", "one_thread")  # what LAB_CPU_OFF may name, for ablations (docs/performance.md)
 
 
 def pieces_off() -> frozenset:
@@ -54,8 +54,6 @@ class CpuPath:
         if self.kernels is not None:
             self.kernels.prepare()  # a machine's first build takes seconds: under way before the first model loads
         self.splitter = BatchSplitter(enabled="split" not in self.off)
-        if "allocator" not in self.off:
-            keep_freed_memory()  # activations reuse the heap instead of faulting in fresh pages (allocator.py)
 
     @property
     def loops(self) -> bool:

@@ -23,7 +23,8 @@ and what made channels-last lose before, torch's group norm on it, becomes the C
 a resnet's norm too. The graph holds channels-last copies of the convolution weights (the module keeps its own)
 and drops the copy back to NCHW before each transformer's proj_out. A batch-30 forward on one core: 6.3-6.7 ms a
 sample before, 5.2-5.3 after. Where the loops have AVX-512, the graph's 3x3 convolutions of stride 1 between
-multiples of 16 channels (24 of the lab UNet's 55) become the Winograd loop, their kernels transformed once here.
+multiples of 16 channels (24 of the lab UNet's 55) become the Winograd loop, their kernels transformed once here,
+and its 1x1 convolutions one matrix product each.
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ def _constant(value: torch._C.Value):
 
 
 def _convolutions_as_calls(graph: torch._C.Graph, kernels, off: frozenset = frozenset()) -> int:
-    """Rewrite a frozen graph's 3x3 convolutions of stride 1 and padding 1 between multiples of 16 channels
-    (constant float32 weights) into the Winograd loop (engine/cpu/winograd.c) where it was built, their kernels
-    transformed once, here. Returns how many."""
-    if not kernels.has_winograd or "winograd" in off:
-        return 0
+    """Rewrite a frozen graph's plain convolutions (stride 1, groups 1, constant float32 weights) into the loops'
+    calls: 1x1 ones into one matrix product each (`pointwise_conv`), 3x3 ones of padding 1 between multiples of 16
+    channels into the Winograd loop (engine/cpu/winograd.c) where it was built, their kernels transformed once, here.
+    `off` may name "pointwise" or "winograd" to leave those to torch. Returns how many."""
+    winograd = kernels.has_winograd and "winograd" not in off
     rewritten = 0
     for node in graph.findAllNodes("aten::_convolution"):
         weight, bias = _constant(node.inputsAt(1)), _constant(node.inputsAt(2))
@@ -125,12 +126,16 @@ def _convolutions_as_calls(graph: torch._C.Graph, kernels, off: frozenset = froz
         plain = (stride == [1, 1] and dilation == [1, 1] and transposed is False and groups == 1
                  and isinstance(weight, torch.Tensor) and weight.dtype == torch.float32 and weight.ndim == 4
                  and (bias is None or isinstance(bias, torch.Tensor)))
-        if not plain or not winograd_serves(weight.shape, stride, padding, dilation, groups):
+        if plain and weight.shape[2:] == (1, 1) and padding == [0, 0] and "pointwise" not in off:
+            op, constants = "pointwise_conv", (weight.reshape(weight.shape[:2]).t().contiguous(),)  # (C, O)
+        elif plain and winograd and winograd_serves(weight.shape, stride, padding, dilation, groups):
+            op, constants = "winograd_conv", winograd_weights(weight)
+        else:
             continue
         with graph.insert_point_guard(node):
-            values = [graph.insertConstant(constant) for constant in winograd_weights(weight)]
+            values = [graph.insertConstant(constant) for constant in constants]
             inputs = [node.inputsAt(0), *values, node.inputsAt(2)]
-            call = graph.create(f"{kernels.namespace}::winograd_conv", inputs, 1)
+            call = graph.create(f"{kernels.namespace}::{op}", inputs, 1)
             graph.insertNode(call)
         call.output().setType(node.output().type())
         node.output().replaceAllUsesWith(call.output())
@@ -146,7 +151,7 @@ class GraphForward:
     def __init__(self, unet: torch.nn.Module, kernels=None, off: frozenset = frozenset()):
         self.unet = unet
         self.kernels = kernels  # engine/cpu/kernels.py's CpuKernels: channels-last graphs with the norm loop
-        self.off = off  # rewrites left out (engine/cpu/__init__.py, LAB_CPU_OFF): "winograd"
+        self.off = off  # rewrites left out (engine/cpu/__init__.py, LAB_CPU_OFF): "winograd", "pointwise"
         self._graphs: OrderedDict[tuple, torch.jit.ScriptModule | None] = OrderedDict()
         self._lock = threading.Lock()
         # The attention layers, found on the first call: a deep copy installs its GraphForward before its modules.

@@ -2,7 +2,7 @@
 system's C and C++ compilers for the machine they run on and kept in a cache folder, so that a machine builds them
 once (about ten seconds: torch's headers are most of it); a model store starts the build when it is made.
 
-Four jobs, each where torch's general kernels lose most of their time on the lab's small shapes (each kept because
+Five jobs, each where torch's general kernels lose most of their time on the lab's small shapes (each kept because
 removing it costs the app 10% or more: docs/performance.md):
 - softmax attention for heads of 4 and 8 channels (engine/cpu/attention.py installs it in the attention layers);
 - the feed-forward GEGLU's bias, GELU and gate in one pass over the projection's output, and the feed-forward as
@@ -12,7 +12,9 @@ removing it costs the app 10% or more: docs/performance.md):
   which torch normalises 4x slower than NCHW ones; the frozen graphs call it (engine/cpu/graph.py);
 - 3x3 convolutions of stride 1 as Winograd's F(4x4, 3x3) and F(2x2, 3x3) where the CPU has AVX-512
   (engine/cpu/winograd.c): 4x and 2.25x fewer multiplications than oneDNN's direct convolution, 1.3-2.7x faster
-  on the lab UNet's shapes at batch 30 on one core; the frozen graphs call it (engine/cpu/graph.py).
+  on the lab UNet's shapes at batch 30 on one core; the frozen graphs call it (engine/cpu/graph.py);
+- 1x1 convolutions as one matrix product on the channels-last rows (engine/cpu/ops.cpp), where oneDNN spends a
+  fixed cost per call that dominates a one-image forward; the frozen graphs call it.
 The operators are C++, not Python: a frozen graph (engine/cpu/graph.py) then calls them without taking the GIL.
 Written in Python, each of a forward's 300 calls took it, and of two graphs running side by side one ran 17-20%
 slower than alone, waiting on the other's calls.
@@ -125,6 +127,11 @@ class CpuKernels:
         """conv2d(x, weight, bias, padding=1) for u = winograd_weights(weight), C and O multiples of 16;
         channels-last out."""
         return self._load().winograd_conv(x, *u, bias)
+
+    def pointwise_conv(self, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """conv2d(x, weight, bias) for a 1x1 kernel, weight_t = weight[:, :, 0, 0].t(), as one matrix product;
+        channels-last out."""
+        return self._load().pointwise_conv(x, weight_t, bias)
 
     def _load(self):
         if self._ops is None and not self._failed and torch.jit.is_tracing():

@@ -1,5 +1,6 @@
-"""The Winograd loop for 3x3 convolutions (engine/cpu/winograd.c) gives torch's convolution to float32 rounding and
-the same bits on any number of threads (the same loop, the same order); the frozen graphs call it where it serves."""
+"""The graphs' convolutions: the Winograd loop for 3x3 ones (engine/cpu/winograd.c) gives torch's convolution to
+float32 rounding and the same bits on any number of threads (the same loop, the same order); 1x1 ones are one matrix
+product; the frozen graphs call them where they serve."""
 
 from pathlib import Path
 
@@ -88,20 +89,35 @@ def test_the_lab_unets_graph_runs_its_3x3_convolutions_through_the_loop(kernels)
     served = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
               and m.stride == (1, 1) and m.padding == (1, 1) and m.in_channels % 16 == 0 and m.out_channels % 16 == 0]
     assert len(served) == 24 and graph.count(f"{kernels.namespace}::winograd_conv") == len(served)
-    # what stays torch's: the 27 1x1 convolutions, conv_in and conv_out (4 channels), the two downsamplers (stride 2)
-    assert graph.count("aten::_convolution") == 27 + 4
+    pointwise = sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in unet.modules())
+    assert pointwise == 27 and graph.count(f"{kernels.namespace}::pointwise_conv") == pointwise
+    # what stays torch's: conv_in and conv_out (4 channels) and the two downsamplers (stride 2)
+    assert graph.count("aten::_convolution") == 4
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(30, 32, 32, 16, 16), (30, 64, 64, 4, 4), (2, 96, 32, 3, 5), (1, 4, 3, 1, 1)])
+def test_a_1x1_convolution_is_one_matrix_product(shape):
+    x, weight, bias = _case(*shape, seed=1)
+    weight = weight[:, :, 1:2, 1:2].contiguous()
+    ops = CpuKernels()
+    for b in (bias, None):
+        expected = torch.nn.functional.conv2d(x, weight, b)
+        out = ops.pointwise_conv(x, weight[:, :, 0, 0].t().contiguous(), b)
+        assert out.shape == expected.shape and out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
 
 
 @needs_compiler
 def test_without_the_winograd_loop_the_graph_keeps_torchs_3x3_convolutions():
     portable = CpuKernels(FLAGS + ("-mno-avx512f",))
     assert portable.available and not portable.has_winograd
-    model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Conv2d(32, 16, 3, padding=1)).eval()
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Conv2d(32, 16, 1)).eval()
     x = torch.randn(2, 32, 4, 4)
     with torch.no_grad():
         expected = model(x)
-        for kernels, left in ((portable, 2), (CpuKernels(), 0 if CpuKernels().has_winograd else 2)):
+        for kernels, left in ((portable, 1), (CpuKernels(), 0 if CpuKernels().has_winograd else 1)):
             frozen = torch.jit.freeze(torch.jit.trace(model, x).eval())
             assert _convolutions_as_calls(frozen.graph, kernels) == 2 - left
             assert str(frozen.graph).count("aten::_convolution") == left
