@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose app.py is started, unless the current folder has one
 
 
 def _free_port() -> int:
@@ -29,7 +29,8 @@ def seconds_to_serve(limit_s: float = 180.0) -> float:
     port = _free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port)}
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    root = Path.cwd() if (Path.cwd() / "app.py").is_file() else ROOT
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         while time.perf_counter() - started < limit_s:
