@@ -100,5 +100,5 @@ class CpuPath:
             self.splitter.enabled = enabled
 
     def settle(self) -> None:
-        """After a request: give the heap's free memory back to the system."""
+        """Once the engine is idle: give the heap's free memory back to the system."""
         give_back_memory()

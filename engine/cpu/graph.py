@@ -8,8 +8,11 @@ GIL. Measured at batch 15, one thread: 5.1-5.8 ms a sample as a graph against 5.
 5.3-5.6 against 5.5-8.0 with two such threads at once (README has the whole grid before and after).
 
 A graph is traced per signature - the inputs' shapes and the timestep's dtype, what each attention layer's
-processor does (its `computation_key()`), and the rows PAG and SEG mark for perturbation (engine/guiders/perturb.py) - on first
-use, under a lock, at most MAX_GRAPHS per model, least recently used forgotten first. Only these calls are graphs:
+processor does (its `computation_key()`), and the rows PAG and SEG mark for perturbation
+(engine/guiders/perturb.py) - on first use, under a lock: every signature of one image's batch (up to ONE_IMAGE
+rows), and the first MAX_GRAPHS of bigger batches; later signatures run diffusers' forward. None is forgotten to make room: TorchScript keeps about 45 MB of every trace
+(its graph and frozen constants) for the life of the process, so a trace forgotten and made again only adds to the
+process's memory, while a fixed number of traces bounds it. Only these calls are graphs:
 float32 on the CPU, no autograd, every attention processor able to say what it does, and no argument beyond the
 sample, the timestep, the prompt embeddings and the perturbed rows. Anything else - ControlNet residuals, SDXL's
 added conditioning, attention maps (engine/attention.py), FLOP counting (plain.py) - runs diffusers' forward as it is. Models
@@ -43,7 +46,8 @@ from .kernels import winograd_serves, winograd_weights
 from .plain import is_plain
 
 MAX_PARAMETERS = 50_000_000
-MAX_GRAPHS = 8  # input signatures kept per model: batch sizes x prompt lengths x timestep dtypes in use
+MAX_GRAPHS = 6  # signatures traced per model (batch sizes x perturbed rows x prompt lengths) beyond one image's
+ONE_IMAGE = 3  # batches up to this (one image's branches: c, u, p) are always traced: where a graph saves most
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +227,12 @@ class GraphForward:
     def _graph(self, key: tuple, sample, timestep, encoder_hidden_states, kwargs) -> torch.jit.ScriptModule | None:
         with self._lock:
             if key in self._graphs:
-                self._graphs.move_to_end(key)
                 return self._graphs[key]
+            bigger = sum(k[0][0] > ONE_IMAGE for k in self._graphs)
+            if sample.shape[0] > ONE_IMAGE and bigger >= MAX_GRAPHS:
+                return None  # diffusers' forward: a new trace would stay in memory for good
             graph = self._trace(sample, timestep, encoder_hidden_states, _row_marks(kwargs))
             self._graphs[key] = graph
-            while len(self._graphs) > MAX_GRAPHS:
-                self._graphs.popitem(last=False)
             return graph
 
     def _trace(self, sample, timestep, encoder_hidden_states, perturb=None) -> torch.jit.ScriptModule | None:
@@ -280,11 +284,11 @@ def _row_marks(kwargs: dict) -> torch.Tensor | None | bool:
     return marks
 
 
-def use_graphs(unet: torch.nn.Module, kernels=None, off: frozenset = frozenset()) -> bool:
-    """Give a CPU float32 UNet below MAX_PARAMETERS the graph forward; True where it got it. With `kernels` whose
-    norm loop exists, its graphs run channels-last with their group norms as that loop."""
+def use_graphs(unet: torch.nn.Module, kernels=None, off: frozenset = frozenset()) -> GraphForward | None:
+    """Give a CPU float32 UNet below MAX_PARAMETERS the graph forward and return it; None where it got none. With
+    `kernels` whose norm loop exists, its graphs run channels-last with their group norms as that loop."""
     small = sum(p.numel() for p in unet.parameters()) <= MAX_PARAMETERS
     if not small or unet.device.type != "cpu" or unet.dtype != torch.float32:
-        return False
+        return None
     unet.forward = GraphForward(unet, kernels, off)
-    return True
+    return unet.forward

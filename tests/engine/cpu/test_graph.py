@@ -139,10 +139,19 @@ def test_hooks_still_run_and_a_copy_traces_its_own_graphs():
 def test_graphs_are_bounded_and_big_models_keep_python(monkeypatch):
     unet = _unet()
     monkeypatch.setattr(cpu_graph, "MAX_GRAPHS", 2)
+    monkeypatch.setattr(cpu_graph, "ONE_IMAGE", 0)
     with torch.no_grad():
-        for batch in (1, 2, 3):
-            unet(*_inputs(batch, unet)[:2], encoder_hidden_states=_inputs(batch, unet)[2])
-    assert unet.forward.graphs == 2
+        for batch in (1, 2, 3, 1):
+            x, t, embeds = _inputs(batch, unet)
+            torch.testing.assert_close(unet(x, t, encoder_hidden_states=embeds).sample, _eager(unet, x, t, embeds),
+                                       atol=1e-5, rtol=1e-5)
+    # the first two signatures keep their graphs; the third runs diffusers' forward rather than evict one (a trace
+    # made again would stay in memory a second time)
+    assert unet.forward.graphs == 2 and [key[0][0] for key in unet.forward._graphs] == [1, 2]
+    monkeypatch.setattr(cpu_graph, "ONE_IMAGE", 3)
+    with torch.no_grad():
+        unet(*_inputs(3, unet)[:2], encoder_hidden_states=_inputs(3, unet)[2])
+    assert unet.forward.graphs == 3  # one image's batches are always traced
     monkeypatch.setattr(cpu_graph, "MAX_PARAMETERS", 10)
     assert not use_graphs(tiny_sd().unet)
 
@@ -184,3 +193,4 @@ def test_perturbed_rows_run_as_graphs_keyed_by_their_marks_and_settings(mode):
         torch.testing.assert_close(unet(x, t, encoder_hidden_states=embeds).sample, plain, atol=0, rtol=0)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(out, again) and not torch.allclose(out, plain)
+
