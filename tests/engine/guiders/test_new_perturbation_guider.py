@@ -41,13 +41,9 @@ def skip_guider():
         """CFG (its steps without the branch) plus PAG's push away from the model with some attention layers
         skipped, for this test only."""
 
-        @classmethod
-        def branch(cls, values):
-            return AttentionBranch(cls.label, SkipAttention("skip", values["skip_layers"]), skip_layers)
-
-        @classmethod
-        def perturbs(cls, values, scales):
-            return values["skip_scale"] != 0
+        branch = classmethod(lambda cls, values: AttentionBranch(
+            cls.label, SkipAttention("skip", values["skip_layers"]), skip_layers))
+        perturbs = classmethod(lambda cls, values, scales: values["skip_scale"] != 0)
 
         def guide_perturbed(self, c, u, p, step):
             return pag(c, u, p, self.scale_like(c), self.values["skip_scale"])
