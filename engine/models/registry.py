@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import EngineError
@@ -131,7 +131,7 @@ def detect_family(folder: str | Path) -> str | None:
     name = config.get("_class_name")
     if name in FAMILIES:
         return FAMILIES[name]
-    if level == "model" and name == "ControlNetModel":
+    if level == "model" and name in ("ControlNetModel", "UNet2DConditionModel"):  # a bare ControlNet or weak UNet
         return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
     return None
 
@@ -155,25 +155,33 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def folder_under(root: Path | None, name: str) -> Path | None:
-    """The model folder `name` names under `root` (a folder holding model_index.json or config.json, never a path
-    that leaves `root`), or None."""
+    """The model folder `name` names under `root` (a folder holding model_index.json or config.json, named by a
+    path relative to `root` that never leaves it), or None."""
     if root is None or not isinstance(name, str) or not name:
         return None
     try:
         base = Path(root).resolve()
         target = (base / name).resolve()
-        inside = target.is_relative_to(base) and target != base
+        inside = not Path(name).is_absolute() and target.is_relative_to(base) and target != base
         return target if inside and any((target / f).is_file() for f in ("model_index.json", "config.json")) else None
     except (OSError, ValueError):  # a name the file system refuses (too long, a NUL byte) names no folder of ours
         return None
 
 
+def folder_name(root: Path | None, name: str) -> str | None:
+    """The one name of the model folder `name` names under `root`: its path relative to `root`, normalised
+    (`././lab-sd`, `lab-sd/` and `x/../lab-sd` are all `lab-sd`), or None where `name` names no model folder there."""
+    folder = folder_under(root, name)
+    return None if folder is None else folder.relative_to(Path(root).resolve()).as_posix()
+
+
 def resolve(name: str, kind: str | None = None, root: Path | None = None) -> ModelSpec:
     """Turn a registry name, local folder or hub id into a ModelSpec, checking it serves `kind` if given. With
     `root`, a folder under it is named by its path relative to it, and keeps that name: what a server offers from
-    its model folder never shows where that folder is."""
-    if (folder := folder_under(root, name)) is not None:
-        spec = _folder_spec(str(folder), name)
+    its model folder never shows where that folder is; every spelling of one folder resolves to its one name
+    (folder_name), and a project model's folder to its registry entry under that name."""
+    if (served := folder_name(root, name)) is not None:
+        spec = _served_spec(Path(root).resolve() / served, served)
     elif name in REGISTRY:
         spec = REGISTRY[name]
         if spec.offline and not spec.is_local:
@@ -190,6 +198,15 @@ def resolve(name: str, kind: str | None = None, root: Path | None = None) -> Mod
     if kind is not None and spec.kind != kind:
         raise EngineError(f"The model '{name}' is a {spec.kind} model, but a {kind} model is needed here.")
     return spec
+
+
+def _served_spec(folder: Path, name: str) -> ModelSpec:
+    """The spec of a folder under a server's model folder: the project model's entry where it is one of theirs
+    (keeping its weak model, scheduler and scale), else what the folder itself says."""
+    for spec in REGISTRY.values():
+        if spec.offline and Path(spec.source).resolve() == folder:
+            return replace(spec, name=name)
+    return _folder_spec(str(folder), name)
 
 
 def _folder_spec(folder: str, name: str) -> ModelSpec:

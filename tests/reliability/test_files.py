@@ -58,6 +58,6 @@ def test_model_names_are_the_offered_ones_only(url, api, index):
             data[[p["parameter_name"] for p in params].index("steps")] = 2
         kind, answer = raw_call(url, api, data)
         assert kind == "error" and is_one_sentence(answer), (name, answer)
-        assert "this app offers" in answer
+        assert "this server offers" in answer
         answers.add(re.sub(r"'[^']*'", "NAME", answer))
     assert len(answers) == 1, answers

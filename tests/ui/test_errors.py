@@ -21,7 +21,7 @@ def error_of(client, *args, **kwargs) -> str:
     (dict(prompt=""), "prompt is empty"),
     (dict(prompt="a" * 1001), "1001 characters"),
     (dict(prompt="a circle", scale=51), "51"),
-    (dict(prompt="a circle", model="no-such-model"), "Unknown text-to-image model"),
+    (dict(prompt="a circle", model="no-such-model"), "is not a model this server offers"),
     (dict(prompt="a circle", guidance="magic"), "magic"),
     (dict(prompt="a circle", scheduler="warp"), "warp"),
     (dict(prompt="a circle", interval_start=0.8, interval_end=0.2), "start before it ends"),
@@ -117,4 +117,4 @@ def test_server_keeps_serving_after_errors(client):
 def test_an_overlong_model_name_is_one_sentence(client):
     with pytest.raises(AppError) as info:
         client.predict("a circle", model="m" * 3000, api_name="/text2img")
-    assert "Unknown text-to-image model" in str(info.value) and "OSError" not in str(info.value)
+    assert "is not a model this server offers" in str(info.value) and "OSError" not in str(info.value)

@@ -1,6 +1,7 @@
 """SDXL and SD3 through the app's API: the text tab's control metadata and T5 switch reach the PNG info and the
 reproduce command, each model picks its recommended scheduler, SD3 shows joint-attention maps and runs PAG at its own
-default layer, and the Compare grid sweeps an SDXL original size."""
+default layer, and the Compare grid sweeps an SDXL original size. Which models a host offers: those it can run, each
+folder by one name, every other name refused with one sentence."""
 
 import shlex
 
@@ -10,6 +11,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from engine.cli import build_parser
+from engine.errors import EngineError
 from engine.pnginfo import parse_parameters
 from tests.tiny_models import save_sd3, save_sdxl
 
@@ -90,3 +92,52 @@ def test_compare_sweeps_the_sdxl_original_size(families):
     with pytest.raises(AppError, match="SDXL"):
         families.predict("a red circle", model="tiny-sd", methods=["CFG"], seeds=1, steps=2,
                          x_axis="original size", sweep_values="32, 128", api_name="/compare")
+
+
+def test_a_cpu_offers_the_project_models_only_and_a_gpu_the_hub_ones_first():
+    from engine.models.registry import REGISTRY
+    from ui.models import registry_choices
+
+    cpu, gpu = registry_choices(on_gpu=False), registry_choices(on_gpu=True)
+    for kind in ("text", "class", "classifier", "controlnet"):
+        assert cpu.offered(kind) and all(REGISTRY[name].offline for name in cpu.offered(kind)), kind
+    assert gpu.default("text") == "sd15" and "sdxl" in gpu.text and "lab-sd" in gpu.text
+    with pytest.raises(EngineError, match="^'sdxl' is not a model this server offers; pick one of: lab-sd.$"):
+        cpu.pick("sdxl", "text")
+    with pytest.raises(EngineError, match="'controlnet-canny' is not a model this server offers"):
+        cpu.pick("controlnet-canny", "controlnet")
+
+
+def test_the_project_folder_serves_as_a_model_folder(monkeypatch):
+    """LAB_MODEL_DIR=assets/models: each kind offered by its folders' names; the weak UNet is no pipeline and is not
+    offered; each ControlNet serves its own control type."""
+    import app
+    from engine.generate import Engine
+    from engine.models.registry import ASSETS
+    from ui.models import choices_from_env
+
+    monkeypatch.setenv("LAB_MODEL_DIR", str(ASSETS))
+    models = choices_from_env(on_gpu=False)
+    assert (models.text, models.classes, models.classifier) == (["lab-sd"], ["lab-dit"], ["lab-classifier"])
+    assert models.controlnet == {t: [f"lab-controlnet-{t}"] for t in ("canny", "scribble", "pose")}
+    assert "lab-sd-weak" not in str(models) and models.missing() == []
+    engine = Engine()
+    app.create_app(engine, models)  # builds, as `python app.py` does at start-up
+    assert engine.store.loads == 0  # the class names came from lab-dit's model_index.json
+
+
+def test_one_message_for_every_name_that_is_no_model_and_one_name_per_folder():
+    from engine.models.registry import ASSETS
+    from ui.models import folder_choices
+
+    models = folder_choices(ASSETS)
+    answers = set()
+    for name in ("lab-sd/unet", "lab-sd/text_encoder", "lab-sd/nope", "lab-sd-weak", "../lab-sd", "/etc",
+                 str(ASSETS / "lab-sd"), "sd15", 7):
+        with pytest.raises(EngineError) as info:
+            models.pick(name, "text")
+        answers.add(str(info.value).replace(repr(name) if isinstance(name, str) else "(int)", "NAME"))
+    assert answers == {"NAME is not a model this server offers; pick one of: lab-sd."}
+    assert {models.pick(name, "text") for name in ("lab-sd", "././lab-sd", "lab-sd/", "../models/lab-sd")} == {"lab-sd"}
+    with pytest.raises(EngineError, match="^'lab-dit' is a class-conditional model, not a text-to-image model; pick"):
+        models.pick("lab-dit", "text")

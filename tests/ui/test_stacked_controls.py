@@ -63,7 +63,7 @@ def test_two_controls_are_in_the_png_info_and_the_command(client, maps):
     (dict(control_scale_3=50), "greater than maximum value 2"),
     (dict(control_start_3=0.8, control_end_3=0.2), "Control 3 must start before it ends"),
     (dict(control_type_3="depth"), "is not one of the choices"),
-    (dict(controlnet_3="/etc/passwd"), "Unknown ControlNet"),
+    (dict(controlnet_3="/etc/passwd"), "is not a model this server offers"),
 ])
 def test_a_bad_third_unit_is_one_sentence(client, maps, unit, fragment):
     sketch, pose, notes = maps

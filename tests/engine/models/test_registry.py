@@ -5,8 +5,8 @@ import json
 import pytest
 
 from engine.errors import EngineError
-from engine.models.registry import (GPU_CONTROL_DEFAULTS, GPU_DEFAULTS, REGISTRY, ModelSpec, default_model, detect_family,
-                             folder_under, resolve)
+from engine.models.registry import (ASSETS, GPU_CONTROL_DEFAULTS, GPU_DEFAULTS, REGISTRY, ModelSpec, default_model,
+                                    detect_family, folder_name, folder_under, resolve)
 from engine.models.schedulers import ALL_SCHEDULERS
 
 
@@ -101,3 +101,23 @@ def test_controlnets_name_their_type_and_gpu_defaults_share_one_family():
 def test_lab_models_name_their_family():
     assert REGISTRY["lab-sd"].family == "sd" and REGISTRY["lab-dit"].family == "dit"
     assert ModelSpec("x", "y", "text").family is None
+
+
+def test_every_spelling_of_a_folder_is_one_name(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    _folder(root, "mine", "model_index.json", {"_class_name": "StableDiffusionPipeline"})
+    (root / "alias").symlink_to(root / "mine")
+    for spelling in ("mine", "./mine", "././mine", "mine/", "mine/../mine", "alias"):
+        assert folder_name(root, spelling) == "mine", spelling
+        assert resolve(spelling, "text", root).name == "mine", spelling
+    assert folder_name(root, str(root / "mine")) is None  # a server path names nothing: only names relative to root
+    assert folder_name(root, "nope") is None and folder_name(None, "mine") is None
+
+
+def test_the_project_folder_as_a_model_folder_keeps_its_registry_entries():
+    spec = resolve("./lab-sd/", "text", ASSETS)
+    assert spec == REGISTRY["lab-sd"] and spec.weak == "lab-sd-weak"
+    weak = resolve("lab-sd-weak", "unet", ASSETS)
+    assert weak.kind == "unet" and weak.family == "sd"  # a bare UNet, recognised as what it is
+    assert detect_family(ASSETS / "lab-sd-weak") == "sd"
