@@ -52,6 +52,7 @@ def create_app(engine: Engine | None = None, models: ModelChoices | None = None,
     engine = engine or Engine(model_thread=not zerogpu.on_zerogpu())  # ZeroGPU forks its calls: no thread survives
     models = models or choices_from_env(engine.device.type == "cuda", allow_any_model)
     engine.model_root = models.root  # requests name the folders under LAB_MODEL_DIR as the dropdowns do
+    engine.store.keep(models.default_specs())  # the tabs' defaults stay loaded whatever the memory budget
     zerogpu.load_defaults(engine, models)  # on ZeroGPU: the default models on CUDA at start-up
     storage = process_storage()  # uploads and outputs of the Blocks below go there
     with LabBlocks(title=TITLE, delete_cache=(SWEEP_S, int(storage.max_age_s))) as demo:

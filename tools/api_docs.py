@@ -34,14 +34,17 @@ API_INTRO = """\
 # The app and its API
 
 `python app.py` serves Guidance Lab on http://127.0.0.1:7860 (`GRADIO_SERVER_NAME` and `GRADIO_SERVER_PORT` change
-host and port). On a CPU it offers the project's own models from `assets/models/` first, offline; on a GPU the hub
-models come first and the project's own after them. Settings:
+host and port). It offers only models it can run: on a CPU the project's own from `assets/models/`, offline; on a
+GPU the hub models first and the project's own after them. Settings:
 
 - `LAB_MODEL_DIR=<folder>`: every tab offers the model folders under `<folder>` instead, each named by its folder's
   name; that name, never the path, goes into the PNG text and the reproduce command, which then runs as
   `LAB_MODEL_DIR=<folder> python -m engine generate --model <name> ...`.
 - `LAB_STEPS=<n>`: the tabs' default number of steps.
 - `LAB_MAX_WORK_S`: the most seconds of work one request may ask for (30; see below).
+- `LAB_MODEL_MEMORY`: what the loaded models may take, as a share of the memory there is at start (0.5 of the RAM
+  available on a CPU, 0.7 of a GPU's) or a size such as `6G`; past it the least recently used model not in use and
+  not a tab's default is dropped.
 - `--allow-any-model` or `LAB_ALLOW_ANY_MODEL=1`: model fields also take any local folder or hub id (for a private
   machine only).
 - `--offload`: diffusers' model CPU offload (automatic on GPUs under 16 GB).

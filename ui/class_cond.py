@@ -22,12 +22,16 @@ from .zerogpu import on_gpu
 NO_CLASSIFIER = "none"
 
 
-def class_names(engine: Engine, model: str | None) -> list[str]:
-    """The model's class names, or none when it cannot be loaded (the Generate button then says why)."""
+def class_names(engine: Engine, model: str | None, load: bool = False) -> list[str]:
+    """The model's class names, from the model if it is loaded, else from its configuration: never loading it,
+    except with `load` (at start-up, for the default model, where nothing else says them). None where the model
+    cannot be resolved (the Generate button then says why)."""
     if not model:
         return []
     try:
-        return engine.class_names(engine.loaded(engine.resolve(model, "class")))
+        spec = engine.resolve(model, "class")
+        names = engine.store.class_names(spec)
+        return engine.class_names(engine.loaded(spec)) if load and not names else names
     except EngineError:
         return []
 
@@ -103,7 +107,7 @@ def make_handler(engine: Engine, models: ModelChoices):
 
 
 def build(engine: Engine, models: ModelChoices) -> None:
-    names = class_names(engine, models.pick(None, "class"))
+    names = class_names(engine, models.pick(None, "class"), load=True)
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(models.classes, value=models.default("class"), label="Model",

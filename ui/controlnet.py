@@ -29,7 +29,7 @@ from .zerogpu import on_gpu
 AUTO = "auto"
 MAX_POSE_JSON = 100_000  # characters: ten people with every joint take under 3,000
 DEFAULT_SCALE = 5.0
-FALLBACK_SIZE = (64, 64)  # the project's models' size, used for previews while no model can be loaded
+FALLBACK_SIZE = (64, 64)  # the project's models' size, used for previews where the model's size is not known
 STACKED = range(2, MAX_CONTROLS + 1)  # the numbers of the controls stacked on the first one
 # Each stacked control's API parameters, with their defaults; named `<name>_<number>`, after every other parameter.
 STACKED_PARAMS = (("control_image", None), ("control_type", "scribble"), ("controlnet", AUTO), ("control_scale", 1.0),
@@ -37,9 +37,11 @@ STACKED_PARAMS = (("control_image", None), ("control_type", "scribble"), ("contr
 
 
 def native_size(engine: Engine, model: str | None, default: str | None) -> tuple[int, int]:
-    """(width, height) the text model generates at; control maps are prepared at that size."""
+    """(width, height) the text model generates at; control maps are prepared at that size. Read from the model
+    if it is loaded, else from its configuration: a preview never loads a model (FALLBACK_SIZE where nothing
+    says)."""
     try:
-        return engine.native_size(model or default)
+        return engine.store.native_size(engine.resolve(model or default, "text")) or FALLBACK_SIZE
     except (EngineError, TypeError):
         return FALLBACK_SIZE
 

@@ -1,4 +1,6 @@
-"""Load each model once per (source, device, dtype), thread-safely, through diffusers' from_pretrained.
+"""Load each model once per (source, device, dtype), thread-safely, through diffusers' from_pretrained, and keep
+the loaded ones within a memory budget: past it, the least recently used model is dropped from the store, never a
+default model (`keep`) nor one a running request holds.
 
 On CUDA: half precision (bf16 for SD3, whose makers run it so), diffusers' own SDPA attention, the VAE decoding in
 tiles above 1024 px, model CPU offload on GPUs under 16 GB (or when asked), and a bounded number of ControlNets
@@ -8,9 +10,13 @@ swaps its ControlNet beside a resident base pipeline).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import os
+import re
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,10 @@ from .registry import FAMILIES, ModelSpec, available_offline, detect_family
 OFFLOAD_BELOW_BYTES = 16 * 2**30  # GPUs with less memory keep the pipeline's idle parts on the CPU
 TILE_ABOVE_PX = 1024  # the VAE decodes larger images in overlapping tiles of this side
 RESIDENT_CONTROLNETS = 3  # ControlNets kept on the GPU at once: as many as one request stacks (engine/request.py)
+# The loaded models' budget, as a share of the memory there is at start: RAM the system reports available
+# (/proc/meminfo MemAvailable) on a CPU, the device's memory on a GPU; the rest is for sampling itself.
+# LAB_MODEL_MEMORY overrides it: a share such as 0.3, or a size such as 800M or 6G.
+BUDGET_SHARE = {"cpu": 0.5, "cuda": 0.7}
 
 
 def pick_device() -> torch.device:
@@ -52,6 +62,58 @@ def cuda_memory_bytes() -> int | None:
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     except Exception:  # no driver, no device, an emulated device: nothing to read
         return None
+
+
+def available_ram_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo: the RAM the system can give without swapping, or None where unreadable."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            line = next(line for line in meminfo if line.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def memory_budget(device: torch.device, setting: str | None = None) -> int | None:
+    """Bytes the loaded models may take: `setting` (LAB_MODEL_MEMORY where None) as a share of the memory there is
+    (BUDGET_SHARE when empty) or as a size with K, M, G or T; None (no budget) where that memory cannot be read."""
+    setting = (os.environ.get("LAB_MODEL_MEMORY", "") if setting is None else setting).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])i?b?)?", setting, re.IGNORECASE)
+    if setting and match is None:
+        raise EngineError(f"LAB_MODEL_MEMORY must be a share such as 0.5 or a size such as 6G, not '{setting}'.")
+    if match and match.group(2):
+        return int(float(match.group(1)) * 1024 ** (" kmgt".index(match.group(2).lower())))
+    share = float(match.group(1)) if match else BUDGET_SHARE.get(device.type, BUDGET_SHARE["cpu"])
+    if share > 1:  # a plain number of bytes
+        return int(share)
+    total = (cuda_memory_bytes() if device.type == "cuda" else None) or available_ram_bytes()
+    return None if total is None else int(total * share)
+
+
+def model_bytes(obj: Any) -> int:
+    """Bytes of a loaded model's weights and buffers: every torch module of a pipeline, or the module itself
+    (a tensor shared between modules counted once)."""
+    if isinstance(obj, torch.nn.Module):
+        modules = [obj]
+    else:
+        modules = [m for m in (getattr(obj, "components", None) or {}).values() if isinstance(m, torch.nn.Module)]
+    seen, total = set(), 0
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def weights_on_disk(spec: ModelSpec) -> int:
+    """Bytes of a local folder's safetensors weights (what loading it is about to take), else 0."""
+    if not spec.is_local:
+        return 0
+    try:
+        return sum(path.stat().st_size for path in Path(spec.source).rglob("*.safetensors"))
+    except OSError:
+        return 0
 
 
 def wants_offload(device: torch.device, asked: bool | None = None) -> bool:
@@ -96,6 +158,64 @@ class Loaded:
 
     spec: ModelSpec
     obj: Any
+    nbytes: int = 0  # its weights and buffers (model_bytes)
+
+
+def native_size(spec: ModelSpec, obj: Any = None) -> tuple[int, int] | None:
+    """(width, height) a text model generates at, known without loading it: from the loaded pipeline `obj` where
+    given, else the registry's size, else a local folder's denoiser and VAE configs; None where none says."""
+    if obj is not None:
+        denoiser = getattr(obj, "unet", None) or getattr(obj, "transformer", None)
+        vae = getattr(obj, "vae", None)
+        configs = (getattr(denoiser, "config", None), getattr(vae, "config", None))
+    elif spec.size:
+        return spec.size, spec.size
+    elif spec.is_local:
+        folder = Path(spec.source)
+        part = next((p for p in ("unet", "transformer") if (folder / p / "config.json").is_file()), "unet")
+        configs = (_read_json(folder / part / "config.json"), _read_json(folder / "vae" / "config.json"))
+    else:
+        return None
+    try:
+        side = configs[0]["sample_size"] * 2 ** (len(configs[1]["block_out_channels"]) - 1)
+    except (KeyError, TypeError):
+        return None
+    return (side, side) if isinstance(side, int) else None
+
+
+def class_names(spec: ModelSpec, obj: Any = None) -> list[str]:
+    """A class model's class names in id order, known without loading it: the loaded pipeline's labels where `obj`
+    is given, else the id2label of its model_index.json (a local folder's, or the hub cache's; never fetched)."""
+    if obj is not None:
+        labels = getattr(obj, "labels", None) or {}
+    else:
+        if spec.is_local:
+            index = _read_json(Path(spec.source) / "model_index.json")
+        else:
+            try:
+                index = DiffusionPipeline.load_config(spec.source, local_files_only=True)
+            except Exception:  # not in the hub cache, or no such id: nothing known yet
+                index = None
+        id2label = index.get("id2label") if isinstance(index, dict) else None
+        labels = {}
+        for key, value in (id2label.items() if isinstance(id2label, dict) else ()):  # as DiTPipeline reads it
+            for label in str(value).split(","):
+                if str(key).isdigit():
+                    labels[label.strip()] = int(key)
+    return [name for name, _ in sorted(labels.items(), key=lambda kv: (kv[1], kv[0]))]
+
+
+def _gone() -> None:
+    """The weak reference of an object that has none: reads as already collected."""
+    return None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, offload: bool = False) -> Any:
@@ -124,51 +244,160 @@ def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype, offload: bo
 def _absent_parts(spec: ModelSpec) -> dict[str, None]:
     """Optional parts a local folder lists as absent ([null, null] in model_index.json, as an SD3 folder without T5
     does), passed to from_pretrained as None: the pinned diffusers will not load such a folder otherwise."""
-    index = Path(spec.source) / "model_index.json"
-    if not index.is_file():
-        return {}
-    try:
-        entries = json.loads(index.read_text())
-    except (OSError, ValueError):
-        return {}
+    entries = _read_json(Path(spec.source) / "model_index.json") or {}
     return {name: None for name, value in entries.items()
             if not name.startswith("_") and value in ([None, None], None)}
 
 
 class ModelStore:
-    """Loads each model once; concurrent first requests for one model wait for a single load."""
+    """Loads each model once; concurrent first requests for one model wait for a single load. The loaded models
+    stay within `budget` bytes (memory_budget: a share of the memory there is at start): before and after each load,
+    the least recently used ones are dropped, except the kept ones (`keep`: the default models) and those a running
+    request still holds; what a dropped model took is freed once nothing holds it."""
 
     def __init__(self, device: torch.device | None = None, dtype: torch.dtype | None = None, *,
-                 offload: bool | None = None, resident_controlnets: int = RESIDENT_CONTROLNETS):
-        """dtype None: per family (pick_dtype); offload None: automatic (wants_offload)."""
+                 offload: bool | None = None, resident_controlnets: int = RESIDENT_CONTROLNETS,
+                 budget: int | None = None):
+        """dtype None: per family (pick_dtype); offload None: automatic (wants_offload); budget None: as
+        LAB_MODEL_MEMORY says, else BUDGET_SHARE of the memory there is now."""
         self.device = device or pick_device()
         self.fixed_dtype = dtype
         self.dtype = dtype or pick_dtype(self.device)  # the default; SD3 gets bfloat16 on CUDA unless dtype is fixed
         self.offload = wants_offload(self.device, offload)
         self.resident_controlnets = resident_controlnets
-        self._cache: dict[tuple, Loaded] = {}
+        self.budget = memory_budget(self.device) if budget is None else budget
+        self._cache: OrderedDict[tuple, Loaded] = OrderedDict()  # least recently used first
         self._locks: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
         self._resident: OrderedDict[tuple, None] = OrderedDict()  # ControlNets on the GPU, least recent first
+        self._kept: set[tuple] = set()  # (source, kind) of the models never dropped
+        self._dropping: dict[tuple, tuple] = {}  # models being dropped: spec, size, weak reference
         self.loads = 0  # how many loads actually ran; the tests hold the cache to it
+        self.evictions = 0  # how many loaded models were dropped to stay within the budget
         self.cpu = CpuPath() if self.device.type == "cpu" else None  # the CPU speed work (engine/cpu/)
 
     def dtype_for(self, spec: ModelSpec) -> torch.dtype:
         return self.fixed_dtype or pick_dtype(self.device, spec_family(spec))
 
+    def _key(self, spec: ModelSpec) -> tuple:
+        return spec.source, spec.kind, str(self.device), self.fixed_dtype
+
+    def keep(self, specs) -> None:
+        """Never drop these models (the tabs' defaults), whatever the budget."""
+        with self._guard:
+            self._kept.update(self._key(spec)[:2] for spec in specs)
+
     def get(self, spec: ModelSpec) -> Loaded:
-        key = (spec.source, spec.kind, str(self.device), self.fixed_dtype)
+        key = self._key(spec)
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
-            if key not in self._cache:
+            loaded = self._cached(key)
+            if loaded is None:
+                self._make_room(weights_on_disk(spec), key)
                 obj = self._load_or_explain(spec)
-                self._cache[key] = Loaded(spec, self.cpu.install(obj) if self.cpu is not None else obj)
+                obj = self.cpu.install(obj) if self.cpu is not None else obj
+                loaded = Loaded(spec, obj, model_bytes(obj))
+                with self._guard:
+                    self._cache[key] = loaded
                 self.loads += 1
-            loaded = self._cache[key]
+                self._make_room(0, key)
         if spec.kind == "controlnet" and self.device.type == "cuda":
             self._make_resident(key, loaded.obj)
         return loaded
+
+    def peek(self, spec: ModelSpec) -> Any:
+        """The model for `spec` if it is loaded, else None; never loads, and leaves the order of use as it is."""
+        with self._guard:
+            loaded = self._cache.get(self._key(spec))
+        return None if loaded is None else loaded.obj
+
+    def native_size(self, spec: ModelSpec) -> tuple[int, int] | None:
+        """(width, height) a text model generates at, without loading it (native_size)."""
+        return native_size(spec, self.peek(spec))
+
+    def class_names(self, spec: ModelSpec) -> list[str]:
+        """A class model's class names in id order, without loading it (class_names)."""
+        return class_names(spec, self.peek(spec))
+
+    def loaded_bytes(self) -> int:
+        """Bytes the loaded models take (their weights and buffers)."""
+        with self._guard:
+            return sum(loaded.nbytes for loaded in self._cache.values())
+
+    def loaded_sources(self) -> list[str]:
+        """Sources of the loaded models, least recently used first."""
+        with self._guard:
+            return [key[0] for key in self._cache]
+
+    def _cached(self, key: tuple) -> Loaded | None:
+        """The loaded model of `key`, now the most recently used; one being dropped that is still held comes back."""
+        with self._guard:
+            loaded = self._cache.get(key)
+            if loaded is None and key in self._dropping:
+                spec, nbytes, ref = self._dropping[key]
+                obj = ref()
+                loaded = None if obj is None else self._cache.setdefault(key, Loaded(spec, obj, nbytes))
+            if loaded is not None:
+                self._cache.move_to_end(key)
+        return loaded
+
+    def _make_room(self, incoming: int, new: tuple) -> None:
+        """Drop the least recently used models until those loaded plus `incoming` bytes fit the budget, never `new`,
+        a kept one, nor one something else still holds (a running request: it goes back, as in use now). A dropped
+        model leaves once nothing references it; the collector runs for those held only in reference cycles."""
+        if self.budget is None:
+            return
+        spared = {new}
+        while victims := self._victims(incoming, spared):
+            self._drop(victims)
+            gc.collect()
+            spared |= self._settle(victims)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _victims(self, incoming: int, spared: set[tuple]) -> list[tuple]:
+        """Keys of the least recently used models, neither spared nor kept, whose dropping would bring the store
+        within the budget (as many as there are where that is not enough)."""
+        with self._guard:
+            excess = sum(loaded.nbytes for loaded in self._cache.values()) + incoming - self.budget
+            victims = []
+            for key, loaded in self._cache.items():
+                if excess <= 0:
+                    break
+                if key not in spared and key[:2] not in self._kept:
+                    victims.append(key)
+                    excess -= loaded.nbytes
+            return victims
+
+    def _drop(self, keys: list[tuple]) -> None:
+        """Take `keys` out of the store, keeping only a weak reference to each model until _settle."""
+        with self._guard:
+            for key in keys:
+                loaded = self._cache.pop(key, None)
+                if loaded is None:
+                    continue
+                try:
+                    ref = weakref.ref(loaded.obj)
+                except TypeError:  # no weak references to it: nothing can tell whether it is held
+                    ref = _gone
+                self._dropping[key] = (loaded.spec, loaded.nbytes, ref)
+
+    def _settle(self, keys: list[tuple]) -> set[tuple]:
+        """After a collection: the dropped models that are gone count as evicted; those still held go back into the
+        store as the most recently used. Returns the keys of those held."""
+        held = set()
+        with self._guard:
+            for key in keys:
+                spec, nbytes, ref = self._dropping.pop(key, (None, 0, _gone))
+                obj = ref()
+                if obj is not None:
+                    self._cache[key] = Loaded(spec, obj, nbytes)
+                    held.add(key)
+                elif key not in self._cache:  # not asked for again meanwhile
+                    self._resident.pop(key, None)
+                    self.evictions += 1
+        return held
 
     def _make_resident(self, key: tuple, controlnet: torch.nn.Module) -> None:
         """Put this ControlNet on the GPU and, past `resident_controlnets`, move the least recently used one to the
@@ -179,7 +408,8 @@ class ModelStore:
             evicted = []
             while len(self._resident) > max(1, self.resident_controlnets):
                 old, _ = self._resident.popitem(last=False)
-                evicted.append(self._cache[old].obj)
+                if old in self._cache:
+                    evicted.append(self._cache[old].obj)
         for model in evicted:
             model.to("cpu")
         if controlnet.device.type != self.device.type:
