@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .errors import EngineError
+from .errors import EngineError, one_sentence
 from .guiders import GuidanceSettings, Param, all_params, method_names
 from .request import MAX_CONTROLS, MICRO_CONDITIONING, output_paths
 from .models.schedulers import ALL_SCHEDULERS
@@ -208,18 +208,6 @@ def run_generate(args) -> int:
         save_png(image, path, params)
         print(path)
     return 0
-
-
-def one_sentence(command: Callable[[], int]) -> int:
-    """Run a command; its EngineError is one sentence on stderr and exit status 2, an interrupt status 130."""
-    try:
-        return command()
-    except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted.", file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

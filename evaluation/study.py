@@ -598,7 +598,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.cli import one_sentence
+    from engine.errors import one_sentence
 
     return one_sentence(lambda: run(build_parser().parse_args(argv)))
 
