@@ -7,7 +7,6 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 from .errors import EngineError, one_sentence
 from .guiders import GuidanceSettings, Param, all_params, method_names
