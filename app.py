@@ -17,7 +17,7 @@ import gradio as gr
 from engine.generate import Engine
 from engine.guiders import GUIDERS, method_names, modifiers
 from engine.models.loading import ModelStore
-from ui import class_cond, compare, controlnet, text2img, zerogpu
+from ui import class_cond, compare, controlnet, fairness, text2img, zerogpu
 from ui.inputs import LabBlocks
 from ui.models import ModelChoices, choices_from_env
 from ui.storage import process_storage
@@ -65,6 +65,7 @@ def create_app(engine: Engine | None = None, models: ModelChoices | None = None,
                 with gr.Tab(label, id=module.__name__.split(".")[-1]):
                     module.build(engine, models)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    fairness.install(demo)  # a run belongs to a client reading its stream; a job per session, a few per address
     demo.storage = storage
     return demo
 
