@@ -13,12 +13,14 @@ from .errors import EngineError
 from .generate import Stopped
 from .guiders import GUIDERS, GuidanceSettings
 from .guiders.settings import compare_rows, parse_method_spec
+from .meter import DEFAULT_STEPS, Estimate, total
 from .request import MAX_IMAGES, Request, check_request
 
 Measure = Callable[[list[Image.Image]], dict[str, Any]]  # one cell's images (its seeds) -> named measures
 Callback = Callable[[int, dict], None]  # (batched run index, the engine's step info)
 DEFAULT_ROWS = ("CFG", "Perp-CFG", "APG", "CFG + rescale")
 DEFAULT_SCALES = (1.0, 3.0, 7.5, 15.0, 30.0, 50.0)
+DEFAULT_SEEDS = 3
 REFERENCE = "CFG"  # the row whose adherence the others are matched to
 MAX_CELLS = 96  # every Compare row at the default scales; the work budget bounds the rest
 CELL_MIN = 128  # cells are enlarged (nearest) to at least this many pixels so labels stay readable
@@ -193,10 +195,16 @@ def _planned(base, rows, scales, seeds, match_at: float | None) -> list[Request]
 
 
 def estimate_seconds(engine, base, rows: tuple[str, ...], scales: tuple[float, ...], seeds: int,
-                     match_at: float | None = None) -> float:
+                     match_at: float | None = None) -> Estimate:
     """Seconds the comparison (and the matched-adherence runs, with `match_at`) should take here, from the same
-    batches they run, each with its row's real settings (a perturbed branch counts as one more evaluation)."""
-    return sum(engine.estimate_seconds(req) for req in _planned(base, rows, scales, seeds, match_at))
+    batches they run, each with its row's real settings (engine/meter.py prices each); with the default grid's
+    seconds on the same model and prompt as its floor (`Estimate.default_s`), which the budget always admits."""
+    estimates = [engine.estimate_seconds(req) for req in _planned(base, rows, scales, seeds, match_at)]
+    default = None
+    if all(getattr(e, "default_s", None) is not None for e in estimates):
+        grid = _planned(replace(base, steps=DEFAULT_STEPS), DEFAULT_ROWS, DEFAULT_SCALES, DEFAULT_SEEDS, None)
+        default = float(total(engine.estimate_seconds(req) for req in grid))
+    return total(estimates, default)
 
 
 def _check(rows, scales, seeds) -> None:
@@ -277,9 +285,10 @@ def _sweep_requests(base: Request, rows, field_name: str, values: tuple[int, ...
 
 
 def estimate_sweep_seconds(engine, base, rows, field_name: str, values: tuple[int, ...], scale: float,
-                           seeds: int) -> float:
-    return sum(engine.estimate_seconds(req) for *_, req in _sweep_requests(base, rows, field_name, values, scale,
-                                                                             seeds))
+                           seeds: int) -> Estimate:
+    """Seconds the metadata sweep should take here: one estimate per cell's batched Request."""
+    return total(engine.estimate_seconds(req) for *_, req in _sweep_requests(base, rows, field_name, values, scale,
+                                                                               seeds))
 
 
 def sweep(engine, base: Request, rows: tuple[str, ...], field_name: str, values: tuple[int, ...], scale: float, *,

@@ -24,7 +24,7 @@ from .errors import EngineError
 from .guiders import GuidanceSettings
 from .models.loading import ModelStore
 from .models.registry import REGISTRY, ModelSpec, default_model, recommended_scheduler, resolve
-from .meter import WorkMeter, units
+from .meter import Estimate, Meter, RunLimit, current_limit
 from .request import MICRO_CONDITIONING, ControlSpec, Request, check_request, evals_per_step, png_parameters
 from .cpu.runner import Inline, ModelThread
 from .sampler import guided_model, sample, with_classifier_guidance
@@ -37,14 +37,25 @@ class Stopped(EngineError):
     """The run was cancelled between steps (its client left or pressed Stop)."""
 
 
+class _Overran(Exception):
+    """The run passed its request's limit (engine/meter.py, RunLimit) after step `done`; `denoised` is its last x0
+    estimate, what it keeps."""
+
+    def __init__(self, done: int, steps: int, denoised: torch.Tensor):
+        super().__init__(done, steps)
+        self.done, self.steps, self.denoised = done, steps, denoised
+
+
 @dataclass(frozen=True)
 class _Watch:
-    """How a run is observed: its step callback, where x0 previews are decoded, and its cancel flag."""
+    """How a run is observed: its step callback, where x0 previews are decoded, its cancel flag and the limit of
+    the request it belongs to."""
 
     callback: Callable[[dict], None] | None
     preview_steps: set[int]
     live_every_s: float | None
     cancel: threading.Event | None
+    limit: RunLimit | None = None
 
 
 @dataclass
@@ -57,6 +68,7 @@ class Result:
     request: Request
     previews: list[tuple[int, list[Image.Image]]] = field(default_factory=list)
     class_probs: list[list[float]] = field(default_factory=list)  # per step, per image
+    note: str = ""  # why the images are not the finished ones: the sentence of a run stopped at its limit
 
 
 def _step_kwargs(scheduler, generator) -> dict:
@@ -81,7 +93,7 @@ class Engine:
         # engine, and on the CPU gives memory back when it has been idle a while (engine/cpu/__init__.py, settle).
         settle = self.store.cpu.settle if self.store.cpu is not None else None
         self.runner = ModelThread(on_idle=settle) if model_thread else Inline()
-        self.meter = WorkMeter()  # seconds per UNet evaluation, per model, as measured here
+        self.meter = Meter()  # what requests cost here: each model's calibration and the present slowdown
         # A fast tokenizer keeps its truncation settings between calls: requests running side by side
         # (generate_many) encode their prompts one at a time, or one may tokenize with the other's settings.
         self._encoding = threading.Lock()
@@ -121,8 +133,10 @@ class Engine:
                  cancel: threading.Event | None = None) -> Result:
         """Run the request on the model thread (engine/cpu/runner.py), from any thread. `callback` gets each step's
         dict, with the decoded x0 estimate as "preview" at `preview_steps` and as "live" every `live_every_s`
-        seconds from twice that into the run; setting `cancel` stops the run between steps with `Stopped`."""
-        watch = _Watch(callback, preview_steps or set(), live_every_s, cancel)
+        seconds from twice that into the run; setting `cancel` stops the run between steps with `Stopped`. A request
+        admitted under a budget (engine/meter.py, `admit`) stops between steps at twice its budget and returns the
+        images of its last x0 estimate, its `note` saying so."""
+        watch = _Watch(callback, preview_steps or set(), live_every_s, cancel, current_limit())
         return self.runner.call(self._generate, req, watch)
 
     def generate_many(self, reqs: list[Request], callbacks: list[Callable[[dict], None] | None] | None = None, *,
@@ -132,9 +146,9 @@ class Engine:
         that leave the model as it is run side by side, one per core (engine/cpu/parallel.py); the others, such as PAG
         and SEG, which give the model's attention their own processors for their run, run one after another."""
         callbacks = callbacks or [None] * len(reqs)
-        return self.runner.call(self._generate_many, list(reqs), list(callbacks), cancel)
+        return self.runner.call(self._generate_many, list(reqs), list(callbacks), cancel, current_limit())
 
-    def _generate_many(self, reqs: list[Request], callbacks: list, cancel) -> list[Result | EngineError]:
+    def _generate_many(self, reqs: list[Request], callbacks: list, cancel, limit=None) -> list[Result | EngineError]:
         outcomes: list[tuple[bool, Any] | None] = [None] * len(reqs)
         # Side by side: those that leave the model as it is, biggest first, each on a core as one frees. A much
         # smaller request (the grid's 3-image conditional run) joins only where two or more big ones keep both
@@ -150,7 +164,8 @@ class Engine:
             together = candidates
         # Each job's wall time is its share of the cores: the meter keeps what a request costs the machine.
         share = 1 / max(1, min(torch.get_num_threads(), len(together)))
-        jobs = [self._delegated_job(reqs[i], _Watch(callbacks[i], set(), None, cancel), share) for i in together]
+        jobs = [self._delegated_job(reqs[i], _Watch(callbacks[i], set(), None, cancel, limit), share)
+                for i in together]
         side_by_side = self.store.cpu.side_by_side(jobs) if self.store.cpu is not None else None
         for i, outcome in zip(together, side_by_side or [None] * len(together)):
             outcomes[i] = outcome
@@ -158,7 +173,7 @@ class Engine:
         for i, req in enumerate(reqs):
             if outcomes[i] is None:
                 try:
-                    outcomes[i] = True, self._generate(req, _Watch(callbacks[i], set(), None, cancel))
+                    outcomes[i] = True, self._generate(req, _Watch(callbacks[i], set(), None, cancel, limit))
                 except Stopped:
                     raise
                 except EngineError as exc:
@@ -172,15 +187,15 @@ class Engine:
                 return self._generate(req, watch, share)
         return job
 
-    def estimate_seconds(self, req: Request) -> float:
-        """Seconds this request's denoising should take here, at the model's measured rate."""
+    def estimate_seconds(self, req: Request) -> Estimate:
+        """Seconds this request should take here now: its model evaluations priced from this machine's calibration
+        of each model it uses (measured on first use, then kept), times the present slowdown (engine/meter.py)."""
         check_request(req)
-        evals = evals_per_step(req)
-        rate = self.meter.seconds_per_unit(self.model_spec(req).name, self.device.type, evals)
-        return units(req.steps, evals) * rate
+        return self.meter.estimate(self, req)
 
     @torch.no_grad()  # no autograd graph through the models (10% of a step); classifier guidance opens its own
     def _generate(self, req: Request, watch: "_Watch", share: float = 1.0) -> Result:
+        started = time.perf_counter()  # the whole run: what the meter compares with the request's work
         check_request(req)
         spec = self.model_spec(req)
         pipe = self.loaded(spec)
@@ -214,18 +229,24 @@ class Engine:
             model_fn = self._with_classifier(model_fn, req, pipe, class_probs)
         previews: list[tuple[int, list[Image.Image]]] = []
         step_report = self._reporter(pipe, req, watch, previews)
-        started = time.perf_counter()  # the denoising loop alone: what the budget scales with
-        with self._branch_installed(pipe, guidance):
-            latents = sample(model_fn, scheduler, latents, prediction_type=denoiser.prediction_type,
-                             step_kwargs=_step_kwargs(scheduler, generator), callback=step_report)
-        spent = time.perf_counter() - started - (step_report.seconds if step_report else 0.0)
-        self.meter.record(spec.name, units(req.steps, evals_per_step(req)), spent * share, evals_per_step(req))
+        note = ""
+        denoising = time.perf_counter()
+        try:
+            with self._branch_installed(pipe, guidance):
+                latents = sample(model_fn, scheduler, latents, prediction_type=denoiser.prediction_type,
+                                 step_kwargs=_step_kwargs(scheduler, generator), callback=step_report)
+        except _Overran as overran:  # past the request's limit: its last x0 estimate is what it has
+            latents, note = overran.denoised, watch.limit.stopped(overran.done, overran.steps)
+        denoising = time.perf_counter() - denoising - (step_report.seconds if step_report else 0.0)
 
         # 6. Decode.
         images = self.decode(pipe, latents, generator, req.task == "class")
         params = [self.parameters(req, spec, s, images[0].size, i) for i, s in enumerate(seeds)]
         probs = [p.tolist() for p in class_probs]
-        return Result(images, seeds, params, req, previews, probs)
+        if not note:  # the page's callbacks (live previews, progress) are the page's time, not the run's
+            outside = time.perf_counter() - started - denoising - (step_report.seconds if step_report else 0.0)
+            self.meter.observe(self, req, outside * share, denoising * share)
+        return Result(images, seeds, params, req, previews, probs, note)
 
     @staticmethod
     def _branch_installed(pipe, guidance: GuidanceSettings):
@@ -365,7 +386,7 @@ class Engine:
         return with_classifier_guidance(model_fn, classifier, labels, req.guidance.classifier_scale, record)
 
     def _reporter(self, pipe, req: Request, watch: "_Watch", previews):
-        if watch.callback is None and not watch.preview_steps and watch.cancel is None:
+        if watch.callback is None and not watch.preview_steps and watch.cancel is None and watch.limit is None:
             return None
         # The first live preview comes after twice the interval: a run done within a second needs none, and the
         # first steps' x0 estimates are mostly noise.
@@ -381,6 +402,8 @@ class Engine:
         def observe(info: dict[str, Any]) -> None:
             if watch.cancel is not None and watch.cancel.is_set():
                 raise Stopped(f"The run was stopped after {info['i'] + 1} of {info['num_steps']} steps.")
+            if watch.limit is not None and info["i"] + 1 < info["num_steps"] and watch.limit.passed():
+                raise _Overran(info["i"] + 1, info["num_steps"], info["denoised"])
             extra: dict[str, Any] = {}
             if info["i"] in watch.preview_steps:
                 extra["preview"] = self.decode(pipe, info["denoised"], None, req.task == "class")

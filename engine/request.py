@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from .errors import EngineError
 from .guiders import GuidanceSettings
+from .guiders.interval import in_interval
 from .pnginfo import format_parameters
 from .models.schedulers import A1111_NAMES, ALL_SCHEDULERS
+from .sampler import Step
 
 MAX_PROMPT_CHARS = 1000
 MAX_SIDE = 2048
@@ -254,8 +257,54 @@ def output_paths(out: Path, seeds: list[int]) -> list[Path]:
     return [out.with_name(f"{out.stem}-{seed}{out.suffix}") for seed in seeds]
 
 
+@dataclass(frozen=True)
+class StepPasses:
+    """The samples each network takes in one denoising step: the main denoiser (the images times the branches it
+    runs in one batch: c, u where guided, PAG's and SEG's perturbed rows), the weak model (AutoGuidance's branch, a
+    network of its own), each ControlNet in stacking order (its encoder pass over the rows it is fed; 0 on the
+    steps outside its range) and the classifier (classifier guidance: a forward and a backward pass over the
+    images)."""
+
+    denoiser: int
+    weak: int = 0
+    controls: tuple[int, ...] = ()
+    classifier: int = 0
+
+    @property
+    def evaluations(self) -> int:
+        return self.denoiser + self.weak + sum(self.controls) + self.classifier
+
+
+def step_passes(req: Request) -> dict[StepPasses, int]:
+    """The request's steps by what they evaluate: {passes: how many steps run them}. Which branches a step runs is
+    the guider's own answer (its needs_uncond and needs_perturbed, so a guidance interval counts), and a ControlNet
+    counts on the steps inside its start-end range at a non-zero scale, as the denoiser calls them."""
+    guidance = req.guidance
+    guider = guidance.build()
+    branch = guidance.branch
+    weak = branch is not None and branch.weak_model
+    images = req.num_images
+    classifier = images if guidance.classifier_scale > 0 or req.classifier else 0
+    zero, one = torch.zeros(()), torch.ones(())
+    counts: dict[StepPasses, int] = {}
+    for i in range(req.steps):
+        step = Step(i, req.steps, zero, one)
+        uncond, perturbed = guider.needs_uncond(step), guider.needs_perturbed(step)
+        rows = 1 + uncond + (perturbed and not weak)
+        fed = rows - uncond if req.guess_mode else rows  # guess mode feeds the ControlNets no unconditional rows
+        controls = tuple(images * fed if c.scale and in_interval(i, req.steps, (c.start, c.end)) else 0
+                         for c in req.controls)
+        passes = StepPasses(images * rows, images * (perturbed and weak), controls, classifier)
+        counts[passes] = counts.get(passes, 0) + 1
+    return counts
+
+
+def evaluations(req: Request) -> int:
+    """The request's model evaluations: images x steps x branches, each ControlNet's encoder pass, each classifier
+    gradient and each weak-model call counted as one."""
+    return sum(passes.evaluations * n for passes, n in step_passes(req).items())
+
+
 def evals_per_step(req: Request) -> int:
-    """UNet sample-evaluations of one step: images x branches (the unconditional one when guided, the perturbed one
-    of PAG, SEG and AutoGuidance), each ControlNet's encoder counted as one more."""
-    branches = 1 + req.guidance.guided + req.guidance.perturbed
-    return req.num_images * branches * (1 + len(req.controls))
+    """Model evaluations of an average step (`evaluations` over the steps)."""
+    return round(evaluations(req) / req.steps)

@@ -13,6 +13,7 @@ import gradio as gr
 
 from engine.errors import EngineError
 from engine.generate import Stopped
+from engine.meter import admit, run_context
 
 MODEL_EVENT = dict(concurrency_id="model", concurrency_limit=1,  # every model-bound event shares one worker
                    trigger_mode="once")  # a page cannot queue a second run of an event while one is pending
@@ -23,11 +24,19 @@ POLL_S = 0.5  # how often a stream yields, so that Gradio can end the run of a c
 
 
 def check_budget(seconds: float, limit: float | None = None) -> None:
-    """Refuse a request whose estimated work is over the per-request budget, saying what to reduce."""
+    """Admit a request whose estimate (engine/meter.py, Estimate) is within the per-request budget, or no bigger
+    than the default request of its tab, which is always admitted however busy the machine; refuse the rest in one
+    sentence saying what to reduce. The admitted request's runs stop between steps at twice its budget, keeping
+    what they have (in_background)."""
     limit = float(os.environ.get("LAB_MAX_WORK_S", MAX_WORK_S)) if limit is None else limit
-    if seconds > limit:
-        raise EngineError(f"This request is about {seconds:.0f} s of work here; the limit is {limit:g} s per "
+    default = getattr(seconds, "default_s", None)
+    if seconds > limit and not (default is not None and seconds <= default * (1 + 1e-9)):
+        slowdown = getattr(seconds, "slowdown", 1.0)
+        busy = (f" (the machine is busy: runs take about {slowdown:.1f} times as long as when it is idle)"
+                if slowdown >= 1.5 else "")
+        raise EngineError(f"This request is about {seconds:.0f} s of work here{busy}; the limit is {limit:g} s per "
                           f"request: use fewer images, steps, seeds, scales or methods.")
+    admit(max(limit, float(seconds)))
 
 
 def progress_adapter(progress: gr.Progress, rows: int = 1, label: str = "denoising"):
@@ -59,7 +68,9 @@ def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any]
     ("live", images) for each live preview it reports, ("tick", None) every `poll_s` otherwise, then ("done",
     result). `cancel` is set, and the engine stops between denoising steps, when the consumer stops (Gradio closes
     the generator of a departed client, or of an API client that cancelled) or when the page session of `request`
-    presses Stop (`stop_runs`); after Stop the stream says so in a notice and ends, leaving the last preview shown."""
+    presses Stop (`stop_runs`); after Stop the stream says so in a notice and ends, leaving the last preview shown.
+    The runs of a request admitted by `check_budget` stop at twice its budget; the result then holds what they had,
+    and a warning says so."""
     events: queue.Queue = queue.Queue()
     cancel = threading.Event()
     progress = {"i": -1, "num_steps": 0}
@@ -79,7 +90,8 @@ def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any]
     if session:
         with _RUNNING_LOCK:
             _RUNNING.setdefault(session, set()).add(cancel)
-    threading.Thread(target=target, name="request", daemon=True).start()
+    context, limit = run_context()  # the admitted request's limit, started, for its thread alone
+    threading.Thread(target=context.run, args=(target,), name="request", daemon=True).start()
     try:
         while True:
             try:
@@ -93,6 +105,8 @@ def in_background(work: Callable[[Callable[[dict], None], threading.Event], Any]
                 return
             if kind == "error":
                 raise value
+            if kind == "done" and limit is not None and limit.note():
+                gr.Warning(limit.note())
             yield kind, value
             if kind == "done":
                 return
