@@ -4,6 +4,7 @@ import json
 import cv2
 import numpy as np
 
+MAX_CANVAS = 100_000  # pixels on a side of an OpenPose canvas
 DRAW_SIZE = 512  # draw_bodypose hard-codes stickwidth 4 and joint radius 4, sized for ~512 px canvases
 
 
@@ -25,9 +26,17 @@ def pose_map(keypoints: list[np.ndarray], *, size: int = 64) -> np.ndarray:
     return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
 
 
+def _numbers(values) -> np.ndarray:
+    """Keypoint values as a float64 array; text, objects, ragged lists or 400-digit integers are one sentence."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError("Keypoint coordinates must be numbers, 18 [x, y] or [x, y, visible] per person.") from None
+
+
 def _person(values, *, scale=(1.0, 1.0)) -> np.ndarray:
     """(18, 3) array from 18 [x, y] or [x, y, v] entries, divided by scale, checked to lie in 0..1."""
-    arr = np.asarray(values, dtype=np.float64)
+    arr = _numbers(values)
     if arr.ndim != 2 or arr.shape[0] != 18 or arr.shape[1] not in (2, 3):
         raise ValueError(f"A person needs 18 keypoints of [x, y] or [x, y, visible], got shape {arr.shape}.")
     if not np.all(np.isfinite(arr)):
@@ -50,8 +59,12 @@ def keypoints_from_json(text: str) -> list[np.ndarray]:
     # in pixels (taken as already normalised when no canvas size is given). Confidence 0 means not visible.
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"Pose is not valid JSON: {e}.") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"Pose is not valid JSON: {e.msg} at character {e.pos}.") from None
+    except ValueError:  # a number of thousands of digits
+        raise ValueError("Pose JSON holds a number too long to read.") from None
+    except TypeError:
+        raise ValueError("Pose must be JSON text.") from None
     if isinstance(data, dict):
         return _from_openpose(data)
     if isinstance(data, list) and data and isinstance(data[0], list) and data[0] and isinstance(data[0][0], list):
@@ -66,16 +79,23 @@ def _from_openpose(data: dict) -> list[np.ndarray]:
     people = data.get("people")
     if not isinstance(people, list):
         raise ValueError("OpenPose JSON needs a 'people' list.")
-    scale = (float(data.get("canvas_width", 1.0)), float(data.get("canvas_height", 1.0)))
-    if min(scale) <= 0:
-        raise ValueError("canvas_width and canvas_height must be positive.")
+    scale = (_canvas_side(data, "canvas_width"), _canvas_side(data, "canvas_height"))
     out = []
     for person in people:
         flat = person.get("pose_keypoints_2d") if isinstance(person, dict) else None
-        if not isinstance(flat, list) or len(flat) != 54:
+        flat = _numbers(flat) if isinstance(flat, list) else None
+        if flat is None or flat.shape != (54,):
             raise ValueError("Each OpenPose person needs 'pose_keypoints_2d' with 54 numbers (18 x, y, confidence).")
-        out.append(_person(np.asarray(flat, dtype=np.float64).reshape(18, 3), scale=scale))
+        out.append(_person(flat.reshape(18, 3), scale=scale))
     return out
+
+
+def _canvas_side(data: dict, key: str) -> float:
+    """canvas_width or canvas_height of OpenPose JSON: a number of pixels above 0 and at most MAX_CANVAS."""
+    value = data.get(key, 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_CANVAS:
+        raise ValueError(f"The OpenPose JSON's {key} must be a number of pixels above 0 and at most {MAX_CANVAS}.")
+    return float(value)
 
 
 def openpose_json(people: list[np.ndarray], width: int, height: int) -> str:

@@ -11,10 +11,23 @@ from .openpose import keypoints_from_json, pose_map
 
 CONTROL_TYPES = ("canny", "scribble", "pose")
 MAX_PIXELS = 4096 * 4096
+# The only formats an uploaded file is decoded as: PIL would otherwise try every plugin it has, EPS included (which
+# runs Ghostscript where it is installed).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+FORMAT_NAMES = "PNG, JPEG, WebP, BMP, GIF or TIFF"
+
+
+class ImageRefused(EngineError):
+    """An image that cannot be used: `reason` completes a sentence about it ("could not be read; ...")."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"The image {reason}.")
+        self.reason = reason
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """Any PIL image or array (grey, 16-bit, with alpha) as uint8 RGB; transparency is flattened onto white."""
+    """Any PIL image or array (grey, 16-bit, float, palette, CMYK, with alpha) as uint8 RGB; transparency is
+    flattened onto white."""
     if isinstance(image, np.ndarray):
         array = image
         if array.dtype == np.uint16:
@@ -27,48 +40,55 @@ def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
             raise EngineError(f"A control image must be HxW, HxWx3 or HxWx4, not {array.shape}.")
         image = Image.fromarray(array)
     if image.width * image.height > MAX_PIXELS:
-        raise EngineError(f"The image is {image.width}x{image.height}; the limit is 16 megapixels.")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        raise ImageRefused(f"is {image.width}x{image.height}; the limit is 16 megapixels")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    elif image.mode == "F":
+        image = Image.fromarray(np.nan_to_num(np.asarray(image, dtype=np.float64)).clip(0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
     return np.asarray(image.convert("RGB"))
 
 
-_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError)
+_UNREADABLE_REASON = f"could not be read as an image; upload a {FORMAT_NAMES} file"
 
 
-def _checked(image: Image.Image) -> Image.Image:
+def _opened(path) -> Image.Image:
+    """The image file at `path`, opened as one of IMAGE_FORMATS (its header read, no pixel decoded), its declared
+    size checked."""
+    image = Image.open(path, formats=IMAGE_FORMATS)
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise EngineError(f"The image is {width}x{height}; the limit is 16 megapixels.")
+        image.close()
+        raise ImageRefused(f"is {width}x{height}; the limit is 16 megapixels")
     return image
 
 
 def check_image_header(path) -> None:
-    """Refuse an image whose header declares more than 16 megapixels, before any pixel is decoded."""
+    """Refuse a file that is not one of IMAGE_FORMATS, or whose header declares more than 16 megapixels, before any
+    pixel is decoded."""
     try:
-        with Image.open(path) as image:  # reads the header only
-            _checked(image)
+        _opened(path).close()
     except EngineError:
         raise
-    except _UNREADABLE as exc:
-        raise EngineError(f"The image could not be read ({type(exc).__name__}); upload a PNG or JPEG file.") from exc
+    except _UNREADABLE:
+        raise ImageRefused(_UNREADABLE_REASON) from None
 
 
 def read_image(path) -> Image.Image:
-    """Open an image file, its declared size checked from the header before any pixel is decoded; one sentence on
-    failure, never naming the path."""
+    """An image file as RGB (grey, 16-bit, palette, CMYK and transparent pictures converted), decoded only as one of
+    IMAGE_FORMATS and only after its declared size is checked; one sentence on failure, never naming the path."""
     try:
-        with Image.open(path) as image:
-            _checked(image).load()
-            return image.copy()
+        with _opened(path) as image:
+            image.load()
+            return Image.fromarray(to_rgb_array(image))
     except EngineError:
         raise
-    except _UNREADABLE as exc:
-        raise EngineError(f"The image could not be read ({type(exc).__name__}); upload a PNG or JPEG file.") from exc
+    except _UNREADABLE:
+        raise ImageRefused(_UNREADABLE_REASON) from None
 
 
 def prepare_control(source, control_type: str, *, size: tuple[int, int] = (64, 64), low: int = 100,

@@ -61,3 +61,40 @@ def test_model_names_are_the_offered_ones_only(url, api, index):
         assert "this server offers" in answer
         answers.add(re.sub(r"'[^']*'", "NAME", answer))
     assert len(answers) == 1, answers
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nnewpath 0 0 moveto 16 16 lineto stroke\nshowpage\n"
+
+
+def test_images_are_decoded_only_from_the_allowed_formats(tmp_path, monkeypatch):
+    """An EPS upload (which PIL would hand to Ghostscript) never reaches PIL's EPS reader; PNG, JPEG, WebP, BMP, GIF
+    and TIFF do reach theirs."""
+    from PIL import EpsImagePlugin, Image
+
+    from engine.control.prepare import ImageRefused, check_image_header, read_image
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(self) or 1 / 0)
+    eps = tmp_path / "figure.eps"
+    eps.write_bytes(EPS)
+    for read in (read_image, check_image_header):
+        with pytest.raises(ImageRefused, match="could not be read as an image"):
+            read(eps)
+    assert not opened
+    for suffix in ("png", "jpg", "webp", "bmp", "gif", "tiff"):
+        path = tmp_path / f"ok.{suffix}"
+        Image.new("RGB", (8, 6), (200, 10, 10)).save(path)
+        assert read_image(path).size == (8, 6) and read_image(path).mode == "RGB"
+
+
+@pytest.mark.parametrize("api, data", [
+    ("preview_canny", lambda f: [f, None, 100, 200]),
+    ("pose_from_photo", lambda f: [f]),
+    ("preview_scribble", lambda f: [{"background": None, "layers": [], "composite": f}, None]),
+])
+def test_an_eps_upload_is_one_sentence(url, tmp_path, api, data):
+    eps = tmp_path / "figure.eps"
+    eps.write_bytes(EPS)
+    kind, answer = raw_call(url, api, data(upload(url, eps)))
+    assert kind == "error" and is_one_sentence(answer) and "could not be read as an image" in answer, answer
+    assert "PNG, JPEG, WebP, BMP, GIF or TIFF" in answer
