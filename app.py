@@ -24,6 +24,7 @@ from ui.storage import process_storage
 
 QUEUE_SIZE = 16  # waiting events beyond this are refused with "queue is full"
 SESSIONS = 200  # client sessions whose state is kept; older ones are dropped (Gradio's default is 10,000)
+MAX_FILE_SIZE = "10mb"  # an upload over this is refused in one sentence (HTTP 413) before it is written
 SWEEP_S = 600  # Gradio's own sweep of its cache: every 10 minutes, files older than the storage's maximum age
 TITLE = "Guidance Lab"
 # Small model outputs (32-64 px) are enlarged without blurring, so pixels read as pixels.
@@ -72,7 +73,8 @@ def create_app(engine: Engine | None = None, models: ModelChoices | None = None,
 
 def launch_options() -> dict:
     """launch() settings shared by `python app.py`, the tests and the benchmark."""
-    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, state_session_capacity=SESSIONS)
+    return dict(theme=gr.themes.Soft(), css=CSS, show_error=True, state_session_capacity=SESSIONS,
+                max_file_size=MAX_FILE_SIZE)
 
 
 def main(argv: list[str] | None = None) -> None:
