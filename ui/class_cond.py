@@ -13,6 +13,7 @@ from engine.request import Request
 from .controls import run_buttons, sampling_controls, seed_row
 from .endpoint import endpoint_inputs
 from .errors import guarded
+from .inputs import shown
 from .models import ModelChoices
 from .results import gallery, gallery_items, live_gallery, reproduce, reproduce_box
 from .streaming import LIVE_EVERY_S, MODEL_EVENT, both, check_budget, in_background, progress_adapter, stoppable
@@ -20,6 +21,7 @@ from .values import SEED_MAX, number, scheduler_choice, text, whole
 from .zerogpu import on_gpu
 
 NO_CLASSIFIER = "none"
+MAX_CLASS_ID = 999_999  # class ids are checked against the model's classes; longer digits are refused here
 
 
 def class_names(engine: Engine, model: str | None, load: bool = False) -> list[str]:
@@ -34,6 +36,20 @@ def class_names(engine: Engine, model: str | None, load: bool = False) -> list[s
         return engine.class_names(engine.loaded(spec)) if load and not names else names
     except EngineError:
         return []
+
+
+def class_of(value) -> str:
+    """The class_label parameter as the engine takes it: a class name, or a class id as digits (an integer is an
+    id); one sentence for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(whole("class_label (a class id)", value, 0, MAX_CLASS_ID))
+    label = text("class_label", value).strip()
+    if not label:
+        raise EngineError("Pick a class to generate.")
+    if label.isdigit() and not (label.isascii() and len(label) <= len(str(MAX_CLASS_ID))):
+        raise EngineError(f"The class_label must be a class name or a class id from 0 to {MAX_CLASS_ID} in the "
+                          f"digits 0-9, not {shown(label)}.")
+    return label
 
 
 def usable_classifier(models: ModelChoices) -> str:
@@ -77,13 +93,9 @@ def make_handler(engine: Engine, models: ModelChoices):
             A gallery of PNGs, p(y | x_t) per step and image (the classifier's belief along the run), and the
             command that reproduces the images.
         """
-        if isinstance(class_label, int) and not isinstance(class_label, bool):
-            class_label = str(class_label)  # a class id
-        class_label = text("class", class_label)
-        if not class_label.strip():
-            raise EngineError("Pick a class to generate.")
+        class_label = class_of(class_label)
         model = models.pick(model, "class")
-        req = Request(model=model, class_label=class_label.strip(),
+        req = Request(model=model, class_label=class_label,
                       guidance=GuidanceSettings("cfg", number("CFG scale", scale),
                                                 classifier_scale=number("classifier scale", classifier_scale)),
                       classifier=None if classifier in (None, "", NO_CLASSIFIER) else models.pick(classifier,

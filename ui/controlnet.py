@@ -18,7 +18,7 @@ from .controls import run_buttons, sampling_controls, seed_row
 from .endpoint import api_function, endpoint_inputs
 from .errors import guarded
 from .guidance import guidance_api, guidance_controls, guidance_settings
-from .inputs import ImageInput, SketchInput
+from .inputs import ImageInput, SketchInput, shown
 from .models import ModelChoices
 from .pose_editor import editor_value, keypoints_from_editor, pose_editor
 from .results import gallery, gallery_items, live_gallery, reproduce, reproduce_box
@@ -50,7 +50,7 @@ def control_map(engine: Engine, models: ModelChoices, source, control_type: str,
                 model: str | None) -> Image.Image:
     """The map the ControlNet reads: the image as given, or the condition's preprocessing applied to it."""
     if control_type not in CONTROL_TYPES:
-        raise EngineError(f"Unknown control type '{control_type}'; choose one of {', '.join(CONTROL_TYPES)}.")
+        raise EngineError(f"Unknown control type {shown(control_type)}; choose one of {', '.join(CONTROL_TYPES)}.")
     if source is None:
         raise EngineError("Give a control image: draw a sketch, upload a picture or pick a pose first.")
     if isinstance(source, str):  # text is only ever keypoint JSON: no string from the network names a file
@@ -227,7 +227,7 @@ def preset_handler(engine: Engine, models: ModelChoices):
         if not name:
             return gr.skip(), gr.skip()
         if name not in POSES:
-            raise EngineError(f"Unknown pose preset '{name}'; choose one of {', '.join(POSES)}.")
+            raise EngineError(f"Unknown pose preset {shown(name)}; choose one of {', '.join(POSES)}.")
         text = editor_value(preset_json(name), _model_size(engine, models, model))
         return text, text
 

@@ -11,20 +11,21 @@ import gradio as gr
 
 from engine.errors import EngineError
 
-from .inputs import sentence
+from .inputs import refused
 
 log = logging.getLogger("guidance_lab")
 
 
 def as_error(exc: Exception, where: str) -> gr.Error:
-    """One gr.Error sentence for any failure: EngineError as written (at most 300 characters), anything else by its
-    type only (its message may hold server paths), with the traceback kept in the log."""
+    """One gr.Error sentence for any failure: EngineError as written (at most 300 characters, a refusal that logs
+    no traceback), anything else by its type only (its message may hold server paths), with the traceback kept in
+    the log."""
     if isinstance(exc, gr.Error):
-        return gr.Error(sentence(exc.message))
+        return refused(exc.message)
     if isinstance(exc, EngineError):
-        return gr.Error(sentence(str(exc)))
+        return refused(str(exc))
     if isinstance(exc, RecursionError):
-        return gr.Error("The input is nested too deeply to read.")
+        return refused("The input is nested too deeply to read.")
     log.error("unexpected failure in %s", where, exc_info=exc)
     return gr.Error(f"The request failed unexpectedly ({type(exc).__name__}); the server's log has the details.")
 

@@ -16,6 +16,8 @@ from engine.control.openpose import keypoints_from_json, openpose_json
 from engine.errors import EngineError
 from world.figure import POSES, preset_json
 
+from .inputs import shown
+
 STATIC = Path(__file__).parent / "static"
 CANVAS_SIDE = 512  # the editor's long side in canvas pixels: controlnet_aux draws its skeletons at this scale
 MAX_PEOPLE = 10
@@ -51,7 +53,7 @@ def canvas_size(width: int, height: int) -> tuple[int, int]:
 def people_of(value, name: str) -> list:
     """People from keypoint text (any form keypoints_from_json reads), or one sentence naming the input."""
     if not isinstance(value, str):
-        raise EngineError(f"The {name} must be text, not {type(value).__name__}.")
+        raise EngineError(f"The {name} must be text, not {shown(value)}.")
     if len(value) > MAX_JSON:
         raise EngineError(f"The {name} is {len(value)} characters long; the limit is {MAX_JSON}.")
     try:

@@ -36,7 +36,7 @@ def number(name: str, value) -> float:
 def switch(name: str, value) -> bool:
     """True or false from a UI value, or one sentence."""
     if not isinstance(value, bool):
-        raise EngineError(f"The {name} must be true or false, not {type(value).__name__}.")
+        raise EngineError(f"The {name} must be true or false, not {shown(value)}.")
     return value
 
 
@@ -45,7 +45,7 @@ def text(name: str, value) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise EngineError(f"The {name} must be text, not {type(value).__name__}.")
+        raise EngineError(f"The {name} must be text, not {shown(value)}.")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

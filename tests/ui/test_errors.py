@@ -68,14 +68,21 @@ def test_corrupt_and_huge_images(client, tmp_path):
     assert "16 megapixels" in error_of(client, handle_file(str(huge)), "a star", api_name="/controlnet", steps=2)
 
 
-@pytest.mark.parametrize("kind", ["grey", "16-bit", "transparent"])
+@pytest.mark.parametrize("kind", ["grey", "16-bit", "transparent", "cmyk", "palette", "float"])
 def test_unusual_images_are_converted(client, tmp_path, kind):
-    path = tmp_path / f"{kind}.png"
+    suffix = {"cmyk": "jpg", "palette": "gif", "float": "tiff"}.get(kind, "png")
+    path = tmp_path / f"{kind}.{suffix}"
     ramp = np.tile(np.linspace(0, 1, 64), (64, 1))
     if kind == "grey":
         Image.fromarray((ramp * 255).astype(np.uint8), "L").save(path)
     elif kind == "16-bit":
         Image.fromarray((ramp * 65535).astype(np.uint16)).save(path)
+    elif kind == "cmyk":
+        Image.fromarray((ramp * 255).astype(np.uint8), "L").convert("CMYK").save(path)
+    elif kind == "palette":
+        Image.fromarray((ramp * 255).astype(np.uint8), "L").convert("P").save(path)
+    elif kind == "float":
+        Image.fromarray((ramp * 255).astype(np.float32), "F").save(path)
     else:
         rgba = np.zeros((64, 64, 4), np.uint8)
         rgba[20:40, 10:50] = (0, 0, 0, 255)
@@ -100,10 +107,10 @@ def test_compare_bad_scales_and_rows(client):
     assert "Unknown comparison row 'magic:eta=0'" in error_of(client, "a circle", more_rows="magic:eta=0",
                                                               api_name="/compare")
     assert "between 0 and 1" in error_of(client, "a circle", more_rows="apg:eta=3", api_name="/compare")
-    assert "not one of the choices" in error_of(client, "a circle", methods=["Magic"], api_name="/compare")
+    assert "'Magic' is not one of them" in error_of(client, "a circle", methods=["Magic"], api_name="/compare")
     assert "true or false" in error_of(client, "a circle", match_adherence="yes", api_name="/compare")
-    assert "maximum value 100" in error_of(client, "a circle", match_adherence=True, match_scale=500,
-                                           api_name="/compare")
+    assert "match_scale must be a number from 0 to 100, not 500" in error_of(
+        client, "a circle", match_adherence=True, match_scale=500, api_name="/compare")
     assert "limit is 2000" in error_of(client, "a circle", more_rows="cfg;" * 600, api_name="/compare")
     assert "Everything" in error_of(client, "Everything", api_name="/compare_preset")  # not one of the presets
 
@@ -118,3 +125,52 @@ def test_an_overlong_model_name_is_one_sentence(client):
     with pytest.raises(AppError) as info:
         client.predict("a circle", model="m" * 3000, api_name="/text2img")
     assert "is not a model this server offers" in str(info.value) and "OSError" not in str(info.value)
+
+
+def test_mcp_answers_a_mismatched_argument_in_one_sentence(tiny_root):
+    """The MCP library answers arguments that do not match a tool's schema by echoing the value; the app answers
+    in one sentence that names the parameter and quotes at most 60 characters of it."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    import app
+    from engine.generate import Engine
+    from ui.models import folder_choices
+
+    async def answers(url: str) -> list[str]:
+        async with streamablehttp_client(url + "gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                texts = []
+                for arguments in ({"prompt": "a circle", "scale": "x" * 5000}, {"prompt": "x" * 5000},
+                                  {"prompt": "a circle", "steps": 2, "scale": 500}):
+                    result = await session.call_tool("text2img", arguments)
+                    assert result.isError
+                    texts.append(" ".join(c.text for c in result.content if hasattr(c, "text")))
+                return texts
+
+    demo = app.create_app(Engine(), folder_choices(tiny_root, steps=2))
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, mcp_server=True, **app.launch_options())
+    try:
+        mismatched, long_prompt, too_large = asyncio.run(answers(url))
+    finally:
+        demo.close()
+    assert mismatched.startswith("The scale must be a number") and len(mismatched) < 200, mismatched
+    assert "1000" in long_prompt and len(long_prompt) < 200, long_prompt
+    assert "scale" in too_large and "500" in too_large and len(too_large) < 200, too_large
+
+
+def test_values_are_quoted_briefly_and_never_as_python_reprs():
+    from ui.inputs import _rephrased, shown
+
+    assert shown("x" * 5000) == "'" + "x" * 57 + "…'" and len(shown("y" * 59)) == 60
+    assert [shown(v) for v in (math.nan, -math.inf, None, True, 2**70, {"a": [1]})] == \
+        ["NaN", "-Infinity", "null", "true", "1180591620717411303424", '{"a": [1]}']
+    assert shown(int("9" * 400)).endswith("…") and len(shown(int("9" * 400))) == 60
+    assert shown(list(range(100))) == "a list of 100 items" and shown("\ud800\n") == "'\\ud800\\n'"
+    gradio_says = "Value: 'abc' (type: <class 'str'>) is not in the list of choices: ['a', 'b']"
+    assert _rephrased(gradio_says) == "'abc' is not one of the choices: 'a', 'b'."
+    assert _rephrased("Value 500 is greater than maximum value 50.") == \
+        "The value 500 is greater than the maximum, 50."

@@ -59,7 +59,7 @@ def test_the_box_is_left_alone_when_the_editor_shows_its_pose():
                  "canvas_height": 512}), "normalised to 0..1"),
     (json.dumps({"people": [{"pose_keypoints_2d": [5, 5, 1] * 18}] * 11, "canvas_width": 64, "canvas_height": 64}),
      "at most 10"),
-    (12, "must be text, not int"),
+    (12, "must be text, not 12"),
 ])
 def test_bad_editor_values_are_one_sentence(value, expected):
     with pytest.raises(EngineError) as info:

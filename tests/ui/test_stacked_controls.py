@@ -58,11 +58,11 @@ def test_two_controls_are_in_the_png_info_and_the_command(client, maps):
 
 
 @pytest.mark.parametrize("unit,fragment", [
-    (dict(control_image_3="not an image"), "files must be uploaded through the client"),
-    ("text file", "The image could not be read"),
-    (dict(control_scale_3=50), "greater than maximum value 2"),
+    (dict(control_image_3="not an image"), "must be an image uploaded through the client"),
+    ("text file", "control_image_3 could not be read as an image"),
+    (dict(control_scale_3=50), "control_scale_3 must be a number from 0 to 2, not 50"),
     (dict(control_start_3=0.8, control_end_3=0.2), "Control 3 must start before it ends"),
-    (dict(control_type_3="depth"), "is not one of the choices"),
+    (dict(control_type_3="depth"), "control_type_3 must be one of 'canny'"),
     (dict(controlnet_3="/etc/passwd"), "is not a model this server offers"),
 ])
 def test_a_bad_third_unit_is_one_sentence(client, maps, unit, fragment):
