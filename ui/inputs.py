@@ -173,8 +173,9 @@ def _problem(block, value) -> str | None:
     the component checks it itself)."""
     if isinstance(block, (ImageInput, SketchInput)) or getattr(block, "data_model", None) is not None:
         return _file_problem(block, value)
-    if isinstance(block, SeedInput):
-        return None
+    if isinstance(block, SeedInput):  # it reads numbers and text itself; anything else is refused before Gradio
+        return None if value is None or isinstance(value, (int, float, str)) else \
+            f"must be a whole number, not {shown(value)}"
     if isinstance(block, (gr.Slider, gr.Number)):
         low, high = block.minimum, block.maximum
         if value is None and isinstance(block, gr.Number):

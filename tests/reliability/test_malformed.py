@@ -166,6 +166,7 @@ REPRS = [
     ("text2img", {"steps": math.inf}, "steps"),
     ("text2img", {"trajectory": "yes"}, "trajectory"),
     ("text2img", {"prompt": {"text": "a circle"}}, "prompt"),
+    ("text2img", {"seed": {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}}, "seed"),
     ("pose_preset", {"name": [1, 2, 3]}, "name"),
     ("pose_preset", {"name": "dancing"}, "name"),
     ("class_cond", {"class_label": 2**1400}, "class_label"),
