@@ -217,7 +217,7 @@ def _build(flags: tuple[str, ...], namespace: str) -> Path:
     cc, cxx = (shutil.which(os.environ.get(name, default)) for name, default in (("CC", "cc"), ("CXX", "c++")))
     if cc is None or cxx is None:
         raise OSError("no C and C++ compilers found")
-    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"
     cxx_flags = ["-O2", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden", f"-DGL_NAMESPACE={namespace}", abi,
                  f"-I{TORCH / 'include'}", f"-L{TORCH / 'lib'}", f"-Wl,-rpath,{TORCH / 'lib'}"]
     recipe = [*(source.read_text() for source in (*SOURCES, *HEADERS)), OPERATORS.read_text(), cc, cxx, *flags,
