@@ -3,23 +3,25 @@
 A request's work is counted, not timed (engine/request.py, step_passes): per denoising step, the samples the main
 denoiser takes (images x the guider's branches in its batch), each ControlNet's encoder pass, the weak model's call
 (AutoGuidance) and the classifier's forward and backward pass (classifier guidance). Each is priced by a curve of
-seconds against samples, measured once per machine and model: a few short timed runs of the model at two batch sizes
-on the engine's model thread, kept in a small JSON file in the user's cache folder (`calibration.json` beside the
-CPU path's built loops; GUIDANCE_LAB_CACHE moves it), keyed by the machine, the engine's code and the model's files.
-A step's curve is its fixed overhead (scheduler, guidance math, Python) plus a per-sample cost that depends on the
-batch: linear between the measured batch sizes, so a one-image step and a 16-image one each cost what they do. A
-sample larger than the model's native size costs its share of pixels more. The request's fixed cost (prompt
-encoding, decoding) is priced the same way against its images.
+seconds against samples, measured once per machine and model: short timed runs of the model at one and eight
+images on the engine's model thread (a second or two for a project model, most of it tracing what its first run
+would trace anyway), kept in `calibration.json` in the user's cache folder (GUIDANCE_LAB_CACHE moves it), keyed by
+the machine, the engine's code and the model's files. A step costs its fixed overhead (scheduler, guidance math,
+Python) plus a per-sample cost that depends on the batch: linear between the measured batch sizes, so a one-image
+step and a sixteen-image one each cost what they do; a sample larger than the model's native size costs its share
+of pixels more. A request's encoding and decoding are priced the same way against its images. A calibration taken
+while other processes kept the CPU busy is used but not stored, and is measured again five minutes later.
 
-A model that is neither measured nor measurable here (a hub model on a CPU host: minutes to load and to time) never
-gets another model's rate: it is priced by its parameter count and pixels relative to a measured one, which on a CPU
-refuses it, or refused in one sentence when no such count is known.
+A model neither measured nor measurable here (a hub model on a CPU host: minutes to fetch, load and time) never
+gets another model's rate: it is priced by its parameter count against a measured one, which on a CPU refuses it,
+or refused in one sentence where its size is unknown.
 
-The estimate is that work times the present slowdown: how much longer than their work this model's recent runs took
-(other processes on the machine, as `--contend` in benchmarks/budget.py makes them), forgotten after a minute, so a
-busy spell or one slow run never outlasts itself. A request no bigger than the default request of its tab is always
-admitted (`Estimate.default_s`). A run admitted under a budget stops between steps at twice the budget and keeps
-what it has (`RunLimit`).
+The estimate is that work times the present slowdown: how much longer than their work this model's recent runs
+took (other processes on the machine; `python -m benchmarks.budget --contend 2`), apart for the steps and for the
+encoding and decoding, which a busy machine slows differently; forgotten after a minute, so that a busy spell or
+one slow run never outlasts itself. A request no bigger than the default request of its tab is always admitted
+(`Estimate.default_s`). A run admitted under a budget stops between steps at twice the budget and keeps the images
+of its last x0 estimate (`RunLimit`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from .models.registry import ModelSpec, default_model, recommended_scheduler
 from .request import ControlSpec, Request, step_passes
 
 VERSION = 1  # of the calibration: a new one measures again
-PROBE_STEPS = 6  # steps of a timed calibration run; the fastest is its per-step cost
+PROBE_STEPS = 4  # steps of a timed calibration run; the fastest after its first is its per-step cost
 PROBE_IMAGES = (1, 8)  # the two batch sizes measured (with CFG, 2 and 16 samples through the denoiser)
 PROBE_PROMPT = "a red circle"
 CALIBRATE_PARAMETERS = 50_000_000  # on a CPU only models up to this many parameters are timed (seconds, not minutes)
@@ -271,6 +273,7 @@ class Meter:
         self.cache = cache
         self._prices: dict[str, Prices] = {}
         self._slowdowns: dict[str, deque[tuple[float, float, float]]] = {}
+        self._shapes: set[tuple] = set()  # the shapes of the runs seen: a shape's first run is not observed
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._machine: str | None = None
@@ -428,15 +431,22 @@ class Meter:
         """A run of `req` took `outside_s` outside its steps (encoding, decoding) and `steps_s` in them (the page's
         callbacks left out): how much longer than their work, for the estimates of the next minute. The two are
         kept apart: the steps of a small model run on one thread, its encoders and decoder on torch's own team,
-        which a busy machine slows far more."""
-        work = self.work(engine, req)
+        which a busy machine slows far more. The first run of a shape says nothing of the machine: it loads and
+        traces what it needs."""
+        spec = engine.model_spec(req)
+        shape = (fingerprint(spec), tuple(step_passes(req).items()), req.height, req.width, req.scheduler,
+                 tuple(c.controlnet or c.control_type for c in req.controls), req.classifier)
+        with self._guard:
+            first = shape not in self._shapes
+            self._shapes.add(shape)
+        work = None if first else self.work(engine, req)
         if work is None or min(work) <= 0:
             return
         low, high = SLOWDOWN_RANGE
         ratios = tuple(min(max(seconds / part, low), high) for seconds, part in zip((outside_s, steps_s), work))
         now = time.monotonic()
         with self._guard:
-            for path in (_path(engine.model_spec(req), req), ""):
+            for path in (_path(spec, req), ""):
                 self._slowdowns.setdefault(path, deque(maxlen=SLOWDOWN_RUNS)).append((now, *ratios))
 
     def slowdown(self, path: str) -> tuple[float, float]:
@@ -528,12 +538,11 @@ def _probe(engine, req: Request, spec: ModelSpec) -> Request:
                    guidance=GuidanceSettings("cfg", DEFAULT_SCALE), **task)
 
 
-def _timed(engine, req: Request, runs: int = 2) -> tuple[float, float]:
-    """(seconds a step, seconds outside the steps) of the request here, after a one-step run (loading, tracing):
-    over `runs` runs, the fastest step, and the least time before a run's first step and after its last (that
-    step's own time left out)."""
+def _timed(engine, req: Request, runs: int = 1) -> tuple[float, float]:
+    """(seconds a step, seconds outside the steps) of the request here over `runs` runs: the fastest step after a
+    run's first (which loads and traces what it needs), and the least time before a run's first step and after its
+    last, one step's time left out (a first run's loading and tracing: the runs after it)."""
     cuda = engine.device.type == "cuda"
-    engine.generate(replace(req, steps=1))
     step, outside = float("inf"), float("inf")
     for _ in range(runs):
         stamps: list[float] = []
@@ -561,7 +570,7 @@ def _measure_model(engine, probe: Request, spec: ModelSpec) -> Prices:
     step, fixed = [], []
     for images in PROBE_IMAGES:
         req = replace(probe, num_images=images)
-        seconds, outside = _timed(engine, req)
+        seconds, outside = _timed(engine, req, runs=3)
         step.append((_samples(req), seconds))
         fixed.append((images, outside))
     return Prices({"step": step, "fixed": fixed}, _native_pixels(engine, spec), _parameters(engine, spec) or 1)
