@@ -13,6 +13,7 @@ the generated image is exactly the one a plain run gives. Only the conditional b
 
 from __future__ import annotations
 
+import contextvars
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
@@ -169,7 +170,8 @@ def generate_with_attention(engine: Engine, req: Request, *, last_steps: int | N
 
     The run's batch is not cut across the CPU's cores (engine/cpu/parallel.py) while the maps are recorded, so the
     recorders see whole batches; a batch below the split's size (16 rows) runs whole anyway."""
-    return engine.runner.call(_generate_with_attention, engine, req, last_steps, callback, **kwargs)
+    run = contextvars.copy_context().run  # the request's work limit (engine/meter.py) goes with it
+    return engine.runner.call(run, _generate_with_attention, engine, req, last_steps, callback, **kwargs)
 
 
 def _generate_with_attention(engine: Engine, req: Request, last_steps: int | None, callback,

@@ -402,8 +402,9 @@ class Meter:
                 self._main(engine, Request(model=default.name, **task), default, measure=True)
                 measured = self._measured(role)
         if parameters is None or not measured:
-            raise EngineError(f"The model '{_shown(spec.name)}' cannot be timed on this machine and its size is "
-                              f"unknown, so its work cannot be priced; pick a model this app offers.")
+            why = "its size is unknown" if parameters is None else "no model of its kind was measured here"
+            raise EngineError(f"The model '{_shown(spec.name)}' cannot be timed on this machine and {why}, so its "
+                              f"work cannot be priced; pick a model this app offers.")
         reference = max(measured, key=lambda p: p.parameters)
         return Prices(reference.roles, reference.pixels, parameters, parameters / max(1, reference.parameters),
                       measured=False)

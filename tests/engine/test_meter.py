@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from engine import meter as meter_module
+from engine.attention import generate_with_attention
 from engine.errors import EngineError
 from engine.generate import Engine
 from engine.guiders import GuidanceSettings
@@ -157,6 +158,11 @@ def test_an_admitted_run_stops_at_twice_its_budget_and_keeps_its_estimate(engine
     assert len(result.images) == 1 and result.images[0].size == engine.native_size("tiny-sd")
     assert limit.note().startswith(f"The run was stopped after {done} of 400 steps")
     assert engine.generate(_text(steps=3)).note == ""  # outside that context, no limit
+
+    admit(0.2)  # a run recording attention maps, on the model thread, keeps the request's limit too
+    context, _ = run_context()
+    result, _ = context.run(generate_with_attention, engine, req)  # its maps: of the last steps, never reached
+    assert result.note.startswith("Stopped after ")
 
 
 def test_a_run_limit_says_what_stopped():
