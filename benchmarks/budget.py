@@ -6,7 +6,8 @@ handlers call it (the Compare grids with the tab's per-cell measures). Each case
 shape's first run: tracing, and the slowdown it teaches the meter), then `--runs` times. An estimate is good when
 the run takes between half and twice it. The table shows the request's work (its seconds here on an idle machine,
 from the calibration) beside the estimate (the work times the slowdown its kind of run shows at present), and
-whether the budget admits it now. `--contend N` measures again while N processes keep cores busy (a shared machine).
+whether the budget admits it now, and how many cores other processes kept busy meanwhile (a machine shared
+with other work is not idle). `--contend N` measures again while N processes keep cores busy.
 The calibration the estimates come from is read from the cache file, or measured first.
 
 Cases: text-to-image 1 x 25 and 8 x 300 steps (CFG), class-conditional with classifier guidance, three stacked
@@ -43,8 +44,8 @@ def main(argv=None) -> int:
     engine = Engine()
     started = time.perf_counter()
     cases = _cases(engine)
-    print(f"device {engine.device}, {os.cpu_count()} CPUs; calibration and case set-up {time.perf_counter() - started:.1f} s "
-          f"(cache file {engine.meter._file()}); budget {LIMIT_S:g} s", flush=True)
+    print(f"device {engine.device}, {os.cpu_count()} CPUs; calibration and case set-up "
+          f"{time.perf_counter() - started:.1f} s (cache file {engine.meter._file()}); budget {LIMIT_S:g} s", flush=True)
     if args.only:
         cases = {name: case for name, case in cases.items()
                  if any(name.startswith(prefix.strip()) for prefix in args.only.split(","))}
@@ -99,11 +100,13 @@ def _cases(engine) -> dict:
 
 def _measure(cases: dict, runs: int, condition: str) -> list[tuple]:
     from engine.errors import EngineError
+    from engine.meter import cpu_ticks, other_cores
     from ui.streaming import check_budget
 
     rows = []
     for name, (estimate, run) in cases.items():
         run()  # the shape's first run, untimed
+        before = cpu_ticks()
         estimates, actuals = [], []
         for _ in range(runs):
             estimates.append(estimate())
@@ -117,24 +120,25 @@ def _measure(cases: dict, runs: int, condition: str) -> list[tuple]:
             admitted = "no"
         middle = statistics.median(float(e) for e in estimates)
         work = statistics.median(e.work_s for e in estimates)
-        row = (condition, name, work, middle, statistics.median(actuals), actuals, admitted)
+        others = other_cores(before, cpu_ticks())
+        row = (condition, name, work, middle, statistics.median(actuals), actuals, admitted, others)
         print(_line(row), flush=True)
         rows.append(row)
     return rows
 
 
 def _line(row) -> str:
-    condition, name, work, estimate, actual, actuals, admitted = row
+    condition, name, work, estimate, actual, actuals, admitted, others = row
     ratio = actual / estimate
     verdict = "yes" if 0.5 <= ratio <= 2.0 else "NO"
     return (f"| {condition} | {name} | {work:.2f} | {estimate:.2f} | {actual:.2f} | {ratio:.2f} | {verdict} | "
-            f"{admitted} | {', '.join(f'{a:.2f}' for a in actuals)} |")
+            f"{admitted} | {', '.join(f'{a:.2f}' for a in actuals)} | {others:.1f} |")
 
 
 def _table(rows) -> None:
     print("\n| machine | request | work (s) | estimate (s) | actual (s, median) | actual / estimate | within 2x | "
-          f"admitted ({LIMIT_S:g} s) | runs (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          f"admitted ({LIMIT_S:g} s) | runs (s) | other processes (cores) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(_line(row))
 

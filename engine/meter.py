@@ -364,9 +364,9 @@ class Meter:
         with lock:  # one measurement of a model at a time; the others wait for it
             known = self._known(key)
             if known is None and _measurable(engine, spec):
-                before = _ticks()
+                before = cpu_ticks()
                 known = engine.runner.call(measure_fn)
-                if _other_cores(before, _ticks()) > BUSY_CORES:  # timed on a busy machine: used for now, not kept
+                if other_cores(before, cpu_ticks()) > BUSY_CORES:  # timed on a busy machine: used for now, not kept
                     known = replace(known, expires=time.monotonic() + PROVISIONAL_S)
                 else:
                     self._write(key, known)
@@ -500,7 +500,7 @@ def _load(path: Path) -> dict[str, Any]:
     return entries if isinstance(entries, dict) else {}
 
 
-def _ticks() -> tuple[float, int, int] | None:
+def cpu_ticks() -> tuple[float, int, int] | None:
     """(now, clock ticks the machine's CPUs were busy, ticks this process was) from /proc; None without it."""
     try:
         busy = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
@@ -510,8 +510,8 @@ def _ticks() -> tuple[float, int, int] | None:
         return None
 
 
-def _other_cores(before, after) -> float:
-    """How many cores other processes kept busy on average between two `_ticks()` (0 where unknown)."""
+def other_cores(before, after) -> float:
+    """How many cores other processes kept busy on average between two `cpu_ticks()` (0 where unknown)."""
     if before is None or after is None or after[0] <= before[0]:
         return 0.0
     ticks = (after[1] - before[1]) - (after[2] - before[2])

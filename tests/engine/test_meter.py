@@ -72,7 +72,7 @@ def _text(steps=25, images=1, **changes):
 
 
 def test_a_calibration_is_measured_once_and_kept_for_the_next_process(engine, monkeypatch):
-    monkeypatch.setattr(meter_module, "_other_cores", lambda *_: 0.0)  # as on a quiet machine
+    monkeypatch.setattr(meter_module, "other_cores", lambda *_: 0.0)  # as on a quiet machine
     measured = []
     original = meter_module._measure_model
     monkeypatch.setattr(meter_module, "_measure_model", lambda *a: measured.append(a) or original(*a))
@@ -89,7 +89,7 @@ def test_a_calibration_is_measured_once_and_kept_for_the_next_process(engine, mo
 
 
 def test_a_calibration_on_a_busy_machine_is_not_kept(engine, monkeypatch):
-    monkeypatch.setattr(meter_module, "_other_cores", lambda *_: 2.0)
+    monkeypatch.setattr(meter_module, "other_cores", lambda *_: 2.0)
     engine.estimate_seconds(_text())
     assert not engine.meter.cache.exists()
     (prices,) = engine.meter._prices.values()
