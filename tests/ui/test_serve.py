@@ -27,5 +27,6 @@ def test_api_generations_run_on_the_engines_model_thread(tiny_root):
     finally:
         demo.close()
     assert replies[0][0][0]["caption"] == "seed 0"
-    assert threads == [engine.runner.thread] * 2
+    # the two requests, and the meter's calibration runs before the first: all on the model thread
+    assert len(threads) >= 2 and set(threads) == {engine.runner.thread}
     assert engine.runner.thread.name == "model" and engine.runner.thread is not threading.main_thread()
