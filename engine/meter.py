@@ -10,7 +10,8 @@ the machine, the engine's code and the model's files. A step costs its fixed ove
 Python) plus a per-sample cost that depends on the batch: linear between the measured batch sizes, so a one-image
 step and a sixteen-image one each cost what they do; a sample larger than the model's native size costs its share
 of pixels more. A request's encoding and decoding are priced the same way against its images. A calibration taken
-while other processes kept the CPU busy is used but not stored, and is measured again five minutes later.
+while other processes kept the CPU busy is used but not stored, and is measured again five minutes later, keeping
+the faster of the two; meanwhile runs faster than their work bring the estimates down (the slowdown below).
 
 A model neither measured nor measurable here (a hub model on a CPU host: minutes to fetch, load and time) never
 gets another model's rate: it is priced by its parameter count against a measured one, which on a CPU refuses it,
@@ -57,7 +58,7 @@ DEFAULT_STEPS = 25  # the tabs' default request: one image, 25 steps, CFG (engin
 DEFAULT_SCALE = 5.0
 SLOWDOWN_WINDOW_S = 60.0  # a run says how busy the machine is for this long
 SLOWDOWN_RUNS = 3  # the median of the last runs within the window (one run alone: itself)
-SLOWDOWN_RANGE = (0.5, 100.0)  # below 1 where the calibration was taken on a busy machine
+SLOWDOWN_RANGE = (0.1, 100.0)  # below 1 only where the calibration ran on a busy machine (noise only slows)
 OVERRUN = 2.0  # an admitted run stops between steps at this many times its budget
 MAX_ENTRIES = 256  # calibrations kept in the cache file, the most recent
 BUSY_CORES = 0.5  # a calibration while other processes kept more cores than this busy is provisional:
@@ -274,6 +275,7 @@ class Meter:
         self._prices: dict[str, Prices] = {}
         self._slowdowns: dict[str, deque[tuple[float, float, float]]] = {}
         self._shapes: set[tuple] = set()  # the shapes of the runs seen: a shape's first run is not observed
+        self._expired: dict[str, Prices] = {}  # provisional calibrations due to be measured again
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._machine: str | None = None
@@ -365,7 +367,9 @@ class Meter:
             known = self._known(key)
             if known is None and _measurable(engine, spec):
                 before = cpu_ticks()
-                known = engine.runner.call(measure_fn)
+                with self._guard:
+                    earlier = self._expired.pop(key, None)
+                known = _faster(engine.runner.call(measure_fn), earlier)
                 if other_cores(before, cpu_ticks()) > BUSY_CORES:  # timed on a busy machine: used for now, not kept
                     known = replace(known, expires=time.monotonic() + PROVISIONAL_S)
                 else:
@@ -380,7 +384,8 @@ class Meter:
         with self._guard:
             known = self._prices.get(key)
             if known is not None and known.expires is not None and time.monotonic() > known.expires:
-                known = self._prices.pop(key)
+                self._expired[key] = self._prices.pop(key)  # measured again, the faster of the two kept
+                known = None
         if known is None:
             known = self._read(key)
             if known is not None:
@@ -516,6 +521,18 @@ def other_cores(before, after) -> float:
         return 0.0
     ticks = (after[1] - before[1]) - (after[2] - before[2])
     return max(0.0, ticks / os.sysconf("SC_CLK_TCK") / (after[0] - before[0]))
+
+
+def _faster(prices: Prices, earlier: Prices | None) -> Prices:
+    """A new calibration with each of its points no slower than an earlier one's at the same samples (a busy
+    machine only ever slows a measurement)."""
+    if earlier is None:
+        return prices
+    roles = {}
+    for role, points in prices.roles.items():
+        before = dict(earlier.roles.get(role, ()))
+        roles[role] = [(x, min(y, before.get(x, y))) for x, y in points]
+    return replace(prices, roles=roles)
 
 
 def _measured_at(entry) -> float:

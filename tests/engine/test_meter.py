@@ -88,12 +88,19 @@ def test_a_calibration_is_measured_once_and_kept_for_the_next_process(engine, mo
     assert len(measured) == 1
 
 
-def test_a_calibration_on_a_busy_machine_is_not_kept(engine, monkeypatch):
+def test_a_calibration_on_a_busy_machine_is_not_kept_and_measured_again(engine, monkeypatch):
     monkeypatch.setattr(meter_module, "other_cores", lambda *_: 2.0)
     engine.estimate_seconds(_text())
     assert not engine.meter.cache.exists()
-    (prices,) = engine.meter._prices.values()
-    assert prices.expires is not None  # measured again after PROVISIONAL_S
+    ((key, busy),) = engine.meter._prices.items()
+    assert busy.expires is not None
+    engine.meter._prices[key] = replace(busy, expires=0.0, roles={role: [(x, 100 * y) for x, y in points]
+                                                                 for role, points in busy.roles.items()})
+    monkeypatch.setattr(meter_module, "other_cores", lambda *_: 0.0)
+    engine.estimate_seconds(_text())  # PROVISIONAL_S later, on a quiet machine
+    again = engine.meter._prices[key]
+    assert again.expires is None and engine.meter.cache.exists()
+    assert again.roles["step"][0][1] < 50 * busy.roles["step"][0][1]  # the quiet measurement, not the busy one
 
 
 def test_work_follows_the_requests_shape(engine):
