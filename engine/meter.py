@@ -61,6 +61,7 @@ SLOWDOWN_RUNS = 3  # the median of the last runs within the window (one run alon
 SLOWDOWN_RANGE = (0.1, 100.0)  # below 1 only where the calibration ran on a busy machine (noise only slows)
 OVERRUN = 2.0  # an admitted run stops between steps at this many times its budget
 MAX_ENTRIES = 256  # calibrations kept in the cache file, the most recent
+MAX_SHAPES = 4096  # run shapes remembered (a shape's first run is not taken as the machine's slowdown)
 BUSY_CORES = 0.5  # a calibration while other processes kept more cores than this busy is provisional:
 PROVISIONAL_S = 300.0  # it is not stored, and it is measured again this long after
 # Denoiser (or ControlNet) parameters of the registry's hub models, to price them where they are not measured.
@@ -444,6 +445,8 @@ class Meter:
                  tuple(c.controlnet or c.control_type for c in req.controls), req.classifier)
         with self._guard:
             first = shape not in self._shapes
+            if len(self._shapes) >= MAX_SHAPES:  # strangers' requests take any shape: the set stays small
+                self._shapes.clear()
             self._shapes.add(shape)
         work = None if first else self.work(engine, req)
         if work is None or min(work) <= 0:
