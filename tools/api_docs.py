@@ -54,9 +54,10 @@ GPU the hub models first and the project's own after them. Settings:
 
 Every image is a PNG carrying a `parameters` text chunk in AUTOMATIC1111's format, and each tab shows the
 `python -m engine generate ...` command that reproduces it. Model-bound events share one worker; up to 16 more
-requests wait in the queue and are told their place. Each request's work is estimated before it runs (images x steps
-x branches, at the rate this machine has measured for the model) and refused above `LAB_MAX_WORK_S` with a sentence
-saying what to reduce. Bad input of any kind is answered with one sentence of at most 300 characters that names no
+requests wait in the queue and are told their place. Each request's work is estimated before it runs (its model evaluations,
+priced from this machine's calibration of each model and the present slowdown) and refused above `LAB_MAX_WORK_S`
+with a sentence saying what to reduce; each tab's default request is always admitted, and a run stops at twice its
+budget, keeping its last estimate. Bad input of any kind is answered with one sentence of at most 300 characters that names no
 server path ([reliability.md](reliability.md)).
 
 The generation endpoints stream: while a run denoises they send the current x0 estimate (about twice a second, from
